@@ -1,0 +1,691 @@
+//! The SQLite registry: schema, migrations from the older tools' databases, and the queries.
+//!
+//! Writers use WAL, a busy timeout and `BEGIN IMMEDIATE`, so concurrent registrations from several
+//! processes serialise instead of failing with `database is locked`, and the next free vm_id is
+//! chosen inside the same write transaction that uses it.
+
+use crate::error::{Error, Result, VmRef};
+use crate::model::{sqlite_time_to_rfc3339, Pool, Priority, Registration};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `PRAGMA user_version` of the schema this code writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Long enough to queue behind other writers that are waiting on XAPI.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+const CREATE_POOLS: &str = "CREATE TABLE IF NOT EXISTS pools (
+    pool_id CHAR(1) PRIMARY KEY CHECK(pool_id IN ('A','B')),
+    pool_name TEXT NOT NULL,
+    description TEXT,
+    enabled INTEGER DEFAULT 1 CHECK(enabled IN (0,1)),
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+)";
+
+const CREATE_VMS: &str = "CREATE TABLE IF NOT EXISTS vms (
+    vm_id INTEGER NOT NULL UNIQUE,
+    vm_uuid TEXT UNIQUE NOT NULL,
+    vm_name TEXT,
+    pool_id CHAR(1) NOT NULL CHECK(pool_id IN ('A','B')) REFERENCES pools(pool_id),
+    priority INTEGER NOT NULL CHECK(priority IN (0,1,2)),
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+)";
+
+const SEED_POOLS: &str =
+    "INSERT OR IGNORE INTO pools (pool_id, pool_name) VALUES ('A', 'Pool A'), ('B', 'Pool B')";
+
+const INDEXES: &str = "CREATE INDEX IF NOT EXISTS idx_vm_pool ON vms(pool_id);
+    CREATE INDEX IF NOT EXISTS idx_vm_priority ON vms(priority);";
+
+/// The registry database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    /// Where the pre-migration copy went, when this open migrated the database.
+    backup: Option<PathBuf>,
+}
+
+/// A pool with its counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolInfo {
+    pub pool_id: Pool,
+    pub pool_name: String,
+    pub description: Option<String>,
+    pub enabled: bool,
+    pub vm_count: u64,
+    pub by_priority: ByPriority,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ByPriority {
+    pub low: u64,
+    pub medium: u64,
+    pub high: u64,
+}
+
+/// Filters of `list-vms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub pool: Option<Pool>,
+    pub priority: Option<Priority>,
+}
+
+/// The values a registration may change to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewValues {
+    pub vm_name: Option<String>,
+    pub pool: Pool,
+    pub priority: Priority,
+    pub vm_id: u32,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the registry at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db_err = |e: rusqlite::Error| Error::Database {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                create_private_dir(dir).map_err(|e| Error::Database {
+                    path: path.display().to_string(),
+                    message: format!("cannot create directory {}: {e}", dir.display()),
+                })?;
+            }
+        }
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            backup: None,
+        };
+        store.migrate()?;
+        // WAL lets the mediator read while we write; it is a property of the file, set once.
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Database {
+                path: path.display().to_string(),
+                message: format!("cannot switch to WAL journal mode (got {mode})"),
+            });
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The backup written by this open's migration, if it migrated.
+    pub fn migration_backup(&self) -> Option<&Path> {
+        self.backup.as_deref()
+    }
+
+    pub(crate) fn db_err(&self, e: rusqlite::Error) -> Error {
+        Error::Database {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version = self.user_version()?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if version > SCHEMA_VERSION {
+            return Err(Error::Database {
+                path: self.path.display().to_string(),
+                message: format!(
+                    "schema version {version} is newer than this vgpu-admin understands \
+                     ({SCHEMA_VERSION}); upgrade vgpu-registry"
+                ),
+            });
+        }
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_error(&path, e))?;
+        // Another process may have migrated while we waited for the write lock.
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| db_error(&path, e))?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let has_vms = table_exists(&tx, "vms").map_err(|e| db_error(&path, e))?;
+        let has_pools = table_exists(&tx, "pools").map_err(|e| db_error(&path, e))?;
+        if has_vms || has_pools {
+            self.backup = Some(write_backup(&tx, &path)?);
+        }
+        migrate_v0_to_v1(&tx).map_err(|e| Error::Database {
+            path: path.display().to_string(),
+            message: format!(
+                "migration to schema {SCHEMA_VERSION} failed, database left unchanged: {e}"
+            ),
+        })?;
+        tx.commit().map_err(|e| db_error(&path, e))?;
+        Ok(())
+    }
+
+    fn user_version(&self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`): the registry is locked for other writers
+    /// until it is committed or dropped.
+    pub fn write(&mut self) -> Result<WriteTx<'_>> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_error(&path, e))?;
+        Ok(WriteTx { tx, path })
+    }
+
+    pub fn get(&self, vm_uuid: &str) -> Result<Option<Registration>> {
+        get(&self.conn, vm_uuid).map_err(|e| self.db_err(e))
+    }
+
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<Registration>> {
+        list(&self.conn, filter).map_err(|e| self.db_err(e))
+    }
+
+    /// Registrations whose stored name is exactly `name`.
+    pub fn find_by_name(&self, name: &str) -> Result<Vec<Registration>> {
+        let all = self.list(&ListFilter::default())?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.vm_name.as_deref() == Some(name))
+            .collect())
+    }
+
+    pub fn pools(&self) -> Result<Vec<PoolInfo>> {
+        pools(&self.conn).map_err(|e| self.db_err(e))
+    }
+
+    pub fn next_free_vm_id(&self) -> Result<Option<u32>> {
+        next_free_vm_id(&self.conn).map_err(|e| self.db_err(e))
+    }
+}
+
+fn db_error(path: &Path, e: rusqlite::Error) -> Error {
+    Error::Database {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// A write transaction on the registry. Dropping it without `commit` rolls back.
+pub struct WriteTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    path: PathBuf,
+}
+
+impl WriteTx<'_> {
+    fn err(&self, e: rusqlite::Error) -> Error {
+        db_error(&self.path, e)
+    }
+
+    pub fn get(&self, vm_uuid: &str) -> Result<Option<Registration>> {
+        get(&self.tx, vm_uuid).map_err(|e| self.err(e))
+    }
+
+    /// The registration holding `vm_id`, if any.
+    pub fn owner_of(&self, vm_id: u32) -> Result<Option<Registration>> {
+        self.tx
+            .query_row(
+                &format!("{SELECT_REG} WHERE vm_id = ?1"),
+                [i64::from(vm_id)],
+                row_to_registration,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn next_free_vm_id(&self) -> Result<Option<u32>> {
+        next_free_vm_id(&self.tx).map_err(|e| self.err(e))
+    }
+
+    /// Fails with `VM_ID_IN_USE` (naming the owner and the next free id) unless `vm_id` is free
+    /// or already `vm_uuid`'s.
+    pub fn check_vm_id_free(&self, vm_id: u32, vm_uuid: &str) -> Result<()> {
+        match self.owner_of(vm_id)? {
+            Some(owner) if owner.vm_uuid != vm_uuid => Err(Error::VmIdInUse {
+                vm_id,
+                owner: VmRef {
+                    vm_uuid: owner.vm_uuid,
+                    vm_name: owner.vm_name,
+                },
+                next_free: self.next_free_vm_id()?,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn insert(&self, vm_uuid: &str, v: &NewValues) -> Result<Registration> {
+        self.tx
+            .execute(
+                "INSERT INTO vms (vm_id, vm_uuid, vm_name, pool_id, priority, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+                params![
+                    i64::from(v.vm_id),
+                    vm_uuid,
+                    v.vm_name,
+                    v.pool.as_str(),
+                    v.priority.as_int()
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        self.must_get(vm_uuid)
+    }
+
+    /// Updates the registry fields of `vm_uuid`; every other column (the mediator's) is untouched.
+    pub fn update(&self, vm_uuid: &str, v: &NewValues) -> Result<Registration> {
+        self.tx
+            .execute(
+                "UPDATE vms SET vm_id = ?1, vm_name = ?2, pool_id = ?3, priority = ?4,
+                 updated_at = CURRENT_TIMESTAMP WHERE vm_uuid = ?5",
+                params![
+                    i64::from(v.vm_id),
+                    v.vm_name,
+                    v.pool.as_str(),
+                    v.priority.as_int(),
+                    vm_uuid
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        self.must_get(vm_uuid)
+    }
+
+    pub fn set_name(&self, vm_uuid: &str, name: &str) -> Result<()> {
+        self.tx
+            .execute(
+                "UPDATE vms SET vm_name = ?1, updated_at = CURRENT_TIMESTAMP WHERE vm_uuid = ?2",
+                params![name, vm_uuid],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn delete(&self, vm_uuid: &str) -> Result<bool> {
+        let n = self
+            .tx
+            .execute("DELETE FROM vms WHERE vm_uuid = ?1", [vm_uuid])
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    fn must_get(&self, vm_uuid: &str) -> Result<Registration> {
+        self.get(vm_uuid)?.ok_or_else(|| {
+            Error::Internal(format!("row {vm_uuid} vanished inside its transaction"))
+        })
+    }
+
+    pub fn commit(self) -> Result<()> {
+        let path = self.path;
+        self.tx.commit().map_err(|e| db_error(&path, e))
+    }
+}
+
+const SELECT_REG: &str =
+    "SELECT vm_uuid, vm_name, vm_id, pool_id, priority, created_at, updated_at FROM vms";
+
+fn row_to_registration(r: &rusqlite::Row<'_>) -> rusqlite::Result<Registration> {
+    let pool: String = r.get(3)?;
+    let priority: i64 = r.get(4)?;
+    let bad = |col: usize, what: String| {
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, what.into())
+    };
+    Ok(Registration {
+        vm_uuid: r.get(0)?,
+        vm_name: r.get(1)?,
+        vm_id: r.get(2)?,
+        pool: Pool::parse(&pool).map_err(|_| bad(3, format!("stored pool_id {pool:?}")))?,
+        priority: Priority::from_db(priority)
+            .ok_or_else(|| bad(4, format!("stored priority {priority}")))?,
+        created_at: time_col(r, 5)?,
+        updated_at: time_col(r, 6)?,
+    })
+}
+
+/// Timestamps are text in every known database, but SQLite would let a number in.
+fn time_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<String>> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => None,
+        ValueRef::Text(t) => Some(sqlite_time_to_rfc3339(&String::from_utf8_lossy(t))),
+        ValueRef::Integer(n) => Some(n.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Blob(_) => None,
+    })
+}
+
+fn get(conn: &Connection, vm_uuid: &str) -> rusqlite::Result<Option<Registration>> {
+    conn.query_row(
+        &format!("{SELECT_REG} WHERE vm_uuid = ?1"),
+        [vm_uuid],
+        row_to_registration,
+    )
+    .optional()
+}
+
+fn list(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<Registration>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT_REG} WHERE (?1 IS NULL OR pool_id = ?1) AND (?2 IS NULL OR priority = ?2)
+         ORDER BY pool_id, priority DESC, vm_id"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            filter.pool.map(|p| p.as_str()),
+            filter.priority.map(|p| p.as_int())
+        ],
+        row_to_registration,
+    )?;
+    rows.collect()
+}
+
+fn next_free_vm_id(conn: &Connection) -> rusqlite::Result<Option<u32>> {
+    // The lowest id >= 1 not taken: 1 itself, or one past a taken id. Uses the vm_id index.
+    let n: Option<i64> = conn.query_row(
+        "SELECT MIN(c) FROM (
+             SELECT 1 AS c WHERE NOT EXISTS (SELECT 1 FROM vms WHERE vm_id = 1)
+             UNION ALL
+             SELECT v.vm_id + 1 FROM vms v
+             WHERE v.vm_id >= 1 AND v.vm_id < 4294967295
+               AND NOT EXISTS (SELECT 1 FROM vms w WHERE w.vm_id = v.vm_id + 1))",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n.and_then(|n| u32::try_from(n).ok()))
+}
+
+fn pools(conn: &Connection) -> rusqlite::Result<Vec<PoolInfo>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.pool_id, p.pool_name, p.description, COALESCE(p.enabled, 1),
+                COUNT(v.vm_uuid),
+                COALESCE(SUM(v.priority = 0), 0), COALESCE(SUM(v.priority = 1), 0),
+                COALESCE(SUM(v.priority = 2), 0)
+         FROM pools p LEFT JOIN vms v ON v.pool_id = p.pool_id
+         GROUP BY p.pool_id ORDER BY p.pool_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let id: String = r.get(0)?;
+        Ok((
+            id,
+            PoolInfo {
+                pool_id: Pool::A,
+                pool_name: r.get(1)?,
+                description: r.get(2)?,
+                enabled: r.get::<_, i64>(3)? != 0,
+                vm_count: r.get::<_, i64>(4)? as u64,
+                by_priority: ByPriority {
+                    low: r.get::<_, i64>(5)? as u64,
+                    medium: r.get::<_, i64>(6)? as u64,
+                    high: r.get::<_, i64>(7)? as u64,
+                },
+            },
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, mut info) = row?;
+        // The CHECK constraint keeps anything but A and B out of the table.
+        if let Ok(p) = Pool::parse(&id) {
+            info.pool_id = p;
+            out.push(info);
+        }
+    }
+    Ok(out)
+}
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+fn column_names(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+    names.collect()
+}
+
+/// Copies the database beside itself before a migration, through SQLite's backup API so the
+/// copy is consistent even while other readers are active.
+fn write_backup(conn: &Connection, path: &Path) -> Result<PathBuf> {
+    let stamp: String = conn
+        .query_row("SELECT strftime('%Y%m%dT%H%M%SZ', 'now')", [], |r| r.get(0))
+        .map_err(|e| db_error(path, e))?;
+    let base = format!("{}.pre-v{SCHEMA_VERSION}-{stamp}.bak", path.display());
+    let mut target = PathBuf::from(&base);
+    let mut n = 1;
+    while target.exists() {
+        target = PathBuf::from(format!("{base}.{n}"));
+        n += 1;
+    }
+    // The backup reads through a second connection: SQLite refuses to back up through the
+    // connection holding our write lock, and since we hold that lock, what the second connection
+    // reads is exactly the state we are about to migrate.
+    let src = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| db_error(path, e))?;
+    let mut dst = Connection::open(&target).map_err(|e| db_error(&target, e))?;
+    {
+        let backup =
+            rusqlite::backup::Backup::new(&src, &mut dst).map_err(|e| db_error(&target, e))?;
+        backup
+            .run_to_completion(1000, Duration::from_millis(10), None)
+            .map_err(|e| db_error(&target, e))?;
+    }
+    Ok(target)
+}
+
+/// Brings a database of the older tools (no `user_version`) to schema 1, inside the caller's
+/// transaction. Every row and every column the registry does not own is kept.
+fn migrate_v0_to_v1(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(CREATE_POOLS)?;
+    for (col, decl) in [
+        ("description", "TEXT"),
+        ("enabled", "INTEGER DEFAULT 1"),
+        ("created_at", "TIMESTAMP"),
+        ("updated_at", "TIMESTAMP"),
+    ] {
+        add_column_if_missing(conn, "pools", col, decl)?;
+    }
+    conn.execute_batch(SEED_POOLS)?;
+
+    if table_exists(conn, "vms")? {
+        let sql: String = conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'vms'",
+            [],
+            |r| r.get(0),
+        )?;
+        if needs_rebuild(&sql) {
+            rebuild_vms(conn, &sql)?;
+        }
+        for (col, decl) in [
+            ("vm_name", "TEXT"),
+            ("created_at", "TIMESTAMP"),
+            ("updated_at", "TIMESTAMP"),
+        ] {
+            add_column_if_missing(conn, "vms", col, decl)?;
+        }
+    } else {
+        conn.execute_batch(CREATE_VMS)?;
+    }
+    conn.execute_batch(INDEXES)?;
+    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+    Ok(())
+}
+
+fn add_column_if_missing(
+    conn: &Connection,
+    table: &str,
+    col: &str,
+    decl: &str,
+) -> rusqlite::Result<()> {
+    if !column_names(conn, table)?.iter().any(|c| c == col) {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} {decl}"))?;
+    }
+    Ok(())
+}
+
+/// The first design made vm_id the rowid (`INTEGER PRIMARY KEY AUTOINCREMENT`), which hands out
+/// ids by itself; the registry needs it to be an ordinary unique column the user assigns.
+fn needs_rebuild(create_sql: &str) -> bool {
+    table_parts(create_sql)
+        .iter()
+        .any(|p| first_word(p).eq_ignore_ascii_case("vm_id") && is_rowid_alias(p))
+}
+
+fn is_rowid_alias(column_def: &str) -> bool {
+    let upper = column_def.to_ascii_uppercase();
+    upper.contains("PRIMARY") && upper.contains("KEY")
+}
+
+/// Rebuilds `vms` with `vm_id INTEGER NOT NULL UNIQUE`, keeping every other column definition
+/// (with its type, default and CHECK) verbatim, then copies every row, then restores the
+/// table's indexes and triggers.
+fn rebuild_vms(conn: &Connection, create_sql: &str) -> rusqlite::Result<()> {
+    let parts = table_parts(create_sql);
+    let mut defs = Vec::new();
+    for p in parts {
+        if first_word(&p).eq_ignore_ascii_case("vm_id") {
+            defs.push("vm_id INTEGER NOT NULL UNIQUE".to_string());
+        } else if is_table_constraint(&p) && mentions_vm_id_key(&p) {
+            // A table-level PRIMARY KEY (vm_id) would make it the rowid again.
+            continue;
+        } else {
+            defs.push(p);
+        }
+    }
+    let columns = column_names(conn, "vms")?;
+    let cols = columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let extras: Vec<String> = {
+        let mut stmt = conn.prepare(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'vms' AND type IN ('index', 'trigger')
+             AND sql IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    conn.execute_batch(&format!(
+        "CREATE TABLE vms_migrating ({});
+         INSERT INTO vms_migrating ({cols}) SELECT {cols} FROM vms;
+         DROP TABLE vms;
+         ALTER TABLE vms_migrating RENAME TO vms;",
+        defs.join(",\n    ")
+    ))?;
+    for sql in extras {
+        conn.execute_batch(&sql)?;
+    }
+    Ok(())
+}
+
+fn is_table_constraint(part: &str) -> bool {
+    let w = first_word(part).to_ascii_uppercase();
+    matches!(
+        w.as_str(),
+        "CONSTRAINT" | "PRIMARY" | "UNIQUE" | "CHECK" | "FOREIGN"
+    )
+}
+
+fn mentions_vm_id_key(part: &str) -> bool {
+    let upper = part.to_ascii_uppercase();
+    upper.starts_with("PRIMARY") && upper.contains("VM_ID")
+}
+
+fn first_word(s: &str) -> String {
+    s.trim()
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("")
+        .trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']')
+        .to_string()
+}
+
+/// The comma-separated parts between the outer parentheses of a CREATE TABLE statement,
+/// respecting nested parentheses and quotes.
+fn table_parts(create_sql: &str) -> Vec<String> {
+    let (Some(open), Some(close)) = (create_sql.find('('), create_sql.rfind(')')) else {
+        return Vec::new();
+    };
+    let body = &create_sql[open + 1..close];
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let mut cur = String::new();
+    for c in body.chars() {
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+                cur.push(c);
+            }
+            None => match c {
+                '\'' | '"' | '`' => {
+                    quote = Some(c);
+                    cur.push(c);
+                }
+                '[' => {
+                    quote = Some(']');
+                    cur.push(c);
+                }
+                '(' => {
+                    depth += 1;
+                    cur.push(c);
+                }
+                ')' => {
+                    depth -= 1;
+                    cur.push(c);
+                }
+                ',' if depth == 0 => {
+                    parts.push(cur.trim().to_string());
+                    cur.clear();
+                }
+                _ => cur.push(c),
+            },
+        }
+    }
+    if !cur.trim().is_empty() {
+        parts.push(cur.trim().to_string());
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests;

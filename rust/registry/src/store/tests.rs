@@ -1,0 +1,397 @@
+use super::*;
+use rusqlite::types::Value;
+
+fn rows(conn: &Connection, sql: &str) -> Vec<Vec<Value>> {
+    let mut stmt = conn.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    stmt.query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+fn user_version(path: &Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+const FIRST_DESIGN: &str = "
+CREATE TABLE pools (pool_id CHAR(1) PRIMARY KEY CHECK(pool_id IN ('A','B')), pool_name TEXT NOT NULL);
+INSERT INTO pools VALUES ('A','Pool A'), ('B','Pool B');
+CREATE TABLE vms (
+    vm_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    vm_uuid TEXT UNIQUE NOT NULL,
+    vm_name TEXT,
+    pool_id CHAR(1) NOT NULL CHECK(pool_id IN ('A','B')),
+    priority INTEGER NOT NULL CHECK(priority IN (0,1,2)),
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+INSERT INTO vms (vm_uuid, vm_name, pool_id, priority, created_at, updated_at) VALUES
+  ('11111111-1111-1111-1111-111111111111', 'one', 'A', 2, '2025-01-02 03:04:05', '2025-01-02 03:04:05'),
+  ('22222222-2222-2222-2222-222222222222', NULL, 'B', 0, NULL, NULL);
+INSERT INTO vms (vm_id, vm_uuid, vm_name, pool_id, priority) VALUES
+  (100, 'not-a-uuid', 'garbage', 'A', 1),
+  (-5, '33333333-3333-3333-3333-333333333333', 'negative', 'B', 1),
+  (0, '44444444-4444-4444-4444-444444444444', 'zero', 'A', 0);
+";
+
+const MEDIATOR_ALTER: &str = "
+ALTER TABLE vms ADD COLUMN weight INTEGER NOT NULL DEFAULT 50;
+ALTER TABLE vms ADD COLUMN max_jobs_per_sec INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE vms ADD COLUMN max_queue_depth INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE vms ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE vms ADD COLUMN error_count INTEGER NOT NULL DEFAULT 0;
+UPDATE vms SET weight = 70, max_jobs_per_sec = 5, max_queue_depth = 9, quarantined = 1, error_count = 3
+  WHERE vm_name = 'one';
+";
+
+const LATER_DESIGN_SQL_FILE: &str = "
+CREATE TABLE pools (pool_id CHAR(1) PRIMARY KEY CHECK(pool_id IN ('A','B')), pool_name TEXT NOT NULL,
+    description TEXT, enabled INTEGER DEFAULT 1 CHECK(enabled IN (0,1)),
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
+INSERT INTO pools (pool_id, pool_name, enabled) VALUES ('A','Pool A',1), ('B','Pool B',1);
+CREATE TABLE vms (
+    vm_id INTEGER NOT NULL UNIQUE,
+    vm_uuid TEXT UNIQUE NOT NULL,
+    vm_name TEXT,
+    pool_id CHAR(1) NOT NULL DEFAULT 'A' CHECK(pool_id IN ('A','B')),
+    priority INTEGER NOT NULL DEFAULT 1 CHECK(priority IN (0,1,2)),
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    weight REAL NOT NULL DEFAULT 1.0,
+    max_jobs_per_sec INTEGER NOT NULL DEFAULT 0,
+    max_queue_depth INTEGER NOT NULL DEFAULT 0,
+    quarantined INTEGER NOT NULL DEFAULT 0 CHECK(quarantined IN (0,1)),
+    error_count INTEGER NOT NULL DEFAULT 0,
+    FOREIGN KEY (pool_id) REFERENCES pools(pool_id)
+);
+CREATE INDEX idx_vm_uuid ON vms(vm_uuid);
+CREATE INDEX idx_vm_pool ON vms(pool_id);
+CREATE INDEX idx_vm_priority ON vms(priority);
+INSERT INTO vms (vm_id, vm_uuid, vm_name, pool_id, priority, weight, quarantined, error_count) VALUES
+  (1, 'aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa', 'alpha', 'A', 2, 2.5, 1, 7),
+  (200, 'bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb', 'beta', 'B', 1, 1.0, 0, 0);
+";
+
+fn make_db(dir: &Path, sql: &str) -> PathBuf {
+    let path = dir.join("vgpu_config.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(sql).unwrap();
+    path
+}
+
+fn backups(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".bak"))
+        .collect()
+}
+
+#[test]
+fn fresh_database_has_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/vgpu_config.db");
+    let store = Store::open(&path).unwrap();
+    assert!(store.migration_backup().is_none());
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+    let pools = store.pools().unwrap();
+    assert_eq!(pools.len(), 2);
+    assert_eq!(pools[0].pool_name, "Pool A");
+    assert!(pools[1].enabled);
+    let mode: String = store
+        .conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert!(backups(&path.parent().unwrap().to_path_buf()).is_empty());
+}
+
+#[test]
+fn first_design_with_mediator_columns_migrates_keeping_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_db(dir.path(), &format!("{FIRST_DESIGN}{MEDIATOR_ALTER}"));
+    let before = rows(
+        &Connection::open(&path).unwrap(),
+        "SELECT * FROM vms ORDER BY vm_uuid",
+    );
+    assert_eq!(before.len(), 5);
+
+    let store = Store::open(&path).unwrap();
+    let backup = store.migration_backup().unwrap().to_path_buf();
+    drop(store);
+
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(rows(&conn, "SELECT * FROM vms ORDER BY vm_uuid"), before);
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'vms'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!sql.to_ascii_uppercase().contains("AUTOINCREMENT"), "{sql}");
+    assert!(sql.contains("weight INTEGER NOT NULL DEFAULT 50"), "{sql}");
+    // vm_id is no longer the rowid: an insert without it is refused instead of numbered.
+    assert!(conn
+        .execute(
+            "INSERT INTO vms (vm_uuid, pool_id, priority) VALUES ('x', 'A', 0)",
+            []
+        )
+        .is_err());
+    // The backup holds the original, unmigrated database.
+    let old = Connection::open(&backup).unwrap();
+    assert_eq!(rows(&old, "SELECT * FROM vms ORDER BY vm_uuid"), before);
+    let v: i64 = old
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 0);
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+}
+
+#[test]
+fn migrated_rows_read_back_with_their_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_db(dir.path(), FIRST_DESIGN);
+    let store = Store::open(&path).unwrap();
+    let all = store.list(&ListFilter::default()).unwrap();
+    assert_eq!(all.len(), 5);
+    let one = store
+        .get("11111111-1111-1111-1111-111111111111")
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.vm_id, 1);
+    assert_eq!(one.priority, Priority::High);
+    assert_eq!(one.created_at.as_deref(), Some("2025-01-02T03:04:05Z"));
+    let two = store
+        .get("22222222-2222-2222-2222-222222222222")
+        .unwrap()
+        .unwrap();
+    assert_eq!(two.created_at, None);
+    let bad: Vec<_> = all.iter().filter(|r| !r.problems().is_empty()).collect();
+    assert_eq!(bad.len(), 3);
+    // Ids 1 and 2 were handed out by AUTOINCREMENT, 0 and -5 do not count: 3 is next.
+    assert_eq!(store.next_free_vm_id().unwrap(), Some(3));
+}
+
+#[test]
+fn later_design_from_sql_file_keeps_types_checks_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_db(dir.path(), LATER_DESIGN_SQL_FILE);
+    let before = rows(
+        &Connection::open(&path).unwrap(),
+        "SELECT * FROM vms ORDER BY vm_id",
+    );
+    let store = Store::open(&path).unwrap();
+    assert!(store.migration_backup().is_some());
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(rows(&conn, "SELECT * FROM vms ORDER BY vm_id"), before);
+    assert_eq!(before[0][7], Value::Real(2.5));
+    assert!(conn
+        .execute("UPDATE vms SET quarantined = 5 WHERE vm_id = 1", [])
+        .is_err());
+}
+
+#[test]
+fn operations_leave_mediator_columns_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_db(dir.path(), LATER_DESIGN_SQL_FILE);
+    let mut store = Store::open(&path).unwrap();
+    let tx = store.write().unwrap();
+    tx.update(
+        "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
+        &NewValues {
+            vm_name: Some("alpha2".into()),
+            pool: Pool::B,
+            priority: Priority::Low,
+            vm_id: 5,
+        },
+    )
+    .unwrap();
+    tx.insert(
+        "cccccccc-cccc-cccc-cccc-cccccccccccc",
+        &NewValues {
+            vm_name: None,
+            pool: Pool::A,
+            priority: Priority::Medium,
+            vm_id: 6,
+        },
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let r = rows(
+        &conn,
+        "SELECT vm_id, weight, quarantined, error_count FROM vms ORDER BY vm_uuid",
+    );
+    assert_eq!(
+        r[0],
+        vec![
+            Value::Integer(5),
+            Value::Real(2.5),
+            Value::Integer(1),
+            Value::Integer(7)
+        ]
+    );
+    // A new row gets the mediator's defaults.
+    assert_eq!(r[2][1], Value::Real(1.0));
+}
+
+#[test]
+fn second_open_does_not_migrate_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_db(dir.path(), FIRST_DESIGN);
+    assert!(Store::open(&path).unwrap().migration_backup().is_some());
+    assert!(Store::open(&path).unwrap().migration_backup().is_none());
+    assert_eq!(backups(dir.path()).len(), 1);
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_db(dir.path(), "CREATE TABLE t(x); PRAGMA user_version = 7;");
+    let e = Store::open(&path).err().unwrap();
+    assert_eq!(e.code(), crate::ErrorCode::DatabaseError);
+    assert!(e.to_string().contains("schema version 7"), "{e}");
+}
+
+#[test]
+fn next_free_id_fills_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("r.db")).unwrap();
+    assert_eq!(store.next_free_vm_id().unwrap(), Some(1));
+    let tx = store.write().unwrap();
+    for (i, id) in [1u32, 2, 4, 4294967295].iter().enumerate() {
+        tx.insert(
+            &format!("0000000{i}-0000-0000-0000-000000000000"),
+            &NewValues {
+                vm_name: None,
+                pool: Pool::A,
+                priority: Priority::Low,
+                vm_id: *id,
+            },
+        )
+        .unwrap();
+    }
+    assert_eq!(tx.next_free_vm_id().unwrap(), Some(3));
+    let e = tx.check_vm_id_free(4, "other").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "VM ID 4 already in use by VM 00000002-0000-0000-0000-000000000000"
+    );
+    assert!(tx
+        .check_vm_id_free(4, "00000002-0000-0000-0000-000000000000")
+        .is_ok());
+    tx.commit().unwrap();
+}
+
+#[test]
+fn list_is_ordered_by_pool_priority_high_first_then_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("r.db")).unwrap();
+    let tx = store.write().unwrap();
+    let input = [
+        (Pool::B, Priority::High, 1u32),
+        (Pool::A, Priority::Low, 2),
+        (Pool::A, Priority::High, 9),
+        (Pool::A, Priority::High, 3),
+    ];
+    for (i, (pool, priority, vm_id)) in input.iter().enumerate() {
+        tx.insert(
+            &format!("0000000{i}-0000-0000-0000-000000000000"),
+            &NewValues {
+                vm_name: None,
+                pool: *pool,
+                priority: *priority,
+                vm_id: *vm_id,
+            },
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let ids: Vec<i64> = store
+        .list(&ListFilter::default())
+        .unwrap()
+        .iter()
+        .map(|r| r.vm_id)
+        .collect();
+    assert_eq!(ids, vec![3, 9, 2, 1]);
+    let a_high = store
+        .list(&ListFilter {
+            pool: Some(Pool::A),
+            priority: Some(Priority::High),
+        })
+        .unwrap();
+    assert_eq!(a_high.len(), 2);
+    let pools = store.pools().unwrap();
+    assert_eq!(pools[0].vm_count, 3);
+    assert_eq!(
+        pools[0].by_priority,
+        ByPriority {
+            low: 1,
+            medium: 0,
+            high: 2
+        }
+    );
+}
+
+#[test]
+fn concurrent_writers_never_share_an_id_or_lose_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    Store::open(&path).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut store = Store::open(&path).unwrap();
+                for i in 0..25 {
+                    let tx = store.write().unwrap();
+                    let id = tx.next_free_vm_id().unwrap().unwrap();
+                    tx.insert(
+                        &format!("{t:08x}-0000-0000-0000-{i:012x}"),
+                        &NewValues {
+                            vm_name: None,
+                            pool: Pool::A,
+                            priority: Priority::Low,
+                            vm_id: id,
+                        },
+                    )
+                    .unwrap();
+                    tx.commit().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let mut ids: Vec<i64> = store
+        .list(&ListFilter::default())
+        .unwrap()
+        .iter()
+        .map(|r| r.vm_id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=200).collect::<Vec<i64>>());
+}
+
+#[test]
+fn table_parts_respects_parentheses_and_quotes() {
+    let parts = table_parts(
+        "CREATE TABLE t (a INTEGER CHECK(a IN (0,1)), \"b,c\" TEXT DEFAULT 'x,y', PRIMARY KEY (a))",
+    );
+    assert_eq!(
+        parts,
+        vec![
+            "a INTEGER CHECK(a IN (0,1))",
+            "\"b,c\" TEXT DEFAULT 'x,y'",
+            "PRIMARY KEY (a)"
+        ]
+    );
+}

@@ -1,0 +1,123 @@
+//! XAPI access for vgpu-registry.
+//!
+//! The registry core talks to XAPI only through the [`Xapi`] trait, so tests can supply an
+//! in-memory pool and the plugin can supply the session xapi handed to it. [`Client`] is the real
+//! implementation: JSON-RPC at `/jsonrpc` over `unix:`, `http://` or `https://`.
+
+use std::collections::BTreeMap;
+
+mod client;
+mod endpoint;
+mod records;
+mod transport;
+
+pub use client::{Auth, Client, ClientOptions};
+pub use endpoint::Endpoint;
+
+/// One VM as the registry needs it (a subset of xapi's VM record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRecord {
+    /// `OpaqueRef:…` handle, valid for this connection's pool.
+    pub opaque_ref: String,
+    pub uuid: String,
+    pub name_label: String,
+    /// xapi's spelling: `Halted`, `Running`, `Paused`, `Suspended`.
+    pub power_state: String,
+    pub platform: BTreeMap<String, String>,
+    pub is_a_template: bool,
+    pub is_a_snapshot: bool,
+    pub is_control_domain: bool,
+    /// `OpaqueRef:NULL` when the VM runs nowhere.
+    pub resident_on: String,
+}
+
+/// A host of the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    pub opaque_ref: String,
+    pub uuid: String,
+    pub name_label: String,
+}
+
+/// Everything that can go wrong talking to XAPI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum XapiError {
+    /// xapi answered with an error: its code (e.g. `HANDLE_INVALID`) and parameters, kept verbatim.
+    #[error("{method}: {code}{}", fmt_params(.params))]
+    Api {
+        method: String,
+        code: String,
+        params: Vec<String>,
+    },
+    /// The endpoint URL is not one we understand.
+    #[error("invalid XAPI endpoint {0:?}: expected unix:/path, http://host[:port] or https://host[:port]")]
+    InvalidEndpoint(String),
+    /// Could not connect, or the connection broke.
+    #[error("cannot reach XAPI at {endpoint}: {reason}")]
+    Transport { endpoint: String, reason: String },
+    /// Connect or read timeout.
+    #[error("XAPI at {endpoint} did not answer {method} within {seconds} s")]
+    Timeout {
+        endpoint: String,
+        method: String,
+        seconds: u64,
+    },
+    /// The answer was not the JSON-RPC we expect.
+    #[error("unexpected answer from XAPI to {method}: {reason}")]
+    Protocol { method: String, reason: String },
+}
+
+fn fmt_params(params: &[String]) -> String {
+    if params.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", params.join(", "))
+    }
+}
+
+impl XapiError {
+    /// xapi's error code, when xapi produced one.
+    pub fn api_code(&self) -> Option<&str> {
+        match self {
+            XapiError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = XapiError> = std::result::Result<T, E>;
+
+/// The XAPI operations vgpu-registry uses. Object handles are xapi opaque refs.
+pub trait Xapi {
+    /// Every VM that is not a template, snapshot or control domain, in one round trip
+    /// (`VM.get_all_records_where`).
+    fn list_vms(&self) -> Result<Vec<VmRecord>>;
+    /// The VM with this uuid, or `None` when xapi knows no such VM (`UUID_INVALID`).
+    fn vm_by_uuid(&self, uuid: &str) -> Result<Option<VmRecord>>;
+    /// VMs whose name-label is exactly `name` (templates, snapshots and control domains excluded).
+    fn vms_by_name(&self, name: &str) -> Result<Vec<VmRecord>>;
+    /// The VM's current platform map (`VM.get_platform`).
+    fn get_platform(&self, vm_ref: &str) -> Result<BTreeMap<String, String>>;
+    /// `VM.add_to_platform` (fails with `MAP_DUPLICATE_KEY` when the key exists).
+    fn add_to_platform(&self, vm_ref: &str, key: &str, value: &str) -> Result<()>;
+    /// `VM.remove_from_platform` (no error when the key is absent).
+    fn remove_from_platform(&self, vm_ref: &str, key: &str) -> Result<()>;
+    /// `VM.get_power_state`.
+    fn power_state(&self, vm_ref: &str) -> Result<String>;
+    /// `VM.clean_shutdown`, waiting at most `timeout_s` seconds for it to finish.
+    fn clean_shutdown(&self, vm_ref: &str, timeout_s: u64) -> Result<()>;
+    /// `VM.start(vm, start_paused=false, force=false)`.
+    fn start(&self, vm_ref: &str) -> Result<()>;
+    /// The pool master (`pool.get_all` → `pool.get_master` → `host.get_record`).
+    fn pool_master(&self) -> Result<HostRecord>;
+    /// `host.get_by_uuid` → `host.get_record`; `None` when no such host.
+    fn host_by_uuid(&self, uuid: &str) -> Result<Option<HostRecord>>;
+    /// `host.call_plugin(host, plugin, fn, args)`: the plugin's string result.
+    fn call_plugin(
+        &self,
+        host_ref: &str,
+        plugin: &str,
+        function: &str,
+        args: &BTreeMap<String, String>,
+    ) -> Result<String>;
+}

@@ -1,0 +1,781 @@
+"""The simulator's state and every XAPI / control method, independent of the wire protocol.
+
+``SimCore.call(method, params, ctx)`` is the single entry point: it returns a JSON-able value or
+raises ``XapiError``. One lock (``self.lock``) guards all state; it is never held while a plugin
+runs or while injected latency elapses, so calls run concurrently and a plugin can call back.
+"""
+
+import collections
+import copy
+import json
+import os
+import re
+import threading
+import time
+import uuid as uuidlib
+
+from xapi_sim import filter as xfilter
+from xapi_sim import plugins
+from xapi_sim.errors import XapiError
+from xapi_sim.records import (
+    HOST_FIELDS, NULL_REF, POOL_FIELDS, POWER_STATES, SESSION_FIELDS, VM_FIELDS, VM_MAP_FIELDS,
+    HOST_MAP_FIELDS, POOL_MAP_FIELDS, host_record, make_ref, pool_record, session_record, vm_record,
+)
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_PLUGIN_DIR = os.path.normpath(os.path.join(PACKAGE_DIR, "..", "..", "plugin"))
+DEFAULT_FIXTURE = os.path.join(PACKAGE_DIR, "fixtures", "sample_pool.json")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_USERS = {"root": "password"}
+
+
+class Ctx(object):
+    """Where a call came from: ``transport`` is "unix" or "tcp", ``protocol`` "jsonrpc" or "xmlrpc"."""
+
+    def __init__(self, transport="tcp", protocol="jsonrpc"):
+        self.transport = transport
+        self.protocol = protocol
+
+
+def _now_stamp():
+    return time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime())
+
+
+def _is_uuid(value):
+    try:
+        return isinstance(value, str) and str(uuidlib.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+def _require_str_map(value, name):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise XapiError("FIELD_TYPE_ERROR", [name])
+    return dict(value)
+
+
+def _require_str(value, name):
+    if not isinstance(value, str):
+        raise XapiError("FIELD_TYPE_ERROR", [name])
+    return value
+
+
+def _require_bool(value, name):
+    if not isinstance(value, bool):
+        raise XapiError("FIELD_TYPE_ERROR", [name])
+    return value
+
+
+class _Method(object):
+    def __init__(self, fn, nargs, session=True):
+        # nargs counts every wire parameter, the session ref included (as xapi reports it).
+        self.fn = fn
+        self.nargs = nargs if isinstance(nargs, tuple) else (nargs, nargs)
+        self.session = session
+
+
+class SimCore(object):
+    def __init__(self, fixture_path=None, plugin_dir=None, plugin_python=None, url="", log=None,
+                 plugin_timeout=plugins.DEFAULT_TIMEOUT):
+        self.lock = threading.RLock()
+        self.fixture_path = fixture_path or DEFAULT_FIXTURE
+        with open(self.fixture_path) as f:
+            self.fixture = json.load(f)
+        self.plugin_dir = plugin_dir or DEFAULT_PLUGIN_DIR
+        self.default_plugin_python = plugin_python
+        self.plugin_timeout = plugin_timeout
+        self.url = url
+        self.log = log
+        self.started = time.time()
+        self.sessions = {}
+        self.faults = []
+        self.fault_seq = 0
+        self.call_log = []
+        self.seq = 0
+        self.counts = collections.Counter()
+        self.plugin_calls = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._load(self.fixture)
+        self.methods = self._method_table()
+        self.controls = self._control_table()
+
+    # ------------------------------------------------------------------ state
+
+    def _load(self, fixture):
+        """(Re)build pool, hosts and VMs from the fixture dict; validates references."""
+        hosts = collections.OrderedDict()
+        for h in fixture.get("hosts", []):
+            h = copy.deepcopy(h)
+            if not _is_uuid(h.get("uuid", "")):
+                raise ValueError("fixture host without a valid uuid: %r" % (h,))
+            h.setdefault("name_label", h["uuid"])
+            h.setdefault("address", "")
+            h.setdefault("plugin_env", {})
+            hosts[h["uuid"]] = h
+        if not hosts:
+            raise ValueError("fixture has no hosts")
+        pool = copy.deepcopy(fixture.get("pool", {}))
+        pool.setdefault("uuid", str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, "pool:" + ",".join(hosts))))
+        pool.setdefault("name_label", "")
+        pool.setdefault("master", next(iter(hosts)))
+        if pool["master"] not in hosts:
+            raise ValueError("pool master %s is not a fixture host" % pool["master"])
+        self.hosts = hosts
+        self.pool = pool
+        self.vms = collections.OrderedDict()
+        for v in fixture.get("vms", []):
+            self._insert_vm(copy.deepcopy(v), from_fixture=True)
+        for v in self.vms.values():
+            if v.get("snapshot_of") and v["snapshot_of"] not in self.vms:
+                raise ValueError("snapshot_of of VM %s names no fixture VM" % v["uuid"])
+        self.users = dict(fixture.get("users") or DEFAULT_USERS)
+        self.plugin_env_overrides = {}
+        self.plugin_python = self.default_plugin_python
+
+    def _normalize_vm(self, vm, explicit_resident=False):
+        ps = vm.get("power_state", "Halted")
+        if ps not in POWER_STATES:
+            raise XapiError("INVALID_VALUE", ["power_state", str(ps)])
+        vm["power_state"] = ps
+        if vm.get("resident_on") is not None and vm["resident_on"] not in self.hosts:
+            raise XapiError("UUID_INVALID", ["host", str(vm["resident_on"])])
+        if ps in ("Running", "Paused"):
+            if not vm.get("resident_on"):
+                vm["resident_on"] = self.pool["master"]
+            if vm.get("domid", -1) in (None, -1):
+                vm["domid"] = 0 if vm.get("is_control_domain") else self._next_domid(vm["resident_on"], vm["uuid"])
+        else:
+            if not explicit_resident:
+                vm["resident_on"] = None
+            vm["domid"] = -1
+
+    def _next_domid(self, host_uuid, exclude):
+        used = [v.get("domid", -1) for u, v in self.vms.items() if u != exclude and v.get("resident_on") == host_uuid]
+        return max([0] + [d for d in used if isinstance(d, int)]) + 1
+
+    def _insert_vm(self, vm, from_fixture=False):
+        if "uuid" not in vm or vm["uuid"] is None:
+            vm["uuid"] = str(uuidlib.uuid4())
+        if not _is_uuid(vm["uuid"]):
+            raise XapiError("INVALID_VALUE", ["uuid", str(vm["uuid"])])
+        if vm["uuid"] in self.vms:
+            raise XapiError("INVALID_VALUE", ["uuid", vm["uuid"], "already exists"])
+        vm.setdefault("name_label", "")
+        vm.setdefault("name_description", "")
+        vm.setdefault("is_a_snapshot", False)
+        # Like xapi, snapshots are templates too.
+        vm.setdefault("is_a_template", bool(vm["is_a_snapshot"]))
+        vm.setdefault("is_control_domain", False)
+        vm.setdefault("platform", {})
+        vm.setdefault("other_config", {})
+        for key in ("resident_on", "affinity"):
+            vm[key] = self._host_uuid_of(vm.get(key))
+        vm["snapshot_of"] = self._vm_uuid_of(vm.get("snapshot_of"), allow_missing=from_fixture)
+        for key in VM_MAP_FIELDS:
+            if key in vm:
+                _require_str_map(vm[key], key)
+        self._normalize_vm(vm)
+        self.vms[vm["uuid"]] = vm
+        return vm
+
+    def _host_uuid_of(self, value):
+        """A host given as uuid or ref (or null) -> host uuid or None."""
+        if value in (None, "", NULL_REF):
+            return None
+        if value in self.hosts:
+            return value
+        for u in self.hosts:
+            if make_ref("host", u) == value:
+                return u
+        raise XapiError("UUID_INVALID", ["host", str(value)])
+
+    def _vm_uuid_of(self, value, allow_missing=False):
+        if value in (None, "", NULL_REF):
+            return None
+        if value in self.vms or (allow_missing and _is_uuid(value)):
+            return value
+        for u in self.vms:
+            if make_ref("VM", u) == value:
+                return u
+        raise XapiError("UUID_INVALID", ["VM", str(value)])
+
+    # refs <-> objects
+
+    def _vm_by_ref(self, ref):
+        if isinstance(ref, str):
+            for u, vm in self.vms.items():
+                if make_ref("VM", u) == ref:
+                    return vm
+        raise XapiError("HANDLE_INVALID", ["VM", ref if isinstance(ref, str) else str(ref)])
+
+    def _host_by_ref(self, ref):
+        if isinstance(ref, str):
+            for u, h in self.hosts.items():
+                if make_ref("host", u) == ref:
+                    return h
+        raise XapiError("HANDLE_INVALID", ["host", ref if isinstance(ref, str) else str(ref)])
+
+    def _pool_by_ref(self, ref):
+        if ref == make_ref("pool", self.pool["uuid"]):
+            return self.pool
+        raise XapiError("HANDLE_INVALID", ["pool", ref if isinstance(ref, str) else str(ref)])
+
+    def _vm_rec(self, vm):
+        return vm_record(vm, self.vms, lambda u: u in self.hosts, lambda u: u in self.vms)
+
+    def _host_rec(self, host):
+        return host_record(host, self.vms)
+
+    def _pool_rec(self):
+        return pool_record(self.pool, lambda u: u in self.hosts)
+
+    def _check_session(self, ref):
+        if not isinstance(ref, str) or ref not in self.sessions:
+            raise XapiError("SESSION_INVALID", [ref if isinstance(ref, str) else str(ref)])
+
+    def _new_session(self, user, originator, transport):
+        ref = "OpaqueRef:" + str(uuidlib.uuid4())
+        self.sessions[ref] = {
+            "uuid": str(uuidlib.uuid4()),
+            "user": user,
+            "originator": originator,
+            "transport": transport,
+            "created": _now_stamp(),
+            "this_host": self.pool["master"],
+        }
+        return ref
+
+    # ------------------------------------------------------------------ dispatch
+
+    def call(self, method, params, ctx=None):
+        ctx = ctx or Ctx()
+        params = list(params) if isinstance(params, (list, tuple)) else [params]
+        if not isinstance(method, str):
+            raise XapiError("MESSAGE_METHOD_UNKNOWN", [str(method)])
+        if method.startswith("sim."):
+            return self._control(method, params)
+        with self.lock:
+            self.seq += 1
+            self.call_log.append({
+                "seq": self.seq, "method": method, "params": copy.deepcopy(params), "protocol": ctx.protocol,
+            })
+            self.counts[method] += 1
+            latency_ms, failure = self._match_faults(method)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if latency_ms:
+                time.sleep(latency_ms / 1000.0)
+            if failure is not None:
+                raise XapiError(failure[0], failure[1])
+            return self._dispatch(method, params, ctx)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _lookup(self, method):
+        entry = self.methods.get(method)
+        if entry is not None:
+            return entry
+        m = re.match(r"^(VM|host|pool|session)\.get_([A-Za-z0-9_]+)$", method)
+        if m:
+            cls, field = m.group(1), m.group(2)
+            fields = {"VM": VM_FIELDS, "host": HOST_FIELDS, "pool": POOL_FIELDS, "session": SESSION_FIELDS}[cls]
+            if field in fields or (cls == "VM" and any(field in v for v in self.vms.values())):
+                return _Method(self._generic_getter(cls, field), 2)
+        return None
+
+    def _dispatch(self, method, params, ctx):
+        entry = self._lookup(method)
+        if entry is None:
+            raise XapiError("MESSAGE_METHOD_UNKNOWN", [method])
+        lo, hi = entry.nargs
+        if not lo <= len(params) <= hi:
+            raise XapiError("MESSAGE_PARAMETER_COUNT_MISMATCH", [method, str(hi), str(len(params))])
+        if method == "host.call_plugin":
+            return self._call_plugin(ctx, *params)
+        with self.lock:
+            if entry.session:
+                self._check_session(params[0])
+                result = entry.fn(ctx, *params[1:])
+            else:
+                result = entry.fn(ctx, *params)
+            return copy.deepcopy(result)
+
+    def _match_faults(self, method):
+        latency = 0
+        failure = None
+        for f in list(self.faults):
+            if f["method"] not in (method, "*"):
+                continue
+            f["seen"] += 1
+            last = None if f["times"] < 0 else f["nth"] + f["times"] - 1
+            if f["seen"] >= f["nth"] and (last is None or f["seen"] <= last):
+                f["fired"] += 1
+                latency = max(latency, f["latency_ms"] or 0)
+                if f["code"] is not None and failure is None:
+                    failure = (f["code"], f["params"])
+            if last is not None and f["seen"] >= last:
+                self.faults.remove(f)
+        return latency, failure
+
+    # ------------------------------------------------------------------ XAPI methods
+
+    def _method_table(self):
+        t = {}
+
+        def add(name, fn, nargs, session=True):
+            t[name] = _Method(fn, nargs, session)
+
+        add("session.login_with_password", self.session_login_with_password, (2, 4), session=False)
+        add("session.logout", self.session_logout, 1, session=False)
+        add("session.get_record", self.session_get_record, 2)
+        for name in ("VM", "host", "pool"):
+            add(name + ".get_all", self._get_all(name), 1)
+            add(name + ".get_all_records", self._get_all_records(name), 1)
+            add(name + ".get_all_records_where", self._get_all_records_where(name), 2)
+            add(name + ".get_record", self._get_record(name), 2)
+            add(name + ".get_by_uuid", self._get_by_uuid(name), 2)
+            add(name + ".get_by_name_label", self._get_by_name_label(name), 2)
+        for field in VM_MAP_FIELDS:
+            add("VM.set_" + field, self._map_set("VM", field), 3)
+            add("VM.add_to_" + field, self._map_add("VM", field), 4)
+            add("VM.remove_from_" + field, self._map_remove("VM", field), 3)
+        for field in HOST_MAP_FIELDS:
+            add("host.set_" + field, self._map_set("host", field), 3)
+            add("host.add_to_" + field, self._map_add("host", field), 4)
+            add("host.remove_from_" + field, self._map_remove("host", field), 3)
+        for field in POOL_MAP_FIELDS:
+            add("pool.set_" + field, self._map_set("pool", field), 3)
+            add("pool.add_to_" + field, self._map_add("pool", field), 4)
+            add("pool.remove_from_" + field, self._map_remove("pool", field), 3)
+        for name in ("VM", "host", "pool"):
+            add(name + ".set_name_label", self._str_set(name, "name_label"), 3)
+            add(name + ".set_name_description", self._str_set(name, "name_description"), 3)
+        add("VM.start", self.vm_start, 4)
+        add("VM.start_on", self.vm_start_on, 5)
+        add("VM.clean_shutdown", self.vm_clean_shutdown, 2)
+        add("VM.hard_shutdown", self.vm_hard_shutdown, 2)
+        add("VM.shutdown", self.vm_shutdown, 2)
+        add("VM.clean_reboot", self.vm_reboot("running"), 2)
+        add("VM.hard_reboot", self.vm_reboot("hard"), 2)
+        add("VM.pause", self.vm_pause, 2)
+        add("VM.unpause", self.vm_unpause, 2)
+        add("VM.suspend", self.vm_suspend, 2)
+        add("VM.resume", self.vm_resume, 4)
+        add("host.call_plugin", None, 5)
+        return t
+
+    def _objects(self, cls):
+        if cls == "VM":
+            return self.vms
+        if cls == "host":
+            return self.hosts
+        return {self.pool["uuid"]: self.pool}
+
+    def _record_of(self, cls, obj):
+        if cls == "VM":
+            return self._vm_rec(obj)
+        if cls == "host":
+            return self._host_rec(obj)
+        return self._pool_rec()
+
+    def _by_ref(self, cls, ref):
+        if cls == "VM":
+            return self._vm_by_ref(ref)
+        if cls == "host":
+            return self._host_by_ref(ref)
+        return self._pool_by_ref(ref)
+
+    def _get_all(self, cls):
+        return lambda ctx: [make_ref(cls, u) for u in self._objects(cls)]
+
+    def _get_all_records(self, cls):
+        def fn(ctx):
+            return {make_ref(cls, u): self._record_of(cls, o) for u, o in self._objects(cls).items()}
+        return fn
+
+    def _get_all_records_where(self, cls):
+        def fn(ctx, expr):
+            pred = xfilter.compile_filter(_require_str(expr, "expr"))
+            out = {}
+            for u, o in self._objects(cls).items():
+                rec = self._record_of(cls, o)
+                if pred(rec):
+                    out[make_ref(cls, u)] = rec
+            return out
+        return fn
+
+    def _get_record(self, cls):
+        return lambda ctx, ref: self._record_of(cls, self._by_ref(cls, ref))
+
+    def _get_by_uuid(self, cls):
+        def fn(ctx, obj_uuid):
+            if isinstance(obj_uuid, str) and obj_uuid in self._objects(cls):
+                return make_ref(cls, obj_uuid)
+            raise XapiError("UUID_INVALID", [cls, obj_uuid if isinstance(obj_uuid, str) else str(obj_uuid)])
+        return fn
+
+    def _get_by_name_label(self, cls):
+        def fn(ctx, label):
+            label = _require_str(label, "label")
+            return [make_ref(cls, u) for u, o in self._objects(cls).items() if o.get("name_label") == label]
+        return fn
+
+    def _generic_getter(self, cls, field):
+        def fn(ctx, ref):
+            if cls == "session":
+                if ref not in self.sessions:
+                    raise XapiError("HANDLE_INVALID", ["session", str(ref)])
+                rec = session_record(ref, self.sessions[ref])
+            else:
+                rec = self._record_of(cls, self._by_ref(cls, ref))
+            if field not in rec:
+                raise XapiError("MESSAGE_METHOD_UNKNOWN", ["%s.get_%s" % (cls, field)])
+            return rec[field]
+        return fn
+
+    def _map_set(self, cls, field):
+        def fn(ctx, ref, value):
+            obj = self._by_ref(cls, ref)
+            obj[field] = _require_str_map(value, "value")
+            return ""
+        return fn
+
+    def _map_add(self, cls, field):
+        def fn(ctx, ref, key, value):
+            obj = self._by_ref(cls, ref)
+            key = _require_str(key, "key")
+            value = _require_str(value, "value")
+            current = obj.setdefault(field, {})
+            if key in current:
+                raise XapiError("MAP_DUPLICATE_KEY", [cls, field, ref, key])
+            current[key] = value
+            return ""
+        return fn
+
+    def _map_remove(self, cls, field):
+        def fn(ctx, ref, key):
+            obj = self._by_ref(cls, ref)
+            key = _require_str(key, "key")
+            obj.setdefault(field, {}).pop(key, None)
+            return ""
+        return fn
+
+    def _str_set(self, cls, field):
+        def fn(ctx, ref, value):
+            obj = self._by_ref(cls, ref)
+            obj[field] = _require_str(value, "value")
+            return ""
+        return fn
+
+    # sessions
+
+    def session_login_with_password(self, ctx, user, password, version="", originator=""):
+        user = _require_str(user, "uname")
+        password = _require_str(password, "pwd")
+        if ctx.transport != "unix":
+            if user not in self.users or self.users[user] != password:
+                raise XapiError("SESSION_AUTHENTICATION_FAILED", [user, "Authentication failure"])
+        return self._new_session(user, originator if isinstance(originator, str) else "", ctx.transport)
+
+    def session_logout(self, ctx, ref):
+        self._check_session(ref)
+        del self.sessions[ref]
+        return ""
+
+    def session_get_record(self, ctx, ref):
+        if ref not in self.sessions:
+            raise XapiError("HANDLE_INVALID", ["session", str(ref)])
+        return session_record(ref, self.sessions[ref])
+
+    # VM lifecycle
+
+    def _power_check(self, ref, vm, allowed, expected):
+        if vm.get("is_a_template"):
+            raise XapiError("VM_IS_TEMPLATE", [ref])
+        if vm.get("is_control_domain"):
+            raise XapiError("OPERATION_NOT_ALLOWED", ["This operation is not allowed on the control domain"])
+        if vm["power_state"] not in allowed:
+            raise XapiError("VM_BAD_POWER_STATE", [ref, expected, vm["power_state"].lower()])
+
+    def _set_power(self, vm, state, host=None):
+        vm["power_state"] = state
+        if state in ("Running", "Paused"):
+            vm["resident_on"] = host or vm.get("resident_on") or self.pool["master"]
+            if vm.get("domid", -1) == -1:
+                vm["domid"] = self._next_domid(vm["resident_on"], vm["uuid"])
+        else:
+            vm["resident_on"] = None
+            vm["domid"] = -1
+
+    def vm_start(self, ctx, ref, start_paused, force):
+        vm = self._vm_by_ref(ref)
+        _require_bool(start_paused, "start_paused")
+        _require_bool(force, "force")
+        self._power_check(ref, vm, ("Halted",), "halted")
+        self._set_power(vm, "Paused" if start_paused else "Running", self.pool["master"])
+        return ""
+
+    def vm_start_on(self, ctx, ref, host_ref, start_paused, force):
+        vm = self._vm_by_ref(ref)
+        host = self._host_by_ref(host_ref)
+        _require_bool(start_paused, "start_paused")
+        _require_bool(force, "force")
+        self._power_check(ref, vm, ("Halted",), "halted")
+        self._set_power(vm, "Paused" if start_paused else "Running", host["uuid"])
+        return ""
+
+    def vm_clean_shutdown(self, ctx, ref):
+        vm = self._vm_by_ref(ref)
+        self._power_check(ref, vm, ("Running",), "running")
+        self._set_power(vm, "Halted")
+        return ""
+
+    def vm_hard_shutdown(self, ctx, ref):
+        vm = self._vm_by_ref(ref)
+        self._power_check(ref, vm, ("Running", "Paused", "Suspended"), "running")
+        self._set_power(vm, "Halted")
+        return ""
+
+    def vm_shutdown(self, ctx, ref):
+        return self.vm_hard_shutdown(ctx, ref)
+
+    def vm_reboot(self, kind):
+        def fn(ctx, ref):
+            vm = self._vm_by_ref(ref)
+            allowed = ("Running",) if kind == "running" else ("Running", "Paused")
+            self._power_check(ref, vm, allowed, "running")
+            host = vm["resident_on"]
+            vm["domid"] = -1
+            self._set_power(vm, "Running", host)
+            return ""
+        return fn
+
+    def vm_pause(self, ctx, ref):
+        vm = self._vm_by_ref(ref)
+        self._power_check(ref, vm, ("Running",), "running")
+        vm["power_state"] = "Paused"
+        return ""
+
+    def vm_unpause(self, ctx, ref):
+        vm = self._vm_by_ref(ref)
+        self._power_check(ref, vm, ("Paused",), "paused")
+        vm["power_state"] = "Running"
+        return ""
+
+    def vm_suspend(self, ctx, ref):
+        vm = self._vm_by_ref(ref)
+        self._power_check(ref, vm, ("Running",), "running")
+        self._set_power(vm, "Suspended")
+        return ""
+
+    def vm_resume(self, ctx, ref, start_paused, force):
+        vm = self._vm_by_ref(ref)
+        _require_bool(start_paused, "start_paused")
+        _require_bool(force, "force")
+        self._power_check(ref, vm, ("Suspended",), "suspended")
+        self._set_power(vm, "Paused" if start_paused else "Running", self.pool["master"])
+        return ""
+
+    # host.call_plugin: prepared under the lock, run without it.
+
+    def _call_plugin(self, ctx, session_ref, host_ref, plugin, fn, args):
+        with self.lock:
+            self._check_session(session_ref)
+            host = self._host_by_ref(host_ref)
+            plugin = _require_str(plugin, "plugin")
+            fn = _require_str(fn, "fn")
+            args = _require_str_map(args, "args")
+            path = plugins.find_plugin(self.plugin_dir, plugin)
+            env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH}
+            env.update({k: str(v) for k, v in (host.get("plugin_env") or {}).items()})
+            env.update(self.plugin_env_overrides.get(host["uuid"], {}))
+            env["VGPU_HOST_UUID"] = host["uuid"]
+            env["VGPU_XAPI"] = self.url
+            env = {k: v for k, v in env.items() if v is not None}
+            plugin_session = self._new_session("root", "xapi-plugin:%s" % plugin, "internal")
+            python = self.plugin_python
+            self.plugin_calls += 1
+        return plugins.run_plugin(path, fn, plugin_session, args, env, python, self.plugin_timeout)
+
+    # ------------------------------------------------------------------ control (sim.*)
+
+    def _control_table(self):
+        return {
+            "sim.inject_fault": (self.sim_inject_fault, 1),
+            "sim.clear_faults": (self.sim_clear_faults, 0),
+            "sim.faults": (self.sim_faults, 0),
+            "sim.call_log": (self.sim_call_log, 0),
+            "sim.clear_call_log": (self.sim_clear_call_log, 0),
+            "sim.get_vm": (self.sim_get_vm, 1),
+            "sim.set_vm": (self.sim_set_vm, 2),
+            "sim.add_vm": (self.sim_add_vm, 1),
+            "sim.destroy_vm": (self.sim_destroy_vm, 1),
+            "sim.set_master": (self.sim_set_master, 1),
+            "sim.reset": (self.sim_reset, 0),
+            "sim.set_plugin_env": (self.sim_set_plugin_env, 2),
+            "sim.get_plugin_env": (self.sim_get_plugin_env, 1),
+            "sim.set_plugin_python": (self.sim_set_plugin_python, 1),
+            "sim.stats": (self.sim_stats, 0),
+        }
+
+    def _control(self, method, params):
+        entry = self.controls.get(method)
+        if entry is None:
+            raise XapiError("MESSAGE_METHOD_UNKNOWN", [method])
+        fn, nargs = entry
+        if len(params) != nargs:
+            raise XapiError("MESSAGE_PARAMETER_COUNT_MISMATCH", [method, str(nargs), str(len(params))])
+        with self.lock:
+            return copy.deepcopy(fn(*params))
+
+    def sim_inject_fault(self, spec):
+        if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["inject_fault needs a struct with a string 'method'"])
+        unknown = set(spec) - {"method", "nth", "times", "code", "params", "latency_ms"}
+        if unknown:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["unknown keys: " + ", ".join(sorted(unknown))])
+        nth = spec.get("nth", 1)
+        times = spec.get("times", 1)
+        latency = spec.get("latency_ms", 0) or 0
+        if "code" in spec:
+            code = spec["code"]
+        else:
+            code = None if latency else "INTERNAL_ERROR"
+        params = spec.get("params", [])
+        if not isinstance(nth, int) or isinstance(nth, bool) or nth < 1:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["nth must be an integer >= 1"])
+        if not isinstance(times, int) or isinstance(times, bool) or not (times >= 1 or times == -1):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["times must be an integer >= 1, or -1 (forever)"])
+        if not isinstance(latency, (int, float)) or isinstance(latency, bool) or latency < 0:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["latency_ms must be a number >= 0"])
+        if code is not None and not isinstance(code, str):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["code must be a string or null"])
+        if not isinstance(params, list):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["params must be an array"])
+        self.fault_seq += 1
+        self.faults.append({
+            "id": self.fault_seq, "method": spec["method"], "nth": nth, "times": times, "code": code,
+            "params": [p if isinstance(p, str) else json.dumps(p) for p in params],
+            "latency_ms": latency, "seen": 0, "fired": 0,
+        })
+        return self.fault_seq
+
+    def sim_clear_faults(self):
+        self.faults = []
+        return ""
+
+    def sim_faults(self):
+        return self.faults
+
+    def sim_call_log(self):
+        return self.call_log
+
+    def sim_clear_call_log(self):
+        self.call_log = []
+        return ""
+
+    def _vm_by_uuid(self, vm_uuid):
+        if not isinstance(vm_uuid, str) or vm_uuid not in self.vms:
+            raise XapiError("UUID_INVALID", ["VM", str(vm_uuid)])
+        return self.vms[vm_uuid]
+
+    def sim_get_vm(self, vm_uuid):
+        return self._vm_rec(self._vm_by_uuid(vm_uuid))
+
+    def sim_set_vm(self, vm_uuid, fields):
+        vm = self._vm_by_uuid(vm_uuid)
+        if not isinstance(fields, dict):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["fields must be a struct"])
+        if "uuid" in fields and fields["uuid"] != vm_uuid:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["the uuid cannot be changed"])
+        new = copy.deepcopy(vm)
+        for key, value in fields.items():
+            if key in ("resident_on", "affinity"):
+                new[key] = self._host_uuid_of(value)
+            elif key == "snapshot_of":
+                new[key] = self._vm_uuid_of(value)
+            elif key in VM_MAP_FIELDS:
+                new[key] = _require_str_map(value, key)
+            else:
+                new[key] = copy.deepcopy(value)
+        if "power_state" in fields and fields["power_state"] != vm["power_state"] and "domid" not in fields:
+            new["domid"] = -1
+        self._normalize_vm(new, explicit_resident="resident_on" in fields)
+        self.vms[vm_uuid] = new
+        return self._vm_rec(new)
+
+    def sim_add_vm(self, record):
+        if not isinstance(record, dict):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["record must be a struct"])
+        vm = self._insert_vm(copy.deepcopy(record))
+        return {"uuid": vm["uuid"], "ref": make_ref("VM", vm["uuid"])}
+
+    def sim_destroy_vm(self, vm_uuid):
+        self._vm_by_uuid(vm_uuid)
+        del self.vms[vm_uuid]
+        for v in self.vms.values():
+            if v.get("snapshot_of") == vm_uuid:
+                v["snapshot_of"] = None
+        return ""
+
+    def sim_set_master(self, host_uuid):
+        if host_uuid not in self.hosts:
+            raise XapiError("UUID_INVALID", ["host", str(host_uuid)])
+        self.pool["master"] = host_uuid
+        return ""
+
+    def sim_reset(self):
+        self._load(self.fixture)
+        self.faults = []
+        self.call_log = []
+        return ""
+
+    def sim_set_plugin_env(self, host_uuid, env):
+        if host_uuid not in self.hosts:
+            raise XapiError("UUID_INVALID", ["host", str(host_uuid)])
+        if not isinstance(env, dict):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["env must be a struct"])
+        current = self.plugin_env_overrides.setdefault(host_uuid, {})
+        for k, v in env.items():
+            if v is None:
+                current.pop(k, None)
+                self.hosts[host_uuid].get("plugin_env", {}).pop(k, None)
+            else:
+                current[str(k)] = str(v)
+        return ""
+
+    def sim_get_plugin_env(self, host_uuid):
+        if host_uuid not in self.hosts:
+            raise XapiError("UUID_INVALID", ["host", str(host_uuid)])
+        env = dict(self.hosts[host_uuid].get("plugin_env") or {})
+        env.update(self.plugin_env_overrides.get(host_uuid, {}))
+        env["VGPU_HOST_UUID"] = host_uuid
+        env["VGPU_XAPI"] = self.url
+        return env
+
+    def sim_set_plugin_python(self, exe):
+        if exe is not None and not isinstance(exe, str):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["exe must be a string or null"])
+        self.plugin_python = exe or None
+        return ""
+
+    def sim_stats(self):
+        return {
+            "calls_total": self.seq,
+            "calls_by_method": dict(self.counts),
+            "sessions": len(self.sessions),
+            "faults_pending": len(self.faults),
+            "plugin_calls": self.plugin_calls,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "vms": len(self.vms),
+            "hosts": len(self.hosts),
+            "master": self.pool["master"],
+            "url": self.url,
+            "plugin_dir": self.plugin_dir,
+            "plugin_python": self.plugin_python,
+            "uptime_s": round(time.time() - self.started, 3),
+        }

@@ -1,0 +1,1042 @@
+"""The XAPI simulator's own tests: protocols, transports, the PyPI XenAPI client, the filter
+grammar, error shapes, fault injection, the call log, host.call_plugin and the xe stand-in.
+
+Run: python -m pytest tests/xapi_sim -q
+"""
+
+import http.client
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import xmlrpc.client
+
+import pytest
+
+from xapi_sim import filter as xfilter
+from xapi_sim.client import JsonRpcClient, UnixHTTPConnection, XapiFault
+from xapi_sim.harness import (
+    PACKAGE_DIR, SAMPLE_FIXTURE, TESTS_DIR, THREE_HOST_FIXTURE, XE_PATH, Simulator,
+)
+from xapi_sim.records import make_ref
+
+with open(SAMPLE_FIXTURE) as _f:
+    SAMPLE = json.load(_f)
+
+MASTER = SAMPLE["pool"]["master"]
+HOST1 = SAMPLE["hosts"][0]["uuid"]
+HOST2 = SAMPLE["hosts"][1]["uuid"]
+assert MASTER == HOST1
+
+
+def vm_uuid(name):
+    found = [v["uuid"] for v in SAMPLE["vms"] if v["name_label"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+SCAN_EXPR = ('(field "is_a_template"="false") and (field "is_control_domain"="false") '
+             'and (field "is_a_snapshot"="false")')
+REAL_VM_NAMES = sorted(["render-01", "render-02", "cuda-dev", "ml-train-a", "ml-train-b", "db-primary", "web 01",
+                        "legacy-stub", "twin", "twin"])
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def sim_unix():
+    with Simulator(transport="unix") as sim:
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def sim_tcp():
+    with Simulator(transport="tcp") as sim:
+        yield sim
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def sim(request, sim_unix, sim_tcp):
+    s = sim_unix if request.param == "unix" else sim_tcp
+    s.reset()
+    return s
+
+
+@pytest.fixture
+def usim(sim_unix):
+    sim_unix.reset()
+    sim_unix.set_plugin_python(None)
+    return sim_unix
+
+
+def raw_post(sim, path, body, headers=None, conn=None):
+    """POST bytes to the simulator; returns (status, headers dict, body bytes)."""
+    own = conn is None
+    if own:
+        conn = raw_conn(sim)
+    hdrs = {"Content-Type": "application/json"}
+    hdrs.update(headers or {})
+    conn.request("POST", path, body, hdrs)
+    resp = conn.getresponse()
+    data = resp.read()
+    result = (resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    if own:
+        conn.close()
+    return result
+
+
+def raw_conn(sim):
+    if sim.url.startswith("unix:"):
+        return UnixHTTPConnection(sim.url[5:], timeout=30)
+    host, port = sim.url[len("http://"):].split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=30)
+
+
+def jsonrpc_raw(sim, method, params, version="2.0", req_id=7):
+    req = {"method": method, "params": params, "id": req_id}
+    if version:
+        req["jsonrpc"] = version
+    status, _, body = raw_post(sim, "/jsonrpc", json.dumps(req).encode())
+    assert status == 200
+    return json.loads(body)
+
+
+def fault_of(fn, *args):
+    with pytest.raises(XapiFault) as ei:
+        fn(*args)
+    return ei.value.code, ei.value.params
+
+
+# ---------------------------------------------------------------------------- process
+
+
+def _spawn(args):
+    env = dict(os.environ, PYTHONPATH=TESTS_DIR)
+    return subprocess.Popen([sys.executable] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=os.path.dirname(TESTS_DIR))
+
+
+def test_serve_unix_prints_listening_and_sigterm_removes_socket():
+    d = tempfile.mkdtemp(prefix="xsimt")
+    path = os.path.join(d, "x.sock")
+    proc = _spawn([os.path.join(PACKAGE_DIR, "server.py"), "serve", "--fixture", SAMPLE_FIXTURE, "--unix", path])
+    try:
+        line = proc.stdout.readline().decode()
+        assert line == "LISTENING unix:%s\n" % path
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        c = JsonRpcClient("unix:" + path)
+        assert c.call("session.login_with_password", "anyone", "anything").startswith("OpaqueRef:")
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert not os.path.exists(path)
+    assert proc.stdout.read() == b""  # exactly one line on stdout
+
+
+def test_serve_tcp_port_zero_and_sigint():
+    proc = _spawn(["-m", "xapi_sim", "serve", "--fixture", THREE_HOST_FIXTURE, "--port", "0"])
+    try:
+        line = proc.stdout.readline().decode()
+        m = re.match(r"^LISTENING (http://127\.0\.0\.1:(\d+))\n$", line)
+        assert m, line
+        assert int(m.group(2)) > 0
+        c = JsonRpcClient(m.group(1))
+        s = c.call("session.login_with_password", "root", "password", "1.0", "t")
+        assert len(c.call("host.get_all", s)) == 3
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+
+
+def test_harness_start_failure_reports_stderr(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hosts": []}')
+    with pytest.raises(RuntimeError) as ei:
+        Simulator(fixture=str(bad), transport="tcp", start_timeout=20).start()
+    assert "fixture has no hosts" in str(ei.value)
+
+
+# ---------------------------------------------------------------------------- JSON-RPC
+
+
+def test_jsonrpc_v2_success_and_error_shape(sim):
+    s = sim.login()
+    ok = jsonrpc_raw(sim, "VM.get_by_uuid", [s, vm_uuid("render-01")])
+    assert ok == {"jsonrpc": "2.0", "result": make_ref("VM", vm_uuid("render-01")), "id": 7}
+    err = jsonrpc_raw(sim, "VM.get_by_uuid", [s, "00000000-1111-2222-3333-444444444444"], req_id="abc")
+    assert err == {"jsonrpc": "2.0", "id": "abc",
+                   "error": {"code": 1, "message": "UUID_INVALID",
+                             "data": ["VM", "00000000-1111-2222-3333-444444444444"]}}
+
+
+def test_jsonrpc_v1_success_and_error_shape(sim):
+    s = sim.login()
+    ok = jsonrpc_raw(sim, "pool.get_all", [s], version=None)
+    assert ok == {"result": [make_ref("pool", SAMPLE["pool"]["uuid"])], "error": None, "id": 7}
+    err = jsonrpc_raw(sim, "VM.get_record", [s, "OpaqueRef:nope"], version=None)
+    # xapi (rpclib V1): the error is the array [code, params...]
+    assert err == {"result": None, "error": ["HANDLE_INVALID", "VM", "OpaqueRef:nope"], "id": 7}
+    v1 = JsonRpcClient(sim.url, version="1.0")
+    assert fault_of(v1.call, "VM.get_record", s, "OpaqueRef:nope") == ("HANDLE_INVALID", ["VM", "OpaqueRef:nope"])
+    v1.close()
+
+
+def test_malformed_requests_give_http_500(sim):
+    status, headers, body = raw_post(sim, "/jsonrpc", b"{not json")
+    assert status == 500 and b"HTTP 500 internal server error" in body
+    status, _, body = raw_post(sim, "/jsonrpc", b'{"jsonrpc":"2.0","method":"session.login_with_password","id":0}')
+    assert status == 500 and b"Malformed_method_request" in body
+    status, _, _ = raw_post(sim, "/", b"<methodCall><methodName>x</methodName>", {"Content-Type": "text/xml"})
+    assert status == 500
+    status, _, _ = raw_post(sim, "/nowhere", b"{}")
+    assert status == 404
+
+
+def test_keep_alive_and_connection_close(sim):
+    conn = raw_conn(sim)
+    body = json.dumps({"jsonrpc": "2.0", "method": "session.login_with_password",
+                       "params": ["root", "password"], "id": 1}).encode()
+    st1, h1, _ = raw_post(sim, "/jsonrpc", body, conn=conn)
+    sock1 = conn.sock
+    st2, h2, b2 = raw_post(sim, "/jsonrpc", body, conn=conn)
+    assert st1 == st2 == 200
+    assert conn.sock is sock1 and sock1 is not None  # same connection reused
+    assert int(h2["content-length"]) == len(b2)
+    assert "connection" not in h1
+    st3, h3, _ = raw_post(sim, "/jsonrpc", body, {"Connection": "close"}, conn=conn)
+    assert st3 == 200 and h3.get("connection") == "close"
+    conn.close()
+
+
+def test_chunked_request_body(sim):
+    conn = raw_conn(sim)
+    payload = json.dumps({"jsonrpc": "2.0", "method": "session.login_with_password",
+                          "params": ["root", "password"], "id": 1}).encode()
+    conn.putrequest("POST", "/jsonrpc")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.putheader("Content-Type", "application/json")
+    conn.endheaders()
+    half = len(payload) // 2
+    for part in (payload[:half], payload[half:]):
+        conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+    conn.send(b"0\r\n\r\n")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert json.loads(resp.read())["result"].startswith("OpaqueRef:")
+    conn.close()
+
+
+# ---------------------------------------------------------------------------- XML-RPC
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path):
+        xmlrpc.client.Transport.__init__(self)
+        self.path = path
+
+    def make_connection(self, host):
+        return UnixHTTPConnection(self.path)
+
+
+def xmlrpc_proxy(sim, path="/"):
+    if sim.url.startswith("unix:"):
+        return xmlrpc.client.ServerProxy("http://localhost" + path, transport=_UnixTransport(sim.url[5:]))
+    return xmlrpc.client.ServerProxy(sim.url + path)
+
+
+@pytest.mark.parametrize("path", ["/", "/RPC2"])
+def test_xmlrpc_status_value_and_failure(sim, path):
+    proxy = xmlrpc_proxy(sim, path)
+    login = proxy.session.login_with_password("root", "password", "1.0", "t")
+    assert login["Status"] == "Success" and login["Value"].startswith("OpaqueRef:")
+    s = login["Value"]
+    ref = make_ref("VM", vm_uuid("render-01"))
+    rec = proxy.VM.get_record(s, ref)
+    assert rec["Status"] == "Success"
+    assert rec["Value"]["name_label"] == "render-01"
+    assert rec["Value"]["domid"] == "3"  # xapi sends ints as strings over XML-RPC
+    assert rec["Value"]["is_a_template"] is False
+    assert isinstance(rec["Value"]["snapshot_time"], xmlrpc.client.DateTime)
+    fail = proxy.VM.clean_shutdown(s, make_ref("VM", vm_uuid("ml-train-b")))
+    assert fail == {"Status": "Failure",
+                    "ErrorDescription": ["VM_BAD_POWER_STATE", make_ref("VM", vm_uuid("ml-train-b")), "running",
+                                         "halted"]}
+    # control methods are reachable over XML-RPC too
+    assert proxy.sim.get_vm(vm_uuid("legacy-stub"))["Value"]["platform"]["device-model-args"] == \
+        "-device vgpu-stub,pool_id=B,priority=1,vm_id=3"
+
+
+def test_pypi_xenapi_client_tcp(sim_tcp):
+    XenAPI = pytest.importorskip("XenAPI")
+    sim_tcp.reset()
+    session = XenAPI.Session(sim_tcp.url)
+    session.xenapi.login_with_password("root", "password", "1.0", "test")
+    try:
+        records = session.xenapi.VM.get_all_records_where(SCAN_EXPR)
+        assert sorted(r["name_label"] for r in records.values()) == REAL_VM_NAMES
+        assert len(session.xenapi.VM.get_by_name_label("twin")) == 2
+        ref = session.xenapi.VM.get_by_uuid(vm_uuid("render-01"))
+        assert session.xenapi.VM.get_power_state(ref) == "Running"
+        session.xenapi.VM.clean_shutdown(ref)
+        assert session.xenapi.VM.get_power_state(ref) == "Halted"
+        assert session.xenapi.VM.get_resident_on(ref) == "OpaqueRef:NULL"
+        with pytest.raises(XenAPI.Failure) as ei:
+            session.xenapi.VM.get_record("OpaqueRef:missing")
+        assert ei.value.details == ["HANDLE_INVALID", "VM", "OpaqueRef:missing"]
+        master = session.xenapi.pool.get_master(session.xenapi.pool.get_all()[0])
+        assert session.xenapi.host.get_uuid(master) == MASTER
+        assert session.API_version == "2.21"
+    finally:
+        session.xenapi.session.logout()
+    bad = XenAPI.Session(sim_tcp.url)
+    with pytest.raises(XenAPI.Failure) as ei:
+        bad.xenapi.login_with_password("root", "wrong", "1.0", "test")
+    assert ei.value.details == ["SESSION_AUTHENTICATION_FAILED", "root", "Authentication failure"]
+
+
+def test_pypi_xenapi_client_unix_socket(sim_unix):
+    XenAPI = pytest.importorskip("XenAPI")
+    sim_unix.reset()
+    path = sim_unix.url[len("unix:"):]
+    assert "_" not in path
+    session = XenAPI.Session("http://" + path.replace("/", "_"), transport=XenAPI.UDSTransport())
+    session.xenapi.login_with_password("root", "", "1.0", "test")  # the socket trusts root
+    try:
+        hosts = session.xenapi.host.get_all_records()
+        assert sorted(h["name_label"] for h in hosts.values()) == ["xcp-lab-01", "xcp-lab-02"]
+        ref = session.xenapi.VM.get_by_uuid(vm_uuid("cuda-dev"))
+        session.xenapi.VM.add_to_platform(ref, "vgpu-test", "1")
+        assert session.xenapi.VM.get_platform(ref)["vgpu-test"] == "1"
+    finally:
+        session.xenapi.session.logout()
+    # and the harness helper does the same
+    s2 = sim_unix.xenapi_session()
+    assert len(s2.xenapi.pool.get_all()) == 1
+    s2.xenapi.session.logout()
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+def test_login_rules_per_transport(sim_unix, sim_tcp):
+    assert sim_unix.call("session.login_with_password", "nobody", "wrong").startswith("OpaqueRef:")
+    assert fault_of(sim_tcp.call, "session.login_with_password", "root", "wrong", "1.0", "t") == \
+        ("SESSION_AUTHENTICATION_FAILED", ["root", "Authentication failure"])
+    assert fault_of(sim_tcp.call, "session.login_with_password", "nobody", "password") == \
+        ("SESSION_AUTHENTICATION_FAILED", ["nobody", "Authentication failure"])
+    assert sim_tcp.call("session.login_with_password", "root", "password").startswith("OpaqueRef:")
+
+
+def test_session_invalid_and_logout(sim):
+    assert fault_of(sim.call, "VM.get_all", "OpaqueRef:bogus") == ("SESSION_INVALID", ["OpaqueRef:bogus"])
+    s = sim.call("session.login_with_password", "root", "password", "1.0", "t")
+    assert len(sim.call("VM.get_all", s)) == len(SAMPLE["vms"])
+    uuid_ = sim.call("session.get_uuid", s, s)
+    assert re.match(r"^[0-9a-f-]{36}$", uuid_)
+    assert sim.call("session.get_this_host", s, s) == make_ref("host", MASTER)
+    assert sim.call("session.logout", s) == ""
+    assert fault_of(sim.call, "VM.get_all", s) == ("SESSION_INVALID", [s])
+
+
+# ---------------------------------------------------------------------------- filter grammar
+
+
+@pytest.mark.parametrize("expr,expected", [
+    ('true', True),
+    ('false', False),
+    ('field "a"="1"', True),
+    ('field "a"="2"', False),
+    ('"1"=field "a"', True),
+    ('not field "a"="1"', False),
+    ('not (field "a"="1")', False),
+    ('field "a"="1" and field "b"="x"', False),
+    ('field "a"="1" or field "b"="x"', True),
+    # not > and > or
+    ('field "a"="2" and field "b"="y" or true', True),
+    ('field "a"="2" and (field "b"="y" or true)', False),
+    ('not field "a"="2" and field "b"="y"', True),
+    ('not (field "a"="2" or true)', False),
+    ('((field "flag"="false"))', True),
+    ('field "q"="say \\"hi\\""', True),
+    ('field "n"="-1"', True),
+])
+def test_filter_grammar(expr, expected):
+    rec = {"a": "1", "b": "y", "flag": False, "q": 'say "hi"', "n": -1}
+    assert xfilter.evaluate(xfilter.parse(expr), rec) is expected
+
+
+@pytest.mark.parametrize("bad", ['', 'field "a"', 'field a="1"', '(true', 'true)', 'field "a"="1" and',
+                                 '"unterminated', 'maybe', 'field "a"=="1"'])
+def test_filter_syntax_errors(bad):
+    with pytest.raises(xfilter.FilterSyntaxError):
+        xfilter.parse(bad)
+
+
+def test_get_all_records_where_through_server(sim):
+    s = sim.login()
+    recs = sim.call("VM.get_all_records_where", s, SCAN_EXPR)
+    assert sorted(r["name_label"] for r in recs.values()) == REAL_VM_NAMES
+    for ref, r in recs.items():
+        assert ref == make_ref("VM", r["uuid"])
+    running = sim.call("VM.get_all_records_where", s, 'field "power_state"="Running" and field "is_control_domain"="false"')
+    assert sorted(r["name_label"] for r in running.values()) == ["cuda-dev", "ml-train-a", "render-01", "render-02",
+                                                                  "twin"]
+    dom0 = sim.call("VM.get_all_records_where", s, 'field "is_control_domain"="true"')
+    assert len(dom0) == 2
+    both = sim.call("VM.get_all_records_where", s, 'field "name_label"="web 01" or field "name_label"="cuda-dev"')
+    assert sorted(r["name_label"] for r in both.values()) == ["cuda-dev", "web 01"]
+    on_h2 = sim.call("VM.get_all_records_where", s, 'field "resident_on"="%s"' % make_ref("host", HOST2))
+    assert sorted(r["name_label"] for r in on_h2.values()) == ["Control domain on host: xcp-lab-02", "ml-train-a",
+                                                                "render-02", "twin"]
+    assert sim.call("VM.get_all_records_where", s, "false") == {}
+    assert len(sim.call("VM.get_all_records_where", s, "true")) == len(SAMPLE["vms"])
+    code, params = fault_of(sim.call, "VM.get_all_records_where", s, 'field "is_a_template"=')
+    assert code == "INTERNAL_ERROR" and "Expression_error" in params[0]
+    code, params = fault_of(sim.call, "VM.get_all_records_where", s, 'field "no_such_field"="x"')
+    assert code == "INTERNAL_ERROR" and params[-1] == "no_such_field"
+    hosts = sim.call("host.get_all_records_where", s, 'field "name_label"="xcp-lab-02"')
+    assert [h["uuid"] for h in hosts.values()] == [HOST2]
+
+
+# ---------------------------------------------------------------------------- records & errors
+
+
+def test_vm_record_shape(sim):
+    s = sim.login()
+    ref = sim.call("VM.get_by_uuid", s, vm_uuid("cuda-dev"))
+    rec = sim.call("VM.get_record", s, ref)
+    for field in ("uuid", "name_label", "name_description", "power_state", "is_a_template", "is_a_snapshot",
+                  "is_control_domain", "platform", "other_config", "resident_on", "domid", "snapshots",
+                  "snapshot_of", "allowed_operations", "memory_static_max", "VCPUs_max"):
+        assert field in rec, field
+    assert rec["power_state"] == "Running"
+    assert rec["resident_on"] == make_ref("host", HOST1)
+    assert rec["domid"] == 5
+    assert rec["platform"]["device-model-args"] == "-device vgpu-cuda,addr=5,pool_id=A,priority=high,vm_id=1"
+    snap_uuid = vm_uuid("cuda-dev before driver upgrade")
+    assert rec["snapshots"] == [make_ref("VM", snap_uuid)]
+    snap = sim.call("VM.get_record", s, make_ref("VM", snap_uuid))
+    assert snap["is_a_snapshot"] is True and snap["is_a_template"] is True
+    assert snap["snapshot_of"] == ref
+    halted = sim.call("VM.get_record", s, make_ref("VM", vm_uuid("ml-train-b")))
+    assert halted["resident_on"] == "OpaqueRef:NULL" and halted["domid"] == -1
+    assert sim.call("VM.get_uuid", s, ref) == vm_uuid("cuda-dev")
+    assert sim.call("VM.get_name_label", s, ref) == "cuda-dev"
+    assert sim.call("VM.get_power_state", s, ref) == "Running"
+    assert sim.call("VM.get_other_config", s, ref)["base_template_name"] == "Ubuntu Jammy Jellyfish 22.04"
+    assert sim.call("VM.get_is_a_template", s, ref) is False
+
+
+def test_host_and_pool_records(sim):
+    s = sim.login()
+    pools = sim.call("pool.get_all", s)
+    assert pools == [make_ref("pool", SAMPLE["pool"]["uuid"])]
+    assert sim.call("pool.get_master", s, pools[0]) == make_ref("host", MASTER)
+    prec = sim.call("pool.get_record", s, pools[0])
+    assert prec["name_label"] == "lab-pool" and prec["master"] == make_ref("host", MASTER)
+    hosts = sim.call("host.get_all", s)
+    assert hosts == [make_ref("host", HOST1), make_ref("host", HOST2)]
+    h2 = sim.call("host.get_record", s, hosts[1])
+    assert (h2["uuid"], h2["name_label"], h2["address"]) == (HOST2, "xcp-lab-02", "192.0.2.12")
+    assert h2["control_domain"] == make_ref("VM", vm_uuid("Control domain on host: xcp-lab-02"))
+    assert make_ref("VM", vm_uuid("render-02")) in h2["resident_VMs"]
+    assert sim.call("host.get_by_uuid", s, HOST2) == hosts[1]
+    assert sim.call("host.get_uuid", s, hosts[1]) == HOST2
+    assert sim.call("host.get_name_label", s, hosts[0]) == "xcp-lab-01"
+    assert sim.call("host.get_address", s, hosts[0]) == "192.0.2.11"
+    recs = sim.call("host.get_all_records", s)
+    assert set(recs) == set(hosts)
+
+
+def test_lookup_errors(sim):
+    s = sim.login()
+    missing = "deadbeef-0000-4000-8000-000000000000"
+    assert fault_of(sim.call, "VM.get_by_uuid", s, missing) == ("UUID_INVALID", ["VM", missing])
+    assert fault_of(sim.call, "host.get_by_uuid", s, missing) == ("UUID_INVALID", ["host", missing])
+    assert fault_of(sim.call, "VM.get_record", s, "OpaqueRef:x") == ("HANDLE_INVALID", ["VM", "OpaqueRef:x"])
+    assert fault_of(sim.call, "host.get_record", s, "OpaqueRef:y") == ("HANDLE_INVALID", ["host", "OpaqueRef:y"])
+    # a VM ref is not a host ref
+    vm_ref = make_ref("VM", vm_uuid("render-01"))
+    assert fault_of(sim.call, "host.get_name_label", s, vm_ref) == ("HANDLE_INVALID", ["host", vm_ref])
+    assert fault_of(sim.call, "VM.frobnicate", s) == ("MESSAGE_METHOD_UNKNOWN", ["VM.frobnicate"])
+    assert fault_of(sim.call, "VM.get_no_such_field", s, vm_ref) == \
+        ("MESSAGE_METHOD_UNKNOWN", ["VM.get_no_such_field"])
+    assert fault_of(sim.call, "VM.get_record", s) == ("MESSAGE_PARAMETER_COUNT_MISMATCH", ["VM.get_record", "2", "1"])
+    assert fault_of(sim.call, "VM.start", s, vm_ref) == ("MESSAGE_PARAMETER_COUNT_MISMATCH", ["VM.start", "4", "2"])
+    assert fault_of(sim.call, "sim.get_vm") == ("MESSAGE_PARAMETER_COUNT_MISMATCH", ["sim.get_vm", "1", "0"])
+
+
+def test_get_by_name_label_returns_all_matches(sim):
+    s = sim.login()
+    twins = sim.call("VM.get_by_name_label", s, "twin")
+    assert sorted(twins) == sorted(make_ref("VM", v["uuid"]) for v in SAMPLE["vms"] if v["name_label"] == "twin")
+    assert len(twins) == 2
+    assert sim.call("VM.get_by_name_label", s, "Other install media") == [make_ref("VM", vm_uuid("Other install media"))]
+    assert sim.call("VM.get_by_name_label", s, "web 01") == [make_ref("VM", vm_uuid("web 01"))]
+    assert sim.call("VM.get_by_name_label", s, "no such vm") == []
+
+
+def test_refs_are_deterministic_across_instances(sim_unix, sim_tcp):
+    s1, s2 = sim_unix.login(), sim_tcp.login()
+    assert sim_unix.call("VM.get_all", s1) == sim_tcp.call("VM.get_all", s2)
+    assert sim_unix.call("VM.get_by_uuid", s1, vm_uuid("db-primary")) == \
+        make_ref("VM", vm_uuid("db-primary"))
+
+
+# ---------------------------------------------------------------------------- platform map
+
+
+def test_platform_map_operations(sim):
+    s = sim.login()
+    ref = make_ref("VM", vm_uuid("render-01"))
+    assert "device-model-args" not in sim.call("VM.get_platform", s, ref)
+    assert sim.call("VM.add_to_platform", s, ref, "device-model-args", "-device vgpu-cuda,vm_id=9") == ""
+    assert sim.call("VM.get_platform", s, ref)["device-model-args"] == "-device vgpu-cuda,vm_id=9"
+    assert fault_of(sim.call, "VM.add_to_platform", s, ref, "device-model-args", "x") == \
+        ("MAP_DUPLICATE_KEY", ["VM", "platform", ref, "device-model-args"])
+    assert sim.call("VM.remove_from_platform", s, ref, "device-model-args") == ""
+    assert sim.call("VM.remove_from_platform", s, ref, "device-model-args") == ""  # absent: no error
+    assert "device-model-args" not in sim.get_vm(vm_uuid("render-01"))["platform"]
+    sim.call("VM.set_platform", s, ref, {"only": "this"})
+    assert sim.call("VM.get_platform", s, ref) == {"only": "this"}
+    assert fault_of(sim.call, "VM.set_platform", s, ref, {"n": 1}) == ("FIELD_TYPE_ERROR", ["value"])
+    assert fault_of(sim.call, "VM.add_to_platform", s, "OpaqueRef:gone", "k", "v") == \
+        ("HANDLE_INVALID", ["VM", "OpaqueRef:gone"])
+
+
+# ---------------------------------------------------------------------------- power states
+
+
+def test_power_state_transitions(sim):
+    s = sim.login()
+    ref = make_ref("VM", vm_uuid("render-02"))  # Running on host 2
+    assert sim.call("VM.get_resident_on", s, ref) == make_ref("host", HOST2)
+    assert fault_of(sim.call, "VM.start", s, ref, False, False) == ("VM_BAD_POWER_STATE", [ref, "halted", "running"])
+    assert sim.call("VM.clean_shutdown", s, ref) == ""
+    rec = sim.get_vm(vm_uuid("render-02"))
+    assert (rec["power_state"], rec["resident_on"], rec["domid"]) == ("Halted", "OpaqueRef:NULL", -1)
+    assert fault_of(sim.call, "VM.clean_shutdown", s, ref) == ("VM_BAD_POWER_STATE", [ref, "running", "halted"])
+    assert fault_of(sim.call, "VM.hard_shutdown", s, ref) == ("VM_BAD_POWER_STATE", [ref, "running", "halted"])
+    sim.call("VM.start", s, ref, False, False)
+    rec = sim.get_vm(vm_uuid("render-02"))
+    assert rec["power_state"] == "Running" and rec["resident_on"] == make_ref("host", MASTER) and rec["domid"] > 0
+    sim.call("VM.pause", s, ref)
+    assert sim.call("VM.get_power_state", s, ref) == "Paused"
+    assert fault_of(sim.call, "VM.clean_shutdown", s, ref) == ("VM_BAD_POWER_STATE", [ref, "running", "paused"])
+    sim.call("VM.unpause", s, ref)
+    sim.call("VM.suspend", s, ref)
+    assert sim.call("VM.get_power_state", s, ref) == "Suspended"
+    assert fault_of(sim.call, "VM.start", s, ref, False, False) == ("VM_BAD_POWER_STATE", [ref, "halted", "suspended"])
+    sim.call("VM.resume", s, ref, False, False)
+    assert sim.call("VM.get_power_state", s, ref) == "Running"
+    sim.call("VM.hard_shutdown", s, ref)
+    sim.call("VM.start", s, ref, True, False)
+    assert sim.call("VM.get_power_state", s, ref) == "Paused"
+    tmpl = make_ref("VM", vm_uuid("Other install media"))
+    assert fault_of(sim.call, "VM.start", s, tmpl, False, False) == ("VM_IS_TEMPLATE", [tmpl])
+    assert fault_of(sim.call, "VM.start", s, ref, "no", False) == ("FIELD_TYPE_ERROR", ["start_paused"])
+
+
+def test_clean_shutdown_from_each_state(sim):
+    s = sim.login()
+    for name, state in (("db-primary", "paused"), ("web 01", "suspended"), ("legacy-stub", "halted")):
+        ref = make_ref("VM", vm_uuid(name))
+        assert fault_of(sim.call, "VM.clean_shutdown", s, ref) == ("VM_BAD_POWER_STATE", [ref, "running", state])
+
+
+# ---------------------------------------------------------------------------- fault injection
+
+
+def test_fault_nth_and_times(sim):
+    s = sim.login()
+    sim.inject_fault("VM.get_all", nth=2, times=2, code="HOST_OFFLINE", params=["h1"])
+    results = []
+    for _ in range(5):
+        try:
+            sim.call("VM.get_all", s)
+            results.append("ok")
+        except XapiFault as e:
+            results.append((e.code, e.params))
+    assert results == ["ok", ("HOST_OFFLINE", ["h1"]), ("HOST_OFFLINE", ["h1"]), "ok", "ok"]
+    assert sim.call("sim.faults") == []  # exhausted faults are gone
+
+
+def test_fault_default_code_and_other_methods_unaffected(sim):
+    s = sim.login()
+    sim.inject_fault("VM.get_record")
+    ref = make_ref("VM", vm_uuid("render-01"))
+    assert sim.call("VM.get_all", s)  # other method: fine
+    assert fault_of(sim.call, "VM.get_record", s, ref) == ("INTERNAL_ERROR", [])
+    assert sim.call("VM.get_record", s, ref)["uuid"] == vm_uuid("render-01")
+
+
+def test_fault_does_not_change_state(sim):
+    s = sim.login()
+    ref = make_ref("VM", vm_uuid("render-01"))
+    sim.inject_fault("VM.clean_shutdown", code="VM_SHUTDOWN_TIMEOUT", params=[ref, "120"])
+    assert fault_of(sim.call, "VM.clean_shutdown", s, ref) == ("VM_SHUTDOWN_TIMEOUT", [ref, "120"])
+    assert sim.get_vm(vm_uuid("render-01"))["power_state"] == "Running"
+
+
+def test_fault_latency_only_and_latency_with_error(sim):
+    s = sim.login()
+    sim.call("sim.inject_fault", {"method": "pool.get_all", "latency_ms": 300})
+    t0 = time.time()
+    assert len(sim.call("pool.get_all", s)) == 1
+    assert time.time() - t0 >= 0.29
+    t0 = time.time()
+    sim.call("pool.get_all", s)
+    assert time.time() - t0 < 0.25  # only once
+    sim.inject_fault("host.get_all", code="INTERNAL_ERROR", params=["slow failure"], latency_ms=200)
+    t0 = time.time()
+    assert fault_of(sim.call, "host.get_all", s) == ("INTERNAL_ERROR", ["slow failure"])
+    assert time.time() - t0 >= 0.19
+
+
+def test_fault_forever_wildcard_and_clear(sim):
+    s = sim.login()
+    sim.inject_fault("*", nth=1, times=-1, code="SIM_DOWN")
+    for method in ("VM.get_all", "host.get_all", "pool.get_all"):
+        assert fault_of(sim.call, method, s) == ("SIM_DOWN", [])
+    assert sim.stats()["faults_pending"] == 1
+    sim.clear_faults()
+    assert sim.call("host.get_all", s)
+
+
+def test_inject_fault_validation(sim):
+    assert fault_of(sim.call, "sim.inject_fault", {"nth": 1})[0] == "SIM_INVALID_ARGUMENT"
+    assert fault_of(sim.call, "sim.inject_fault", {"method": "x", "nth": 0})[0] == "SIM_INVALID_ARGUMENT"
+    assert fault_of(sim.call, "sim.inject_fault", {"method": "x", "bogus": 1})[0] == "SIM_INVALID_ARGUMENT"
+    assert fault_of(sim.call, "sim.nope") == ("MESSAGE_METHOD_UNKNOWN", ["sim.nope"])
+
+
+def test_calls_run_concurrently(sim):
+    s = sim.login()
+    sim.inject_fault("VM.get_all", times=4, latency_ms=600)  # latency only
+    clients = [sim.client() for _ in range(4)]
+    errors = []
+
+    def worker(c):
+        try:
+            assert len(c.call("VM.get_all", s)) == len(SAMPLE["vms"])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t0 = time.time()
+    threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    elapsed = time.time() - t0
+    for c in clients:
+        c.close()
+    assert not errors
+    assert elapsed < 1.8, elapsed  # serial would take 2.4 s
+    assert sim.stats()["max_in_flight"] >= 2
+
+
+# ---------------------------------------------------------------------------- call log
+
+
+def test_call_log(sim):
+    sim.clear_call_log()
+    s = sim.call("session.login_with_password", "root", "password", "1.0", "log-test")
+    ref = sim.call("VM.get_by_uuid", s, vm_uuid("render-01"))
+    sim.call("sim.stats")  # not logged
+    with pytest.raises(XapiFault):
+        sim.call("VM.get_record", s, "OpaqueRef:bad")  # failures are logged too
+    log = sim.call_log()
+    assert [e["method"] for e in log] == ["session.login_with_password", "VM.get_by_uuid", "VM.get_record"]
+    assert log[0]["params"] == ["root", "password", "1.0", "log-test"]
+    assert log[1]["params"] == [s, vm_uuid("render-01")]
+    assert log[2]["params"] == [s, "OpaqueRef:bad"]
+    assert [e["seq"] for e in log] == sorted(e["seq"] for e in log) and len({e["seq"] for e in log}) == 3
+    assert all(e["protocol"] == "jsonrpc" for e in log)
+    assert ref.startswith("OpaqueRef:")
+    assert sim.call_log("VM.get_by_uuid") == [log[1]]
+    xmlrpc_proxy(sim).VM.get_all(s)
+    assert sim.call_log()[-1]["protocol"] == "xmlrpc"
+    sim.clear_call_log()
+    assert sim.call_log() == []
+
+
+# ---------------------------------------------------------------------------- control methods
+
+
+def test_control_vm_editing_and_reset(sim):
+    s = sim.login()
+    u = vm_uuid("ml-train-b")
+    rec = sim.set_vm(u, power_state="Running", platform={"device-model-args": "-device vgpu-cuda,vm_id=4"})
+    assert rec["power_state"] == "Running" and rec["resident_on"] == make_ref("host", MASTER) and rec["domid"] > 0
+    assert sim.get_vm(u)["platform"] == {"device-model-args": "-device vgpu-cuda,vm_id=4"}
+    rec = sim.set_vm(u, {"resident_on": HOST2})
+    assert rec["resident_on"] == make_ref("host", HOST2)
+    added = sim.add_vm(name_label="fresh", power_state="Halted", platform={"a": "b"})
+    assert added["ref"] == make_ref("VM", added["uuid"])
+    assert sim.call("VM.get_name_label", s, added["ref"]) == "fresh"
+    new_uuid = "0a1b2c3d-0000-4000-8000-00000000abcd"
+    sim.add_vm({"uuid": new_uuid, "name_label": "twin", "power_state": "Running", "resident_on": HOST2})
+    assert len(sim.call("VM.get_by_name_label", s, "twin")) == 3
+    assert sim.get_vm(new_uuid)["resident_on"] == make_ref("host", HOST2)
+    sim.destroy_vm(added["uuid"])
+    assert fault_of(sim.call, "VM.get_record", s, added["ref"]) == ("HANDLE_INVALID", ["VM", added["ref"]])
+    assert fault_of(sim.get_vm, added["uuid"]) == ("UUID_INVALID", ["VM", added["uuid"]])
+    assert fault_of(sim.set_vm, u, {"power_state": "Exploded"})[0] == "INVALID_VALUE"
+    sim.reset()
+    assert sim.get_vm(u)["power_state"] == "Halted"
+    assert fault_of(sim.get_vm, new_uuid)[0] == "UUID_INVALID"
+    assert len(sim.call("VM.get_all", s)) == len(SAMPLE["vms"])  # session survived the reset
+
+
+def test_set_master(sim):
+    s = sim.login()
+    sim.set_master(HOST2)
+    pool = sim.call("pool.get_all", s)[0]
+    assert sim.call("pool.get_master", s, pool) == make_ref("host", HOST2)
+    assert sim.stats()["master"] == HOST2
+
+
+def test_stats(sim):
+    sim.clear_call_log()
+    s = sim.login()
+    sim.call("VM.get_all", s)
+    st = sim.stats()
+    assert st["calls_by_method"]["VM.get_all"] >= 1
+    assert st["vms"] == len(SAMPLE["vms"]) and st["hosts"] == 2
+    assert st["url"] == sim.url
+
+
+# ---------------------------------------------------------------------------- host.call_plugin
+
+PLUGIN_SOURCE = r'''
+import http.client, json, os, socket, sys, xmlrpc.client
+
+def out(payload):
+    sys.stdout.write(xmlrpc.client.dumps((payload,), methodresponse=True, allow_none=True))
+
+def success(value):
+    out({"Status": "Success", "Value": value})
+
+def failure(*desc):
+    out({"Status": "Failure", "ErrorDescription": list(desc)})
+
+def environ():
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read().split(b"\0")
+        return dict(x.decode().split("=", 1) for x in raw if x)
+    except OSError:
+        return dict(os.environ)
+
+def xapi(method, *params):
+    url = os.environ["VGPU_XAPI"]
+    if url.startswith("unix:"):
+        class C(http.client.HTTPConnection):
+            def connect(self):
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(url[5:])
+        conn = C("localhost")
+    else:
+        host, port = url[7:].split(":")
+        conn = http.client.HTTPConnection(host, int(port))
+    conn.request("POST", "/jsonrpc", json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}),
+                 {"Content-Type": "application/json"})
+    return json.loads(conn.getresponse().read())
+
+params, fn = xmlrpc.client.loads(sys.argv[1])
+session, args = params
+if fn == "echo":
+    success(json.dumps({"argc": len(sys.argv), "session": session, "args": args, "env": environ()}))
+elif fn == "fail":
+    failure(args.get("code", "VGPU_TEST_ERROR"), "something failed", '{"k": 1}')
+elif fn == "stray":
+    print("debug: stray line")
+    success("never seen")
+elif fn == "crash":
+    sys.stdout.write("partial")
+    sys.stderr.write("Traceback: boom\n")
+    sys.exit(3)
+elif fn == "callback":
+    r = xapi("VM.get_all_records_where", session, 'field "is_control_domain"="true"')
+    success(json.dumps(r))
+elif fn == "sleep":
+    import time
+    time.sleep(float(args["s"]))
+    success("slept")
+else:
+    failure("UNKNOWN_XENAPI_PLUGIN_FUNCTION", fn)
+'''
+
+
+@pytest.fixture
+def plugin_dir(tmp_path):
+    d = tmp_path / "plugins"
+    d.mkdir()
+    p = d / "tester"
+    p.write_text("#!%s\n%s" % (sys.executable, PLUGIN_SOURCE))
+    p.chmod(0o755)
+    q = d / "noexec"
+    q.write_text(PLUGIN_SOURCE)
+    q.chmod(0o644)
+    return str(d)
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def psim(request, plugin_dir):
+    with Simulator(transport=request.param, plugin_dir=plugin_dir) as sim:
+        yield sim
+
+
+def call_plugin(sim, host_uuid, plugin, fn, args=None):
+    s = sim.login()
+    return sim.call("host.call_plugin", s, make_ref("host", host_uuid), plugin, fn, args or {})
+
+
+def test_call_plugin_success_argv_env_session(psim):
+    psim.set_plugin_env(HOST2, {"VGPU_DB": "/nonexistent/db.sqlite", "EXTRA": "1"})
+    out = json.loads(call_plugin(psim, HOST1, "tester", "echo", {"vm-uuid": "abc", "pool": "A"}))
+    assert out["argc"] == 2  # the plugin file and exactly one argument
+    assert out["args"] == {"vm-uuid": "abc", "pool": "A"}
+    assert set(out["env"]) == {"PATH", "VGPU_HOST_UUID", "VGPU_XAPI"}
+    assert out["env"]["VGPU_HOST_UUID"] == HOST1
+    assert out["env"]["VGPU_XAPI"] == psim.url
+    assert out["env"]["PATH"] == os.environ.get("PATH")
+    # the session handed to the plugin is a fresh, valid session of the simulator
+    assert out["session"].startswith("OpaqueRef:") and out["session"] != psim.session
+    assert psim.call("VM.get_all", out["session"])
+    out2 = json.loads(call_plugin(psim, HOST2, "tester", "echo"))
+    assert out2["env"]["VGPU_HOST_UUID"] == HOST2
+    assert set(out2["env"]) == {"PATH", "VGPU_HOST_UUID", "VGPU_XAPI", "VGPU_DB", "EXTRA"}
+    assert psim.call("sim.get_plugin_env", HOST2)["VGPU_DB"] == "/nonexistent/db.sqlite"
+    psim.set_plugin_env(HOST2, {"EXTRA": None})
+    assert "EXTRA" not in json.loads(call_plugin(psim, HOST2, "tester", "echo"))["env"]
+    log = psim.call_log("host.call_plugin")
+    assert log[0]["params"][1:] == [make_ref("host", HOST1), "tester", "echo", {"vm-uuid": "abc", "pool": "A"}]
+
+
+def test_call_plugin_failure_is_relayed(psim):
+    assert fault_of(call_plugin, psim, HOST1, "tester", "fail", {"code": "VGPU_NOT_REGISTERED"}) == \
+        ("VGPU_NOT_REGISTERED", ["something failed", '{"k": 1}'])
+    assert fault_of(call_plugin, psim, HOST1, "tester", "nosuchfn") == \
+        ("UNKNOWN_XENAPI_PLUGIN_FUNCTION", ["nosuchfn"])
+
+
+def test_call_plugin_stray_stdout_and_crash(psim):
+    code, params = fault_of(call_plugin, psim, HOST1, "tester", "stray")
+    assert code == "XENAPI_PLUGIN_FAILURE"
+    assert params[0] == "failed to parse plugin output"
+    assert params[1].startswith("debug: stray line")
+    code, params = fault_of(call_plugin, psim, HOST1, "tester", "crash")
+    assert (code, params) == ("XENAPI_PLUGIN_FAILURE", ["non-zero exit", "partial", "Traceback: boom\n"])
+
+
+def test_call_plugin_missing_and_bad_host(psim):
+    assert fault_of(call_plugin, psim, HOST1, "vgpu-nope", "scan") == ("XENAPI_MISSING_PLUGIN", ["vgpu-nope"])
+    assert fault_of(call_plugin, psim, HOST1, "../plugins/tester", "echo")[0] == "XENAPI_MISSING_PLUGIN"
+    s = psim.login()
+    assert fault_of(psim.call, "host.call_plugin", s, "OpaqueRef:nohost", "tester", "echo", {}) == \
+        ("HANDLE_INVALID", ["host", "OpaqueRef:nohost"])
+    assert fault_of(psim.call, "host.call_plugin", s, make_ref("host", HOST1), "tester", "echo", {"n": 1}) == \
+        ("FIELD_TYPE_ERROR", ["args"])
+    assert fault_of(psim.call, "host.call_plugin", "OpaqueRef:bad", make_ref("host", HOST1), "tester", "echo", {}) == \
+        ("SESSION_INVALID", ["OpaqueRef:bad"])
+
+
+def test_call_plugin_calls_back_without_deadlock(psim):
+    # The plugin calls the simulator while host.call_plugin is still running.
+    out = json.loads(call_plugin(psim, HOST2, "tester", "callback"))
+    assert out["jsonrpc"] == "2.0"
+    assert sorted(r["name_label"] for r in out["result"].values()) == [
+        "Control domain on host: xcp-lab-01", "Control domain on host: xcp-lab-02"]
+
+
+def test_call_plugin_runs_concurrently(psim):
+    results = []
+
+    def worker():
+        c = psim.client()
+        s = c.call("session.login_with_password", "root", "password")
+        results.append(c.call("host.call_plugin", s, make_ref("host", HOST1), "tester", "sleep", {"s": "1.0"}))
+        c.close()
+
+    t0 = time.time()
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert results == ["slept"] * 3
+    assert time.time() - t0 < 2.6  # serial: 3 s plus start-up
+
+
+def test_plugin_python(psim):
+    code, params = fault_of(call_plugin, psim, HOST1, "noexec", "echo")
+    assert code == "XENAPI_PLUGIN_FAILURE" and params[0] == "exec failed"
+    psim.set_plugin_python(sys.executable)
+    out = json.loads(call_plugin(psim, HOST1, "noexec", "echo", {"x": "y"}))
+    assert out["args"] == {"x": "y"} and out["argc"] == 2
+    assert set(out["env"]) == {"PATH", "VGPU_HOST_UUID", "VGPU_XAPI"}
+    psim.set_plugin_python(None)
+
+
+def test_plugin_python_option(plugin_dir):
+    with Simulator(transport="tcp", plugin_dir=plugin_dir, plugin_python=sys.executable) as sim:
+        assert json.loads(call_plugin(sim, HOST1, "noexec", "echo"))["argc"] == 2
+
+
+def test_default_plugin_dir_is_repo_plugin(usim):
+    expected = os.path.normpath(os.path.join(PACKAGE_DIR, "..", "..", "plugin"))
+    assert usim.stats()["plugin_dir"] == expected
+
+
+# ---------------------------------------------------------------------------- xe stand-in
+
+
+def run_xe(sim, *args, **env_extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("XE_SIM_URL", "VGPU_XAPI")}
+    env.update(sim.env())
+    if sim.transport == "tcp":
+        env.update({"XE_SIM_USER": "root", "XE_SIM_PASSWORD": "password"})
+    env.update(env_extra)
+    return subprocess.run([XE_PATH] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          universal_newlines=True, timeout=60)
+
+
+def test_xe_vm_list_format(sim):
+    r = run_xe(sim, "vm-list", "name-label=web 01")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (
+        "uuid ( RO)           : %s\n"
+        "     name-label ( RW): web 01\n"
+        "    power-state ( RO): suspended\n\n\n" % vm_uuid("web 01"))
+    r = run_xe(sim, "vm-list", "params=uuid", "--minimal", "name-label=twin")
+    assert sorted(r.stdout.strip().split(",")) == sorted(v["uuid"] for v in SAMPLE["vms"] if v["name_label"] == "twin")
+    r = run_xe(sim, "vm-list", "params=name-label", "--minimal")
+    names = r.stdout.strip().split(",")
+    assert "Other install media" not in names and "cuda-dev before driver upgrade" not in names  # no templates
+    assert "Control domain on host: xcp-lab-01" in names and len(names) == 12
+    r = run_xe(sim, "vm-list", "power-state=paused", "params=name-label,resident-on")
+    assert r.stdout == "name-label ( RW)     : db-primary\n    resident-on ( RO): %s\n\n\n" % HOST1
+
+
+def test_xe_vm_param_get(sim):
+    r = run_xe(sim, "vm-param-get", "uuid=" + vm_uuid("legacy-stub"), "param-name=platform",
+               "param-key=device-model-args")
+    assert (r.returncode, r.stdout) == (0, "-device vgpu-stub,pool_id=B,priority=1,vm_id=3\n")
+    r = run_xe(sim, "vm-param-get", "uuid=" + vm_uuid("ml-train-a"), "param-name=platform",
+               "param-key=device-model-args")
+    assert r.stdout == "-global PIIX4_PM.disable_s3=1 -rtc base=localtime\n"
+    r = run_xe(sim, "vm-param-get", "uuid=" + vm_uuid("db-primary"), "param-name=power-state")
+    assert r.stdout == "paused\n"
+    r = run_xe(sim, "vm-param-get", "uuid=" + vm_uuid("render-01"), "param-name=platform",
+               "param-key=device-model-args")
+    assert r.returncode == 1 and "Key device-model-args not found in map" in r.stderr
+    r = run_xe(sim, "vm-param-get", "uuid=00000000-0000-4000-8000-000000000000", "param-name=power-state")
+    assert r.returncode == 1
+    assert r.stderr == "Error code: UUID_INVALID\nError parameters: VM, 00000000-0000-4000-8000-000000000000\n"
+
+
+def test_xe_param_set_and_power(sim):
+    u = vm_uuid("render-01")
+    r = run_xe(sim, "vm-param-set", "uuid=" + u, "platform:device-model-args=-device vgpu-cuda,vm_id=5")
+    assert r.returncode == 0, r.stderr
+    assert sim.get_vm(u)["platform"]["device-model-args"] == "-device vgpu-cuda,vm_id=5"
+    r = run_xe(sim, "vm-param-remove", "uuid=" + u, "param-name=platform", "param-key=device-model-args")
+    assert r.returncode == 0 and "device-model-args" not in sim.get_vm(u)["platform"]
+    assert run_xe(sim, "vm-shutdown", "uuid=" + u).returncode == 0
+    assert sim.get_vm(u)["power_state"] == "Halted"
+    r = run_xe(sim, "vm-shutdown", "uuid=" + u)
+    assert r.returncode == 1 and r.stderr.startswith("Error code: VM_BAD_POWER_STATE\n")
+    assert run_xe(sim, "vm-start", "vm=render-01").returncode == 0
+    assert sim.get_vm(u)["power_state"] == "Running"
+
+
+def test_xe_host_and_pool_list(sim):
+    r = run_xe(sim, "pool-list", "params=master")
+    assert r.stdout == "master ( RO)    : %s\n\n\n" % MASTER
+    r = run_xe(sim, "host-list", "params=uuid,name-label,address")
+    assert r.returncode == 0
+    blocks = [b for b in r.stdout.split("\n\n\n") if b.strip()]
+    assert len(blocks) == 2
+    assert blocks[0].splitlines() == [
+        "uuid ( RO)          : %s" % HOST1, "    name-label ( RW): xcp-lab-01", "       address ( RO): 192.0.2.11"]
+    r = run_xe(sim, "host-list", "--minimal")
+    assert r.stdout == "%s,%s\n" % (HOST1, HOST2)
+
+
+def test_xe_host_call_plugin(plugin_dir):
+    with Simulator(transport="unix", plugin_dir=plugin_dir) as sim:
+        r = run_xe(sim, "host-call-plugin", "host-uuid=" + HOST2, "plugin=tester", "fn=echo",
+                   "args:vm-name=web 01", "args:expr=a=b")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["args"] == {"vm-name": "web 01", "expr": "a=b"}
+        assert out["env"]["VGPU_HOST_UUID"] == HOST2
+        r = run_xe(sim, "host-call-plugin", "host-uuid=" + HOST1, "plugin=tester", "fn=fail",
+                   "args:code=VGPU_VM_NOT_FOUND")
+        assert r.returncode == 1
+        assert r.stdout == ""
+        assert r.stderr == 'Error code: VGPU_VM_NOT_FOUND\nError parameters: something failed, {"k": 1}\n'
+        r = run_xe(sim, "host-call-plugin", "host-uuid=" + HOST1, "plugin=absent", "fn=x")
+        assert r.returncode == 1 and r.stderr == "Error code: XENAPI_MISSING_PLUGIN\nError parameters: absent\n"
+
+
+def test_xe_endpoint_from_vgpu_xapi_and_errors(sim_unix):
+    env = {k: v for k, v in os.environ.items() if k not in ("XE_SIM_URL", "VGPU_XAPI")}
+    env["VGPU_XAPI"] = sim_unix.url
+    r = subprocess.run([XE_PATH, "pool-list", "params=master", "--minimal"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, env=env, universal_newlines=True, timeout=60)
+    assert r.stdout == MASTER + "\n"
+    env.pop("VGPU_XAPI")
+    r = subprocess.run([XE_PATH, "vm-list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                       universal_newlines=True, timeout=60)
+    assert r.returncode == 1 and "XE_SIM_URL" in r.stderr
+    r = run_xe(sim_unix, "vm-frobnicate")
+    assert r.returncode == 1 and "Unknown command: vm-frobnicate" in r.stderr
+
+
+def test_xe_tcp_needs_password(sim_tcp):
+    r = run_xe(sim_tcp, "host-list", XE_SIM_PASSWORD="wrong")
+    assert r.returncode == 1
+    assert r.stderr == "Error code: SESSION_AUTHENTICATION_FAILED\nError parameters: root, Authentication failure\n"
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+def test_sample_fixture_contents():
+    vms = SAMPLE["vms"]
+    real = [v for v in vms if not v.get("is_a_template") and not v.get("is_a_snapshot")
+            and not v.get("is_control_domain")]
+    assert len(real) == 10
+    states = [v["power_state"] for v in real if v["name_label"] != "twin"]
+    assert states.count("Running") >= 4 and states.count("Halted") >= 2
+    assert states.count("Paused") == 1 and states.count("Suspended") == 1
+    assert len([v for v in vms if v.get("is_control_domain")]) == 2
+    assert len([v for v in vms if v.get("is_a_template") and not v.get("is_a_snapshot")]) == 2
+    assert len([v for v in vms if v.get("is_a_snapshot")]) == 1
+    assert len({v["uuid"] for v in vms}) == len(vms)
+    with open(THREE_HOST_FIXTURE) as f:
+        three = json.load(f)
+    assert len(three["hosts"]) == 3 and three["pool"]["master"] == three["hosts"][0]["uuid"]
+    assert len([v for v in three["vms"] if not v.get("is_control_domain")]) == 4
+
+
+def test_readme_lists_every_fixture_uuid():
+    with open(os.path.join(PACKAGE_DIR, "README.md")) as f:
+        readme = f.read()
+    for path in (SAMPLE_FIXTURE, THREE_HOST_FIXTURE):
+        with open(path) as f:
+            data = json.load(f)
+        for obj in [data["pool"]] + data["hosts"] + data["vms"]:
+            assert obj["uuid"] in readme, obj["name_label"]
