@@ -502,7 +502,8 @@ mod tests {
 
     #[test]
     fn refusals_name_the_value() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 "register",
                 &[("vm-uuid", U), ("pool", "C"), ("priority", "low")],

@@ -107,7 +107,7 @@ fn fresh_database_has_the_schema() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
-    assert!(backups(&path.parent().unwrap().to_path_buf()).is_empty());
+    assert!(backups(path.parent().unwrap()).is_empty());
 }
 
 #[test]
