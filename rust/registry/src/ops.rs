@@ -592,7 +592,7 @@ impl Ctx<'_> {
         let platform = xapi.get_platform(&vm.opaque_ref).map_err(|e| {
             Error::xapi(
                 format!(
-                    "reading device-model-args of VM {} failed; nothing was changed",
+                    "reading device-model-args of VM {} failed; the registry and the VM are unchanged",
                     vm_ref(vm)
                 ),
                 e,
@@ -1015,3 +1015,6 @@ impl Ctx<'_> {
         self.finish(vm, reg, dma, will_restart, false)
     }
 }
+
+#[cfg(test)]
+mod tests;

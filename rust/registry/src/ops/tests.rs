@@ -1,0 +1,486 @@
+//! Operations against an in-memory pool with fault injection.
+
+use super::*;
+use crate::ErrorCode;
+use std::cell::RefCell;
+use xapi::{HostRecord, XapiError};
+
+#[derive(Default)]
+struct FakePool {
+    vms: RefCell<Vec<VmRecord>>,
+    calls: RefCell<Vec<String>>,
+    /// (method, remaining calls to let through before failing, failures left)
+    faults: RefCell<Vec<(String, usize, usize)>>,
+}
+
+impl FakePool {
+    fn with(vms: Vec<VmRecord>) -> FakePool {
+        FakePool {
+            vms: RefCell::new(vms),
+            ..Default::default()
+        }
+    }
+
+    fn fail(&self, method: &str, skip: usize, times: usize) {
+        self.faults
+            .borrow_mut()
+            .push((method.to_string(), skip, times));
+    }
+
+    fn enter(&self, method: &str) -> xapi::Result<()> {
+        self.calls.borrow_mut().push(method.to_string());
+        for f in self.faults.borrow_mut().iter_mut() {
+            if f.0 == method {
+                if f.1 > 0 {
+                    f.1 -= 1;
+                } else if f.2 > 0 {
+                    f.2 -= 1;
+                    return Err(XapiError::Api {
+                        method: method.to_string(),
+                        code: "INTERNAL_ERROR".into(),
+                        params: vec!["injected".into()],
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, method: &str) -> usize {
+        self.calls.borrow().iter().filter(|c| *c == method).count()
+    }
+
+    fn vm(&self, r: &str) -> VmRecord {
+        self.vms
+            .borrow()
+            .iter()
+            .find(|v| v.opaque_ref == r)
+            .cloned()
+            .unwrap()
+    }
+
+    fn dma(&self, r: &str) -> Option<String> {
+        self.vm(r).platform.get(PLATFORM_KEY).cloned()
+    }
+
+    fn edit(&self, r: &str, f: impl FnOnce(&mut VmRecord)) {
+        let mut vms = self.vms.borrow_mut();
+        f(vms.iter_mut().find(|v| v.opaque_ref == r).unwrap());
+    }
+}
+
+impl Xapi for FakePool {
+    fn list_vms(&self) -> xapi::Result<Vec<VmRecord>> {
+        self.enter("VM.get_all_records_where")?;
+        Ok(self
+            .vms
+            .borrow()
+            .iter()
+            .filter(|v| is_real_vm(v))
+            .cloned()
+            .collect())
+    }
+    fn vm_by_uuid(&self, uuid: &str) -> xapi::Result<Option<VmRecord>> {
+        self.enter("VM.get_by_uuid")?;
+        Ok(self.vms.borrow().iter().find(|v| v.uuid == uuid).cloned())
+    }
+    fn vms_by_name(&self, name: &str) -> xapi::Result<Vec<VmRecord>> {
+        self.enter("VM.get_by_name_label")?;
+        Ok(self
+            .vms
+            .borrow()
+            .iter()
+            .filter(|v| v.name_label == name)
+            .cloned()
+            .collect())
+    }
+    fn get_platform(&self, vm_ref: &str) -> xapi::Result<BTreeMap<String, String>> {
+        self.enter("VM.get_platform")?;
+        Ok(self.vm(vm_ref).platform)
+    }
+    fn add_to_platform(&self, vm_ref: &str, key: &str, value: &str) -> xapi::Result<()> {
+        self.enter("VM.add_to_platform")?;
+        self.edit(vm_ref, |v| {
+            v.platform.insert(key.into(), value.into());
+        });
+        Ok(())
+    }
+    fn remove_from_platform(&self, vm_ref: &str, key: &str) -> xapi::Result<()> {
+        self.enter("VM.remove_from_platform")?;
+        self.edit(vm_ref, |v| {
+            v.platform.remove(key);
+        });
+        Ok(())
+    }
+    fn power_state(&self, vm_ref: &str) -> xapi::Result<String> {
+        self.enter("VM.get_power_state")?;
+        Ok(self.vm(vm_ref).power_state)
+    }
+    fn clean_shutdown(&self, vm_ref: &str, _timeout_s: u64) -> xapi::Result<()> {
+        self.enter("VM.clean_shutdown")?;
+        self.edit(vm_ref, |v| v.power_state = "Halted".into());
+        Ok(())
+    }
+    fn start(&self, vm_ref: &str) -> xapi::Result<()> {
+        self.enter("VM.start")?;
+        self.edit(vm_ref, |v| v.power_state = "Running".into());
+        Ok(())
+    }
+    fn pool_master(&self) -> xapi::Result<HostRecord> {
+        unreachable!("not used by these operations")
+    }
+    fn host_by_uuid(&self, _uuid: &str) -> xapi::Result<Option<HostRecord>> {
+        unreachable!("not used by these operations")
+    }
+    fn call_plugin(
+        &self,
+        _h: &str,
+        _p: &str,
+        _f: &str,
+        _a: &BTreeMap<String, String>,
+    ) -> xapi::Result<String> {
+        unreachable!("not used by these operations")
+    }
+}
+
+fn vm(n: u8, name: &str, power: &str, dma: Option<&str>) -> VmRecord {
+    let mut platform = BTreeMap::new();
+    platform.insert("viridian".to_string(), "true".to_string());
+    if let Some(d) = dma {
+        platform.insert(PLATFORM_KEY.to_string(), d.to_string());
+    }
+    VmRecord {
+        opaque_ref: format!("OpaqueRef:{n}"),
+        uuid: format!("00000000-0000-0000-0000-0000000000{n:02x}"),
+        name_label: name.into(),
+        power_state: power.into(),
+        platform,
+        is_a_template: false,
+        is_a_snapshot: false,
+        is_control_domain: false,
+        resident_on: "OpaqueRef:NULL".into(),
+    }
+}
+
+fn pool() -> FakePool {
+    let mut tpl = vm(9, "template", "Halted", None);
+    tpl.is_a_template = true;
+    FakePool::with(vec![
+        vm(1, "one", "Running", Some("-m 1 'a b'")),
+        vm(2, "two", "Halted", None),
+        vm(
+            3,
+            "stub",
+            "Halted",
+            Some("-device vgpu-stub,pool_id=B,priority=1,vm_id=3,keep=on"),
+        ),
+        vm(4, "paused", "Paused", None),
+        tpl,
+    ])
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Store,
+    config: Config,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("r.db")).unwrap();
+    World {
+        _dir: dir,
+        store,
+        config: Config::default(),
+    }
+}
+
+fn uuid(n: u8) -> String {
+    format!("00000000-0000-0000-0000-0000000000{n:02x}")
+}
+
+fn reg(n: u8, pool: Pool, priority: Priority, vm_id: Option<u32>) -> RegisterReq {
+    RegisterReq {
+        selector: Selector::Uuid(uuid(n)),
+        name: None,
+        pool,
+        priority,
+        vm_id,
+        restart: Restart::default(),
+    }
+}
+
+fn dump(store: &Store) -> Vec<Registration> {
+    store.list(&ListFilter::default()).unwrap()
+}
+
+#[test]
+fn register_writes_registry_and_device_keeping_foreign_tokens() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    let a = ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    assert_eq!(a.registration.vm_id, 1);
+    assert_eq!(a.registration.vm_name.as_deref(), Some("one"));
+    assert!(a.applied && a.pending_restart && !a.restarted);
+    assert_eq!(
+        x.dma("OpaqueRef:1").as_deref(),
+        Some("-m 1 'a b' -device vgpu-cuda,addr=5,pool_id=A,priority=high,vm_id=1")
+    );
+    let b = ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    assert_eq!(b.registration.vm_id, 2);
+    assert!(!b.pending_restart, "a halted VM has nothing pending");
+}
+
+#[test]
+fn legacy_stub_is_replaced_in_place() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    ctx.register(reg(3, Pool::A, Priority::Medium, Some(9)))
+        .unwrap();
+    assert_eq!(
+        x.dma("OpaqueRef:3").as_deref(),
+        Some("-device vgpu-cuda,pool_id=A,priority=medium,vm_id=9,keep=on")
+    );
+}
+
+#[test]
+fn templates_are_not_vms() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    let e = ctx
+        .register(reg(9, Pool::A, Priority::High, None))
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::VmNotFound);
+}
+
+#[test]
+fn failed_platform_write_rolls_back_and_puts_args_back() {
+    for (method, skip, times) in [
+        ("VM.get_platform", 0, 1),
+        ("VM.remove_from_platform", 0, 1),
+        ("VM.add_to_platform", 0, 1),
+    ] {
+        let (mut w, x) = (world(), pool());
+        let before = x.dma("OpaqueRef:1");
+        x.fail(method, skip, times);
+        let mut ctx = Ctx {
+            store: &mut w.store,
+            xapi: &x,
+            config: &w.config,
+        };
+        let e = ctx
+            .register(reg(1, Pool::A, Priority::High, None))
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::XapiError, "{method}");
+        assert!(e.to_string().contains("unchanged"), "{method}: {e}");
+        assert_eq!(x.dma("OpaqueRef:1"), before, "{method}");
+        assert!(dump(&w.store).is_empty(), "{method}");
+    }
+}
+
+#[test]
+fn failed_compensation_says_how_to_repair() {
+    let (mut w, x) = (world(), pool());
+    x.fail("VM.add_to_platform", 0, 2);
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    let e = ctx
+        .register(reg(1, Pool::A, Priority::High, None))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!(
+            "xe vm-param-set uuid={} platform:device-model-args='-m 1 '\\''a b'\\'''",
+            uuid(1)
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("registry is unchanged"), "{msg}");
+    assert!(dump(&w.store).is_empty());
+}
+
+#[test]
+fn vm_id_conflict_changes_nothing_and_names_the_owner() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    ctx.register(reg(1, Pool::A, Priority::High, Some(5)))
+        .unwrap();
+    let e = ctx
+        .register(reg(2, Pool::B, Priority::Low, Some(5)))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("VM ID 5 already in use by VM {} (one)", uuid(1))
+    );
+    assert_eq!(e.details()["next_free_vm_id"], 1);
+    assert_eq!(x.dma("OpaqueRef:2"), None);
+    assert_eq!(x.count("VM.add_to_platform"), 1);
+}
+
+#[test]
+fn restart_needs_confirmation_and_refuses_paused() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    let mut r = reg(1, Pool::A, Priority::High, None);
+    r.restart = Restart {
+        requested: true,
+        confirmed: false,
+    };
+    let e = ctx.register(r.clone()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ConfirmationRequired);
+    assert!(dump(ctx.store).is_empty());
+
+    r.restart.confirmed = true;
+    let a = ctx.register(r).unwrap();
+    assert!(a.restarted && !a.pending_restart);
+    assert_eq!(x.count("VM.clean_shutdown"), 1);
+    assert_eq!(x.count("VM.start"), 1);
+
+    let mut p = reg(4, Pool::A, Priority::Low, None);
+    p.restart = Restart {
+        requested: true,
+        confirmed: true,
+    };
+    let e = ctx.register(p).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::VmState);
+    assert_eq!(dump(ctx.store).len(), 1);
+
+    // A halted VM is not started.
+    let mut h = reg(2, Pool::A, Priority::Low, None);
+    h.restart = Restart {
+        requested: true,
+        confirmed: false,
+    };
+    let a = ctx.register(h).unwrap();
+    assert!(!a.restarted);
+    assert_eq!(x.count("VM.start"), 1);
+}
+
+#[test]
+fn scan_reports_every_state_in_one_listing() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    // Drift by hand on VM 2, registry row for a VM that disappears.
+    x.edit("OpaqueRef:2", |v| {
+        v.platform.insert(
+            PLATFORM_KEY.into(),
+            "-device vgpu-stub,pool_id=B,priority=0,vm_id=2".into(),
+        );
+    });
+    ctx.register(reg(4, Pool::A, Priority::Low, None)).unwrap();
+    x.vms.borrow_mut().retain(|v| v.uuid != uuid(4));
+    x.edit("OpaqueRef:1", |v| {
+        v.platform.remove(PLATFORM_KEY);
+    });
+    x.calls.borrow_mut().clear();
+
+    let s = ctx.scan().unwrap();
+    assert_eq!(*x.calls.borrow(), vec!["VM.get_all_records_where"]);
+    assert_eq!(s.summary.total_vms, 3);
+    assert_eq!(s.summary.registered, 2);
+    assert_eq!(s.summary.unregistered, 1);
+    assert_eq!(s.summary.stale, 1);
+    assert_eq!(s.stale[0].registration.vm_uuid, uuid(4));
+    let one = s
+        .registered
+        .iter()
+        .find(|r| r.registration.vm_uuid == uuid(1))
+        .unwrap();
+    assert_eq!(one.status, VmStatus::NotApplied);
+    let two = s
+        .registered
+        .iter()
+        .find(|r| r.registration.vm_uuid == uuid(2))
+        .unwrap();
+    assert_eq!(two.status, VmStatus::Drift);
+    let fields: Vec<_> = two
+        .drift
+        .iter()
+        .map(|d| (d.field, d.device.clone()))
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            ("device_type", Some("vgpu-stub".to_string())),
+            ("priority", Some("0".to_string()))
+        ]
+    );
+
+    // sync: dry run changes nothing, then applies both, stale untouched.
+    let r = ctx
+        .sync(&SyncTarget::All, true, Restart::default())
+        .unwrap();
+    assert!(r.results.iter().any(|i| i.action == SyncAction::WouldApply));
+    assert_eq!(x.dma("OpaqueRef:1"), None);
+    let r = ctx
+        .sync(&SyncTarget::All, false, Restart::default())
+        .unwrap();
+    assert_eq!(r.failed, 0);
+    assert_eq!(
+        x.dma("OpaqueRef:2").as_deref(),
+        Some("-device vgpu-cuda,pool_id=B,priority=low,vm_id=2")
+    );
+    let s = ctx.scan().unwrap();
+    assert_eq!(s.summary.configured, 2);
+}
+
+#[test]
+fn remove_takes_only_the_vgpu_entry_and_stale_rows_go_from_the_registry_only() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    ctx.register(reg(2, Pool::A, Priority::High, None)).unwrap();
+    let a = ctx
+        .remove(&Selector::Uuid(uuid(1)), Restart::default())
+        .unwrap();
+    assert!(a.removed);
+    assert_eq!(x.dma("OpaqueRef:1").as_deref(), Some("-m 1 'a b'"));
+    // VM 2 had no other args: the key goes entirely.
+    ctx.remove(&Selector::Name("two".into()), Restart::default())
+        .unwrap();
+    assert_eq!(x.dma("OpaqueRef:2"), None);
+    assert!(dump(ctx.store).is_empty());
+
+    ctx.register(reg(3, Pool::B, Priority::Low, None)).unwrap();
+    x.vms.borrow_mut().retain(|v| v.uuid != uuid(3));
+    let calls_before = x.count("VM.remove_from_platform");
+    let a = ctx
+        .remove(&Selector::Name("stub".into()), Restart::default())
+        .unwrap();
+    assert_eq!(a.power_state, None);
+    assert_eq!(x.count("VM.remove_from_platform"), calls_before);
+    assert!(dump(ctx.store).is_empty());
+}
