@@ -296,6 +296,7 @@ fn status(s: &StatusReport) -> String {
     for (title, list) in [
         ("Drift", &s.drift),
         ("Not applied", &s.not_applied),
+        ("Unregistered", &s.unregistered),
         ("Stale", &s.stale),
     ] {
         if !list.is_empty() {

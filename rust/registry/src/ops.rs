@@ -182,6 +182,7 @@ pub struct StatusReport {
     pub summary: ScanSummary,
     pub drift: Vec<VmRef>,
     pub not_applied: Vec<VmRef>,
+    pub unregistered: Vec<VmRef>,
     pub stale: Vec<VmRef>,
     pub problems: Vec<Problem>,
 }
@@ -872,6 +873,14 @@ impl Ctx<'_> {
             pools: self.store.pools()?,
             drift: pick(VmStatus::Drift),
             not_applied: pick(VmStatus::NotApplied),
+            unregistered: scan
+                .unregistered
+                .iter()
+                .map(|u| VmRef {
+                    vm_uuid: u.vm_uuid.clone(),
+                    vm_name: Some(u.vm_name.clone()),
+                })
+                .collect(),
             stale: scan.stale.iter().map(|s| s.registration.vm_ref()).collect(),
             summary: scan.summary,
             problems,
