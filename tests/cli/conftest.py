@@ -131,6 +131,11 @@ class Cli(object):
         self.env = base_env()
         self.env.update({"VGPU_XAPI": sim.url, "VGPU_DB": self.db, "VGPU_CONFIG": self.config})
 
+    def use_db(self, path):
+        """Point this runner at another registry file."""
+        self.db = str(path)
+        self.env["VGPU_DB"] = self.db
+
     def run(self, *args, env=None, input=None, timeout=120):
         full_env = dict(self.env)
         if env:
@@ -206,6 +211,11 @@ def dump_db(path, table="vms", order="vm_uuid"):
         return conn.execute("SELECT * FROM %s ORDER BY %s" % (table, order)).fetchall()
     finally:
         conn.close()
+
+
+def strip_timestamps(dump):
+    """A vms dump (current schema) without created_at / updated_at, for comparing separate runs."""
+    return None if dump is None else [tuple(r[:5]) + tuple(r[7:]) for r in dump]
 
 
 def column_names(path, table="vms"):

@@ -54,6 +54,11 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 
+    /// Forward every command to the pool master's vgpu plugin (config mode = "remote"): how a
+    /// workstation drives a pool with --xapi https://master. Pool members always forward.
+    #[arg(long, global = true)]
+    pub remote: bool,
+
     /// Answer yes to confirmations (needed for --restart without a terminal).
     #[arg(short = 'y', long, global = true)]
     pub yes: bool,

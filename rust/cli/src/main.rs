@@ -6,17 +6,12 @@ mod render;
 
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command, Format};
-use registry::api::{self, Outcome, Request};
-use registry::config::Config;
-use registry::ops::Ctx;
-use registry::store::Store;
+use registry::api::{self, Function, Outcome, Request};
+use registry::service::{Service, Settings};
 use registry::Error;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
-use xapi::{Auth, Client, ClientOptions, Endpoint};
 
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().collect();
@@ -104,49 +99,47 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let is_call = matches!(cli.command, Command::Call { .. });
     let fail = |e: Error| (e, is_call);
 
-    let config_path = cli
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(registry::config::DEFAULT_CONFIG_PATH));
-    let config = Config::load(&config_path).map_err(fail)?;
-    let (function, args) = to_plugin_call(&cli.command, cli.yes).map_err(fail)?;
-    let mut request = api::parse_request(&function, &args).map_err(fail)?;
-    if !is_call {
-        confirm_restart(&mut request);
+    let (function, mut args) = to_plugin_call(&cli.command, cli.yes).map_err(fail)?;
+    // Validate before touching XAPI or the registry: bad input changes nothing.
+    let request = api::parse_request(&function, &args).map_err(fail)?;
+    if !is_call && ask_restart_confirmation(&request) {
+        args.insert("yes".into(), "true".into());
     }
-
-    let db = cli.db.clone().unwrap_or_else(|| config.db_path.clone());
-    let client = connect(&cli, &config).map_err(fail)?;
-    let mut store = Store::open(&db).map_err(fail)?;
-    if let Some(b) = store.migration_backup() {
+    let settings = Settings {
+        config_path: cli.config.clone(),
+        db: cli.db.clone(),
+        xapi: cli.xapi.clone(),
+        xapi_user: cli.xapi_user.clone(),
+        xapi_password_file: cli.xapi_password_file.clone(),
+        xapi_insecure: cli.xapi_insecure,
+        xapi_ca_file: cli.xapi_ca_file.clone(),
+        session: None,
+        remote: cli.remote,
+    };
+    let service = Service::new(&settings).map_err(fail)?;
+    let (value, backup) = service.call_noted(&function, &args).map_err(fail)?;
+    if let Some(b) = backup {
         eprintln!(
-            "note: migrated {} to schema {}; the previous database was saved as {}",
-            db.display(),
+            "note: migrated the registry {} to schema {}; the previous database was saved as {}",
+            service.db.display(),
             registry::store::SCHEMA_VERSION,
             b.display()
         );
     }
-    let mut ctx = Ctx {
-        store: &mut store,
-        xapi: &client,
-        config: &config,
-    };
-    let outcome = api::execute(&mut ctx, request).map_err(fail)?;
+    let f = Function::parse(&function).map_err(fail)?;
+    let outcome = Outcome::from_json(f, value.clone()).map_err(fail)?;
     let failed = matches!(&outcome, Outcome::Sync(r) if r.failed > 0);
 
-    let mut out = std::io::stdout().lock();
     let text = if is_call {
-        let value =
-            serde_json::to_value(&outcome).map_err(|e| fail(Error::Internal(e.to_string())))?;
         api::to_ascii_json(&value) + "\n"
     } else if cli.format == Format::Json {
-        serde_json::to_string_pretty(&outcome).map_err(|e| fail(Error::Internal(e.to_string())))?
+        serde_json::to_string_pretty(&value).map_err(|e| fail(Error::Internal(e.to_string())))?
             + "\n"
     } else {
-        render::render(&outcome, &function)
+        render::render(&outcome, f.name())
     };
     // A closed pipe (`| head`) is not an error worth a message.
-    let _ = out.write_all(text.as_bytes());
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(if failed {
         ExitCode::from(1)
     } else {
@@ -288,75 +281,26 @@ fn put_restart(a: &mut BTreeMap<String, String>, restart: bool, yes: bool) {
 }
 
 /// On a terminal, `--restart` without `--yes` asks; elsewhere the core refuses with
-/// CONFIRMATION_REQUIRED when a running VM would be restarted.
-fn confirm_restart(request: &mut Request) {
+/// CONFIRMATION_REQUIRED when a running VM would be restarted. True when the user said yes.
+fn ask_restart_confirmation(request: &Request) -> bool {
     let restart = match request {
-        Request::Register(r) => &mut r.restart,
-        Request::Update(r) => &mut r.restart,
-        Request::Remove(_, r) => r,
-        Request::Sync { restart, .. } => restart,
-        _ => return,
+        Request::Register(r) => r.restart,
+        Request::Update(r) => r.restart,
+        Request::Remove(_, r) => *r,
+        Request::Sync { restart, .. } => *restart,
+        _ => return false,
     };
     if !restart.requested || restart.confirmed {
-        return;
+        return false;
     }
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
-        return;
+        return false;
     }
     eprint!("Restart the VM now if it is running (clean shutdown, then start)? [y/N] ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
-    if std::io::stdin().read_line(&mut answer).is_ok() {
-        let a = answer.trim().to_ascii_lowercase();
-        restart.confirmed = a == "y" || a == "yes";
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
     }
-}
-
-fn connect(cli: &Cli, config: &Config) -> Result<Client, Error> {
-    let url = cli.xapi.clone().unwrap_or_else(|| config.xapi.clone());
-    let endpoint =
-        Endpoint::parse(&url).map_err(|e| Error::invalid("xapi", &url, e.to_string()))?;
-    let auth = if let Ok(session) = std::env::var("VGPU_XAPI_SESSION") {
-        Auth::Session(session)
-    } else if endpoint.is_unix() {
-        Auth::LocalRoot
-    } else {
-        let user = cli
-            .xapi_user
-            .clone()
-            .or_else(|| config.xapi_user.clone())
-            .unwrap_or_else(|| "root".into());
-        let password = match cli
-            .xapi_password_file
-            .as_ref()
-            .or(config.xapi_password_file.as_ref())
-        {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| {
-                    Error::invalid(
-                        "xapi-password-file",
-                        &path.display().to_string(),
-                        e.to_string(),
-                    )
-                })?,
-            None => std::env::var("VGPU_XAPI_PASSWORD").map_err(|_| {
-                Error::Usage(format!(
-                    "{url} needs a password: --xapi-password-file PATH or VGPU_XAPI_PASSWORD \
-                     (or an existing session in VGPU_XAPI_SESSION)"
-                ))
-            })?,
-        };
-        Auth::Password { user, password }
-    };
-    let options = ClientOptions {
-        connect_timeout: Duration::from_secs(config.xapi_connect_timeout_s),
-        read_timeout: Duration::from_secs(config.xapi_timeout_s),
-        insecure_tls: cli.xapi_insecure || config.xapi_insecure,
-        ca_file: cli
-            .xapi_ca_file
-            .clone()
-            .or_else(|| config.xapi_ca_file.clone()),
-    };
-    Ok(Client::new(endpoint, auth, options))
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }

@@ -186,6 +186,30 @@ pub enum Outcome {
     Sync(SyncReport),
 }
 
+impl Outcome {
+    /// Reads back the JSON document of `function` (e.g. a forwarded call's answer).
+    pub fn from_json(function: Function, value: serde_json::Value) -> Result<Outcome> {
+        let bad = |e: serde_json::Error| {
+            Error::Internal(format!("unexpected {} answer: {e}", function.name()))
+        };
+        Ok(match function {
+            Function::Scan => Outcome::Scan(serde_json::from_value(value).map_err(bad)?),
+            Function::Register
+            | Function::SetVmId
+            | Function::SetPool
+            | Function::SetPriority
+            | Function::Update
+            | Function::Remove => Outcome::Applied(serde_json::from_value(value).map_err(bad)?),
+            Function::Show => Outcome::Show(serde_json::from_value(value).map_err(bad)?),
+            Function::List => Outcome::List(serde_json::from_value(value).map_err(bad)?),
+            Function::ListPools => Outcome::Pools(serde_json::from_value(value).map_err(bad)?),
+            Function::ShowPool => Outcome::Pool(serde_json::from_value(value).map_err(bad)?),
+            Function::Status => Outcome::Status(serde_json::from_value(value).map_err(bad)?),
+            Function::Sync => Outcome::Sync(serde_json::from_value(value).map_err(bad)?),
+        })
+    }
+}
+
 /// Arguments with their keys normalised (`vm_uuid` → `vm-uuid`), refusing unknown keys.
 struct Args<'a> {
     function: Function,

@@ -78,7 +78,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// A VM as named in an error: uuid plus the name when known.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct VmRef {
     pub vm_uuid: String,
     pub vm_name: Option<String>,
@@ -148,6 +148,13 @@ pub enum Error {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// An error the pool master's plugin returned, code and message intact.
+    #[error("{message}")]
+    Forwarded {
+        code: ErrorCode,
+        message: String,
+        details: Value,
+    },
 }
 
 fn list_vms(vms: &[VmRef]) -> String {
@@ -189,6 +196,7 @@ impl Error {
             Error::ConfirmationRequired(_) => ErrorCode::ConfirmationRequired,
             Error::VmState { .. } => ErrorCode::VmState,
             Error::Internal(_) => ErrorCode::Internal,
+            Error::Forwarded { code, .. } => *code,
         }
     }
 
@@ -255,6 +263,7 @@ impl Error {
             Error::VmState {
                 vm, power_state, ..
             } => json!({"vm_uuid": vm.vm_uuid, "vm_name": vm.vm_name, "power_state": power_state}),
+            Error::Forwarded { details, .. } => details.clone(),
             _ => json!({}),
         }
     }

@@ -8,6 +8,8 @@
 //! - [`config`]: `vgpu.conf` (TOML).
 //! - [`ops`]: the operations (scan, register, set-vm-id, …) over the store and XAPI.
 //! - [`api`]: the plugin API dispatcher: function name + string arguments → JSON or error.
+//! - [`service`]: the entry point of every front end: settings, XAPI connection, routing to
+//!   the pool master.
 
 pub mod api;
 pub mod config;
@@ -15,6 +17,7 @@ pub mod dma;
 pub mod error;
 pub mod model;
 pub mod ops;
+pub mod service;
 pub mod store;
 
 pub use error::{Error, ErrorCode, Result};

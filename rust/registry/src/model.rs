@@ -2,10 +2,10 @@
 //! through these functions, so a value is accepted or refused identically everywhere.
 
 use crate::error::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Registry pool, `A` or `B`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Pool {
     A,
     B,
@@ -91,6 +91,13 @@ impl Priority {
 impl std::fmt::Display for Priority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_word())
+    }
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Priority::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -195,7 +202,7 @@ impl std::fmt::Display for Selector {
 
 /// A row of the `vms` table. Fields are kept as stored so rows the old tools wrote without
 /// validation (vm_id 0 or negative, garbage uuids) can still be listed and repaired.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
     pub vm_uuid: String,
     pub vm_name: Option<String>,

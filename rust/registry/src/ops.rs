@@ -55,7 +55,7 @@ pub enum SyncTarget {
 // ---------------------------------------------------------------------------------------------
 // Results
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmStatus {
     Configured,
@@ -76,16 +76,16 @@ impl VmStatus {
 }
 
 /// One difference between the registry and the VM's vgpu device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Drift {
     /// `pool`, `priority`, `vm_id` or `device_type`.
-    pub field: &'static str,
+    pub field: String,
     pub registry: String,
     /// Null when the device lacks the property.
     pub device: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ScanRegistered {
     #[serde(flatten)]
     pub registration: Registration,
@@ -93,11 +93,11 @@ pub struct ScanRegistered {
     pub device_model_args: Option<String>,
     pub status: VmStatus,
     pub drift: Vec<Drift>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ScanUnregistered {
     pub vm_uuid: String,
     pub vm_name: String,
@@ -105,15 +105,15 @@ pub struct ScanUnregistered {
     pub device_model_args: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Stale {
     #[serde(flatten)]
     pub registration: Registration,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ScanSummary {
     pub total_vms: usize,
     pub registered: usize,
@@ -124,7 +124,7 @@ pub struct ScanSummary {
     pub not_applied: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ScanReport {
     pub registered: Vec<ScanRegistered>,
     pub unregistered: Vec<ScanUnregistered>,
@@ -133,7 +133,7 @@ pub struct ScanReport {
 }
 
 /// The result of a mutating command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Applied {
     #[serde(flatten)]
     pub registration: Registration,
@@ -146,11 +146,11 @@ pub struct Applied {
     /// Null when the VM no longer exists.
     pub power_state: Option<String>,
     pub device_model_args: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ShowReport {
     #[serde(flatten)]
     pub registration: Registration,
@@ -158,25 +158,25 @@ pub struct ShowReport {
     pub device_model_args: Option<String>,
     pub status: VmStatus,
     pub drift: Vec<Drift>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PoolDetail {
     #[serde(flatten)]
     pub pool: PoolInfo,
     pub vms: Vec<Registration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Problem {
     pub vm_uuid: String,
     pub vm_name: Option<String>,
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StatusReport {
     pub pools: Vec<PoolInfo>,
     pub summary: ScanSummary,
@@ -187,7 +187,7 @@ pub struct StatusReport {
     pub problems: Vec<Problem>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncAction {
     Unchanged,
@@ -199,7 +199,7 @@ pub enum SyncAction {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SyncItem {
     pub vm_uuid: String,
     pub vm_name: Option<String>,
@@ -211,7 +211,7 @@ pub struct SyncItem {
     pub error: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SyncReport {
     pub dry_run: bool,
     pub results: Vec<SyncItem>,
@@ -238,10 +238,10 @@ pub fn device_status(
         return (VmStatus::NotApplied, Vec::new(), Vec::new());
     };
     let mut drift = Vec::new();
-    let mut check = |field: &'static str, registry: String, device: Option<&str>| {
+    let mut check = |field: &str, registry: String, device: Option<&str>| {
         if device != Some(registry.as_str()) {
             drift.push(Drift {
-                field,
+                field: field.to_string(),
                 registry,
                 device: device.map(str::to_string),
             });

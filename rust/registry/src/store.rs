@@ -51,7 +51,7 @@ pub struct Store {
 }
 
 /// A pool with its counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PoolInfo {
     pub pool_id: Pool,
     pub pool_name: String,
@@ -61,7 +61,7 @@ pub struct PoolInfo {
     pub by_priority: ByPriority,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ByPriority {
     pub low: u64,
     pub medium: u64,

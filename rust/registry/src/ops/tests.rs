@@ -425,7 +425,7 @@ fn scan_reports_every_state_in_one_listing() {
     let fields: Vec<_> = two
         .drift
         .iter()
-        .map(|d| (d.field, d.device.clone()))
+        .map(|d| (d.field.as_str(), d.device.clone()))
         .collect();
     assert_eq!(
         fields,

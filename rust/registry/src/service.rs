@@ -1,0 +1,341 @@
+//! The one entry point every front end calls: settings in, JSON or a typed error out.
+//!
+//! It resolves the settings (flags > environment > config file > defaults), connects to XAPI,
+//! decides where the call runs — here, or on the pool master's `vgpu` plugin — and runs it.
+//! The CLI, `vgpu-admin call`, the Python extension and so the xapi plugin all come through here.
+
+use crate::api::{self, Function, Outcome, Request};
+use crate::config::{Config, Mode};
+use crate::error::{Error, ErrorCode, Result};
+use crate::ops::Ctx;
+use crate::store::Store;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use xapi::{Auth, Client, ClientOptions, Endpoint, Xapi, XapiError};
+
+/// The argument a forwarding host adds, naming itself; a call carrying it is never forwarded
+/// again.
+pub const FORWARDED_BY: &str = "forwarded-by";
+
+/// The xapi plugin's name on every host.
+pub const PLUGIN: &str = "vgpu";
+
+const INVENTORY: &str = "/etc/xensource-inventory";
+
+/// What a front end knows; unset fields fall back to the environment and the config file.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub config_path: Option<PathBuf>,
+    pub db: Option<PathBuf>,
+    pub xapi: Option<String>,
+    pub xapi_user: Option<String>,
+    pub xapi_password_file: Option<PathBuf>,
+    pub xapi_insecure: bool,
+    pub xapi_ca_file: Option<PathBuf>,
+    /// An existing XAPI session to use (the plugin's, or `VGPU_XAPI_SESSION`).
+    pub session: Option<String>,
+    /// Forward to the master's plugin even where the local registry would be used.
+    pub remote: bool,
+}
+
+/// A resolved, connected context.
+pub struct Service {
+    pub config: Config,
+    pub db: PathBuf,
+    pub client: Client,
+    pub remote: bool,
+    /// This host's uuid, when this is a pool host (`VGPU_HOST_UUID` or the inventory).
+    pub host_uuid: Option<String>,
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+/// `INSTALLATION_UUID` of dom0's inventory, or `VGPU_HOST_UUID` (tests, and hosts that know
+/// better). `None` off dom0: a workstation or the simulator.
+pub fn local_host_uuid() -> Option<String> {
+    if let Some(u) = env("VGPU_HOST_UUID") {
+        return Some(u);
+    }
+    let text = std::fs::read_to_string(INVENTORY).ok()?;
+    parse_inventory(&text)
+}
+
+fn parse_inventory(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("INSTALLATION_UUID=")?;
+        let v = v.trim().trim_matches(|c| c == '\'' || c == '"');
+        (!v.is_empty()).then(|| v.to_string())
+    })
+}
+
+impl Service {
+    pub fn new(s: &Settings) -> Result<Service> {
+        let config_path = s
+            .config_path
+            .clone()
+            .or_else(|| env("VGPU_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH));
+        let config = Config::load(&config_path)?;
+        let db =
+            s.db.clone()
+                .or_else(|| env("VGPU_DB").map(PathBuf::from))
+                .unwrap_or_else(|| config.db_path.clone());
+        let url = s
+            .xapi
+            .clone()
+            .or_else(|| env("VGPU_XAPI"))
+            .unwrap_or_else(|| config.xapi.clone());
+        let endpoint =
+            Endpoint::parse(&url).map_err(|e| Error::invalid("xapi", &url, e.to_string()))?;
+        let session = s.session.clone().or_else(|| env("VGPU_XAPI_SESSION"));
+        let auth = match session {
+            Some(r) => Auth::Session(r),
+            None if endpoint.is_unix() => Auth::LocalRoot,
+            None => password_auth(s, &config, &url)?,
+        };
+        let options = ClientOptions {
+            connect_timeout: Duration::from_secs(config.xapi_connect_timeout_s),
+            read_timeout: Duration::from_secs(config.xapi_timeout_s),
+            insecure_tls: s.xapi_insecure || config.xapi_insecure,
+            ca_file: s
+                .xapi_ca_file
+                .clone()
+                .or_else(|| config.xapi_ca_file.clone()),
+        };
+        Ok(Service {
+            remote: s.remote || config.mode == Mode::Remote,
+            db,
+            client: Client::new(endpoint, auth, options),
+            config,
+            host_uuid: local_host_uuid(),
+        })
+    }
+
+    /// Runs a plugin API call where the registry lives and returns its JSON.
+    pub fn call(&self, function: &str, args: &BTreeMap<String, String>) -> Result<Value> {
+        self.call_noted(function, args).map(|(v, _)| v)
+    }
+
+    /// [`Service::call`], also telling where the pre-migration backup went when this call's
+    /// opening of the registry migrated it.
+    pub fn call_noted(
+        &self,
+        function: &str,
+        args: &BTreeMap<String, String>,
+    ) -> Result<(Value, Option<PathBuf>)> {
+        let mut args = args.clone();
+        let forwarded_by = args.remove(FORWARDED_BY);
+        let f = Function::parse(function)?;
+        let request = api::parse_request(function, &args)?;
+        match self.route(forwarded_by.as_deref())? {
+            Route::Local => {
+                let (outcome, backup) = self.run_local(request)?;
+                let value = serde_json::to_value(outcome)
+                    .map_err(|e| Error::Internal(format!("serialising the result: {e}")))?;
+                Ok((value, backup))
+            }
+            Route::Forward(master) => Ok((self.forward(&master, f, &args)?, None)),
+        }
+    }
+
+    /// Runs a validated request on this host's registry.
+    fn run_local(&self, request: Request) -> Result<(Outcome, Option<PathBuf>)> {
+        let mut store = Store::open(&self.db)?;
+        let backup = store.migration_backup().map(Path::to_path_buf);
+        let mut ctx = Ctx {
+            store: &mut store,
+            xapi: &self.client,
+            config: &self.config,
+        };
+        Ok((api::execute(&mut ctx, request)?, backup))
+    }
+
+    fn route(&self, forwarded_by: Option<&str>) -> Result<Route> {
+        if let Some(from) = forwarded_by {
+            // Forwarded to us: run here, but only if we are the master — never forward again.
+            if let Some(me) = &self.host_uuid {
+                let master = self.master()?;
+                if &master.uuid != me {
+                    return Err(Error::Internal(format!(
+                        "host {me} received a call forwarded by host {from}, but it is not the \
+                         pool master ({}); refusing to forward it again — check VGPU_HOST_UUID \
+                         and /etc/xensource-inventory on both hosts",
+                        master.uuid
+                    )));
+                }
+            }
+            return Ok(Route::Local);
+        }
+        if self.remote {
+            return Ok(Route::Forward(self.master()?));
+        }
+        match &self.host_uuid {
+            None => Ok(Route::Local),
+            Some(me) => {
+                let master = self.master()?;
+                if &master.uuid == me {
+                    Ok(Route::Local)
+                } else {
+                    Ok(Route::Forward(master))
+                }
+            }
+        }
+    }
+
+    fn master(&self) -> Result<xapi::HostRecord> {
+        self.client
+            .pool_master()
+            .map_err(|e| Error::xapi("finding the pool master", e))
+    }
+
+    fn forward(
+        &self,
+        master: &xapi::HostRecord,
+        f: Function,
+        args: &BTreeMap<String, String>,
+    ) -> Result<Value> {
+        let mut args = args.clone();
+        args.insert(
+            FORWARDED_BY.to_string(),
+            self.host_uuid
+                .clone()
+                .unwrap_or_else(|| "remote-client".into()),
+        );
+        let answer = self
+            .client
+            .call_plugin(&master.opaque_ref, PLUGIN, f.name(), &args)
+            .map_err(|e| from_plugin_error(e, master))?;
+        serde_json::from_str(&answer).map_err(|e| {
+            Error::Internal(format!(
+                "the vgpu plugin on the pool master {} answered with something that is not \
+                 JSON ({e})",
+                master.uuid
+            ))
+        })
+    }
+}
+
+enum Route {
+    Local,
+    Forward(xapi::HostRecord),
+}
+
+fn password_auth(s: &Settings, config: &Config, url: &str) -> Result<Auth> {
+    let user = s
+        .xapi_user
+        .clone()
+        .or_else(|| env("VGPU_XAPI_USER"))
+        .or_else(|| config.xapi_user.clone())
+        .unwrap_or_else(|| "root".into());
+    let file = s
+        .xapi_password_file
+        .clone()
+        .or_else(|| config.xapi_password_file.clone());
+    let password = match file {
+        Some(path) => read_password(&path)?,
+        None => env("VGPU_XAPI_PASSWORD").ok_or_else(|| {
+            Error::Usage(format!(
+                "{url} needs a password: --xapi-password-file PATH or VGPU_XAPI_PASSWORD \
+                 (or an existing session in VGPU_XAPI_SESSION)"
+            ))
+        })?,
+    };
+    Ok(Auth::Password { user, password })
+}
+
+fn read_password(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|e| {
+            Error::invalid(
+                "xapi-password-file",
+                &path.display().to_string(),
+                e.to_string(),
+            )
+        })
+}
+
+/// The master's plugin fails with `VGPU_<CODE>` `[message, details_json]`: keep its code and
+/// message intact. Anything else is an XAPI error about the forwarding itself.
+fn from_plugin_error(e: XapiError, master: &xapi::HostRecord) -> Error {
+    if let XapiError::Api { code, params, .. } = &e {
+        if let Some(c) = ErrorCode::parse(code).filter(|_| code.starts_with("VGPU_")) {
+            let message = params.first().cloned().unwrap_or_default();
+            let details = params
+                .get(1)
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or(Value::Null);
+            return Error::Forwarded {
+                code: c,
+                message,
+                details,
+            };
+        }
+        if code == "XENAPI_MISSING_PLUGIN" {
+            return Error::xapi(
+                format!(
+                    "forwarding to the pool master {} ({}): the vgpu plugin is not installed there",
+                    master.uuid, master.name_label
+                ),
+                e,
+            );
+        }
+    }
+    Error::xapi(
+        format!(
+            "forwarding to the vgpu plugin of the pool master {} ({})",
+            master.uuid, master.name_label
+        ),
+        e,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_line() {
+        let text =
+            "PRIMARY_DISK='/dev/sda'\nINSTALLATION_UUID='b6dea120-450c-42c4-b642-f840206c9bb1'\n";
+        assert_eq!(
+            parse_inventory(text).as_deref(),
+            Some("b6dea120-450c-42c4-b642-f840206c9bb1")
+        );
+        assert_eq!(parse_inventory("X=1\n"), None);
+    }
+
+    #[test]
+    fn plugin_errors_keep_their_code() {
+        let master = xapi::HostRecord {
+            opaque_ref: "OpaqueRef:m".into(),
+            uuid: "m".into(),
+            name_label: "master".into(),
+        };
+        let e = from_plugin_error(
+            XapiError::Api {
+                method: "host.call_plugin".into(),
+                code: "VGPU_VM_ID_IN_USE".into(),
+                params: vec!["VM ID 1 already in use".into(), "{\"vm_id\":1}".into()],
+            },
+            &master,
+        );
+        assert_eq!(e.code(), ErrorCode::VmIdInUse);
+        assert_eq!(e.to_string(), "VM ID 1 already in use");
+        assert_eq!(e.details()["vm_id"], 1);
+        let e = from_plugin_error(
+            XapiError::Api {
+                method: "host.call_plugin".into(),
+                code: "XENAPI_MISSING_PLUGIN".into(),
+                params: vec!["vgpu".into()],
+            },
+            &master,
+        );
+        assert_eq!(e.code(), ErrorCode::XapiError);
+        assert!(e.to_string().contains("not installed"), "{e}");
+    }
+}
