@@ -44,3 +44,8 @@ test: lint test-rust test-python
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV) dist
+
+.PHONY: bench
+bench: venv
+	$(CARGO) build --release -p vgpu-admin
+	$(VPY) tests/bench/bench.py

@@ -1,0 +1,136 @@
+"""vgpu-admin benchmarks: scan, register and list on large pools, against the XAPI simulator.
+
+Prints the figures and writes them to docs/benchmarks.md. Wall times are medians over several
+runs of the real (release) binary; memory is the peak resident set of the vgpu-admin process.
+The simulator's own share of a scan (building the records in Python) is measured separately, so
+the product's cost can be told apart from the test pool's.
+"""
+
+import argparse
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from xapi_sim.harness import Simulator  # noqa: E402
+
+
+def measure(binary, args, env, runs):
+    times = []
+    rss = []
+    for _ in range(runs):
+        code = (
+            "import resource,subprocess,sys,time;"
+            "t=time.perf_counter();"
+            "p=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.PIPE);"
+            "e=time.perf_counter()-t;"
+            "sys.exit(p.stderr.decode()) if p.returncode else None;"
+            "print(e, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        )
+        out = subprocess.check_output([sys.executable, "-c", code, binary] + args, env=env)
+        t, kib = out.decode().split()
+        times.append(float(t))
+        rss.append(int(kib) / 1024.0)
+    return statistics.median(times), max(rss)
+
+
+def seed_pool(sim, n_vms, registered, db_path, binary, env):
+    uuids = []
+    for i in range(n_vms):
+        u = str(uuid.UUID(int=(0xBE7C << 112) + i))
+        platform_map = {"viridian": "true"}
+        if i < registered:
+            platform_map["device-model-args"] = (
+                "-device vgpu-cuda,addr=5,pool_id=%s,priority=high,vm_id=%d" % ("AB"[i % 2], i + 1)
+            )
+        sim.add_vm(uuid=u, name_label="bench-%05d" % i, power_state="Running" if i % 3 else "Halted",
+                   platform=platform_map)
+        uuids.append(u)
+    subprocess.check_call([binary, "list-pools"], env=env, stdout=subprocess.DEVNULL)
+    db = sqlite3.connect(db_path)
+    db.executemany(
+        "INSERT INTO vms (vm_id, vm_uuid, vm_name, pool_id, priority) VALUES (?, ?, ?, ?, 2)",
+        [(i + 1, uuids[i], "bench-%05d" % i, "AB"[i % 2]) for i in range(registered)],
+    )
+    db.commit()
+    db.close()
+    return uuids
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--binary", default=os.path.join(REPO, "target", "release", "vgpu-admin"))
+    ap.add_argument("--sizes", default="1000,5000")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
+    opts = ap.parse_args()
+
+    rows = []
+    for n in [int(s) for s in opts.sizes.split(",")]:
+        work = tempfile.mkdtemp(prefix="vgpu-bench-")
+        with Simulator(workdir=work) as sim:
+            db_path = os.path.join(work, "bench.db")
+            env = dict(os.environ, VGPU_XAPI=sim.url, VGPU_DB=db_path,
+                       VGPU_CONFIG=os.path.join(work, "none.conf"))
+            uuids = seed_pool(sim, n, n // 2, db_path, opts.binary, env)
+            total = n + 10
+
+            t0 = time.perf_counter()
+            for _ in range(opts.runs):
+                sim.call("VM.get_all_records_where", sim.login(),
+                         '(field "is_a_template"="false") and (field "is_control_domain"="false") '
+                         'and (field "is_a_snapshot"="false")')
+            sim_share = (time.perf_counter() - t0) / opts.runs
+
+            t, rss = measure(opts.binary, ["scan-vms", "--format", "json"], env, opts.runs)
+            rows.append(("scan-vms --format json", total, n // 2, t, rss, sim_share))
+            t, rss = measure(opts.binary, ["scan-vms"], env, opts.runs)
+            rows.append(("scan-vms (table)", total, n // 2, t, rss, sim_share))
+            t, rss = measure(opts.binary, ["list-vms", "--format", "json"], env, opts.runs)
+            rows.append(("list-vms --format json", total, n // 2, t, rss, None))
+            t, rss = measure(opts.binary, ["status", "--format", "json"], env, opts.runs)
+            rows.append(("status --format json", total, n // 2, t, rss, sim_share))
+            # Registration with an automatic id next to n/2 taken ids (one after another).
+            times = []
+            rss_max = 0.0
+            for k in range(opts.runs):
+                t, rss = measure(opts.binary, ["register-vm", "--vm-uuid", uuids[n // 2 + k],
+                                               "--pool", "A", "--priority", "low"], env, 1)
+                times.append(t)
+                rss_max = max(rss_max, rss)
+            rows.append(("register-vm (auto id)", total, n // 2, statistics.median(times), rss_max, None))
+
+    header = "| command | VMs in pool | registered | median wall time | peak RSS | simulator's share |\n" \
+             "|---|---|---|---|---|---|\n"
+    lines = []
+    for name, total, reg, t, rss, share in rows:
+        lines.append("| `%s` | %d | %d | %.1f ms | %.1f MiB | %s |" % (
+            name, total, reg, t * 1000, rss, "%.1f ms" % (share * 1000) if share else "-"))
+    table = header + "\n".join(lines) + "\n"
+    print(table)
+
+    doc = (
+        "# Benchmarks\n\n"
+        "Made by `make bench` (`tests/bench/bench.py`): the release `vgpu-admin` against the bundled "
+        "XAPI simulator over its unix socket, on %s, %d CPU cores, Python %s. Median of %d runs; "
+        "peak RSS of the vgpu-admin process. \"Simulator's share\" is the time the simulator alone "
+        "takes to answer the scan's one `VM.get_all_records_where` call to a Python client: it is "
+        "part of the wall time and is not the product's cost.\n\n%s"
+        % (platform.machine(), os.cpu_count() or 0, platform.python_version(), opts.runs, table)
+    )
+    with open(opts.out, "w") as f:
+        f.write(doc)
+    print("written to %s" % os.path.relpath(opts.out, REPO))
+
+
+if __name__ == "__main__":
+    main()
