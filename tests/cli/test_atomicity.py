@@ -86,13 +86,14 @@ def snapshot(cli):
     }
 
 
+def base_seed(cli):
+    """Every scenario starts from a registry holding an unrelated VM (halted ml-train-b, id 1)."""
+    cli.run_json("register-vm", "--vm-uuid", ML_TRAIN_B, "--pool", "B", "--priority", "medium", "--vm-id", "1")
+
+
 def discover(cli, setup, argv, tag):
-    """Runs the command once from a fresh state: (calls [(method, nth)], state before, state after)."""
-    cli.sim.reset()
-    cli.use_db(cli.tmp / tag / "vgpu_config.db")
-    if setup:
-        setup(cli)
-    before = snapshot(cli)
+    """Runs the command once from a fresh state: (calls [(method, nth, vm)], before, after, output)."""
+    before = prepare(cli, setup, tag)
     cli.sim.clear_call_log()
     r = cli.run(*(argv + ("--format", "json")))
     assert r.code == 0, r
@@ -110,6 +111,7 @@ def discover(cli, setup, argv, tag):
 def prepare(cli, setup, tag):
     cli.sim.reset()
     cli.use_db(cli.tmp / tag / "vgpu_config.db")
+    base_seed(cli)
     if setup:
         setup(cli)
     return snapshot(cli)
@@ -183,9 +185,11 @@ def test_sync_all_each_call_failing(cli):
         restart = "--restart" in argv
         calls, before, after, ok = discover(cli, setup, argv, "discover-%d" % restart)
         assert ok["failed"] == 0
-        assert after["platforms"][ML_TRAIN_A][DMA] == ML_TRAIN_A_DMA + " " + device_line("A", "high", 1)
-        assert after["platforms"][RENDER_01][DMA] == device_line("B", "low", 2)
-        assert [r[2] for r in after["db"]] == ["render-01", "ml-train-a-renamed"]  # ordered by uuid
+        # ids: ml-train-b 1 (base seed), ml-train-a 2, render-01 3
+        assert after["platforms"][ML_TRAIN_A][DMA] == ML_TRAIN_A_DMA + " " + device_line("A", "high", 2)
+        assert after["platforms"][RENDER_01][DMA] == device_line("B", "low", 3)
+        assert [r[2] for r in after["db"]] == ["render-01", "ml-train-b", "ml-train-a-renamed"]  # by uuid
+        assert after["platforms"][ML_TRAIN_B] == before["platforms"][ML_TRAIN_B]
         assert calls[0][0] == "VM.get_all_records_where"
         for i, (method, nth, vm) in enumerate(calls):
             state = prepare(cli, setup, "fault-%d-%d" % (restart, i))
@@ -206,6 +210,7 @@ def test_sync_all_each_call_failing(cli):
             assert by_uuid[vm]["error"]["code"] == "XAPI_ERROR", where
             other = RENDER_01 if vm == ML_TRAIN_A else ML_TRAIN_A
             assert by_uuid[other]["action"] == "applied", where
+            assert by_uuid[ML_TRAIN_B]["action"] == "unchanged", where
             rows_now = {row[1]: row for row in now["db"]}
             rows_state = {row[1]: row for row in state["db"]}
             rows_after = {row[1]: row for row in strip_timestamps(after["db"])}
@@ -236,11 +241,7 @@ def test_double_fault_prints_the_repair_command(cli, argv, setup):
     assert r.err.startswith("error: ")
     prefix = "xe vm-param-set uuid=%s platform:%s=" % (ML_TRAIN_A, DMA)
     assert prefix in r.err, r.err
-    cmd = r.err[r.err.index(prefix):].splitlines()[0]
-    words = shlex.split(cmd)
-    assert words[:3] == ["xe", "vm-param-set", "uuid=" + ML_TRAIN_A]
-    assert words[3] == "platform:%s=%s" % (DMA, old)
-    assert len(words) == 4
+    assert prefix + shlex.quote(old) in r.err, r.err
     assert cli.dump() == state["db"]
     now = platforms(cli.sim)
     expected = dict(state["platforms"][ML_TRAIN_A])
@@ -253,6 +254,17 @@ def test_double_fault_prints_the_repair_command(cli, argv, setup):
     assert prefix in err["message"]
 
 
+def test_repair_command_can_be_pasted_as_is(cli):
+    state = prepare(cli, None, "paste")
+    old = state["platforms"][ML_TRAIN_A][DMA]
+    cli.sim.inject_fault("VM.add_to_platform", nth=1, times=2, code="INTERNAL_ERROR", params=["disk full"])
+    r = cli.run("register-vm", "--vm-uuid", ML_TRAIN_A, "--pool", "A", "--priority", "high")
+    assert r.code == 1
+    line = [l for l in r.err.splitlines() if "xe vm-param-set" in l][0]
+    cmd = line[line.index("xe vm-param-set"):]
+    assert shlex.split(cmd) == ["xe", "vm-param-set", "uuid=" + ML_TRAIN_A, "platform:%s=%s" % (DMA, old)]
+
+
 def test_add_fault_puts_the_old_value_back(cli):
     """A single add_to_platform failure is compensated: device-model-args hold the old value."""
     prepare(cli, None, "single")
@@ -261,6 +273,6 @@ def test_add_fault_puts_the_old_value_back(cli):
                                expect_code="XAPI_ERROR")
     assert "put back" in err["message"]
     assert cli.dma(ML_TRAIN_A) == ML_TRAIN_A_DMA
-    assert cli.dump() == []
+    assert [r[1] for r in cli.dump()] == [ML_TRAIN_B]
     adds = [e["params"][2:] for e in cli.sim.call_log("VM.add_to_platform")]
     assert adds[-1] == [DMA, ML_TRAIN_A_DMA]

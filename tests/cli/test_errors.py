@@ -176,9 +176,6 @@ def test_bad_input_is_refused_and_changes_nothing(seeded, argv, needle):
     assert not [m for m in writes if "platform" in m or m in ("VM.clean_shutdown", "VM.start")], writes
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: with --format json, clap's 'required arguments were not "
-                   "provided' error keeps only its first line as the message, which ends with ':' and names "
-                   "no argument (the names are only in details.usage)")
 @pytest.mark.parametrize("argv,missing", [
     (("set-pool", "--pool", "B"), "--vm-uuid"),
     (("register-vm", "--vm-uuid", U, "--priority", "high"), "--pool"),

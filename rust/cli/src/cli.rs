@@ -21,21 +21,23 @@ Exit status: 0 success, 2 invalid usage or argument, 1 any other failure.";
 #[derive(Debug, Parser)]
 #[command(name = "vgpu-admin", version, after_help = EXAMPLES, max_term_width = 100)]
 pub struct Cli {
-    /// Configuration file (TOML; a missing file means defaults).
-    #[arg(long, global = true, env = "VGPU_CONFIG", value_name = "PATH")]
+    /// Configuration file (TOML; a missing file means defaults) [env: VGPU_CONFIG]
+    /// [default: /etc/vgpu/vgpu.conf].
+    #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// Registry database [default: config db_path, else /etc/vgpu/vgpu_config.db].
-    #[arg(long, global = true, env = "VGPU_DB", value_name = "PATH")]
+    /// Registry database [env: VGPU_DB] [default: config db_path, else
+    /// /etc/vgpu/vgpu_config.db].
+    #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
 
-    /// XAPI endpoint: unix:/path, http://host[:port] or https://host[:port]
+    /// XAPI endpoint: unix:/path, http://host[:port] or https://host[:port] [env: VGPU_XAPI]
     /// [default: config xapi, else unix:/var/lib/xcp/xapi].
-    #[arg(long, global = true, env = "VGPU_XAPI", value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL")]
     pub xapi: Option<String>,
 
-    /// User for http(s) XAPI endpoints [default: root].
-    #[arg(long, global = true, env = "VGPU_XAPI_USER", value_name = "USER")]
+    /// User for http(s) XAPI endpoints [env: VGPU_XAPI_USER] [default: root].
+    #[arg(long, global = true, value_name = "USER")]
     pub xapi_user: Option<String>,
 
     /// File holding the XAPI password (else the VGPU_XAPI_PASSWORD environment variable).

@@ -51,10 +51,15 @@ fn clap_failure(e: clap::Error, raw: &[String]) -> ExitCode {
         || raw.get(1).map(String::as_str) == Some("call");
     if wants_json {
         let text = e.render().to_string();
+        // clap's message can span lines (e.g. the list of missing arguments): keep all of it up
+        // to the usage section, on one line.
         let message = text
             .lines()
-            .next()
-            .unwrap_or("invalid usage")
+            .take_while(|l| !l.starts_with("Usage:"))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
             .trim_start_matches("error: ")
             .to_string();
         let doc = serde_json::json!({"error": {"code": "INVALID_ARGUMENT", "message": message,

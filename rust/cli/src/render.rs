@@ -3,7 +3,7 @@
 
 use comfy_table::{presets, Table};
 use registry::api::Outcome;
-use registry::model::Registration;
+use registry::model::{printable, Registration};
 use registry::ops::{
     Applied, Drift, ScanReport, ShowReport, StatusReport, SyncAction, SyncReport, VmStatus,
 };
@@ -20,8 +20,14 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-fn name(n: &Option<String>) -> &str {
-    n.as_deref().unwrap_or("-")
+/// Names and device-model-args come from XAPI: never let their control characters reach the
+/// terminal.
+fn name(n: &Option<String>) -> String {
+    n.as_deref().map(safe).unwrap_or_else(|| "-".into())
+}
+
+fn safe(s: &str) -> String {
+    printable(s).into_owned()
 }
 
 fn priority(r: &Registration) -> String {
@@ -41,8 +47,11 @@ fn drift_text(d: &[Drift]) -> String {
             format!(
                 "{}: registry {} / device {}",
                 d.field,
-                d.registry,
-                d.device.as_deref().unwrap_or("(missing)")
+                safe(&d.registry),
+                d.device
+                    .as_deref()
+                    .map(safe)
+                    .unwrap_or_else(|| "(missing)".into())
             )
         })
         .collect::<Vec<_>>()
@@ -85,7 +94,7 @@ fn scan(s: &ScanReport) -> String {
             }
             t.add_row(vec![
                 reg.vm_uuid.clone(),
-                name(&reg.vm_name).to_string(),
+                name(&reg.vm_name),
                 reg.pool.to_string(),
                 priority(reg),
                 reg.vm_id.to_string(),
@@ -101,7 +110,7 @@ fn scan(s: &ScanReport) -> String {
         for u in &s.unregistered {
             t.add_row(vec![
                 u.vm_uuid.clone(),
-                u.vm_name.clone(),
+                safe(&u.vm_name),
                 u.power_state.to_lowercase(),
                 format!("{WARN} not registered"),
             ]);
@@ -119,7 +128,7 @@ fn scan(s: &ScanReport) -> String {
             let reg = &st.registration;
             t.add_row(vec![
                 reg.vm_uuid.clone(),
-                name(&reg.vm_name).to_string(),
+                name(&reg.vm_name),
                 reg.pool.to_string(),
                 priority(reg),
                 reg.vm_id.to_string(),
@@ -164,7 +173,10 @@ fn applied(a: &Applied, function: &str) -> String {
             let _ = writeln!(
                 out,
                 "  device-model-args: {}",
-                a.device_model_args.as_deref().unwrap_or("(none)")
+                a.device_model_args
+                    .as_deref()
+                    .map(safe)
+                    .unwrap_or_else(|| "(none)".into())
             );
         }
     }
@@ -186,7 +198,7 @@ fn show(s: &ShowReport) -> String {
     t.load_style(presets::NOTHING);
     let rows: Vec<(&str, String)> = vec![
         ("VM UUID", r.vm_uuid.clone()),
-        ("Name", name(&r.vm_name).to_string()),
+        ("Name", name(&r.vm_name)),
         ("Pool", r.pool.to_string()),
         ("Priority", priority(r)),
         ("VM ID", r.vm_id.to_string()),
@@ -236,7 +248,7 @@ fn list(l: &[Registration]) -> String {
     for r in l {
         t.add_row(vec![
             r.vm_uuid.clone(),
-            name(&r.vm_name).to_string(),
+            name(&r.vm_name),
             r.pool.to_string(),
             priority(r),
             r.vm_id.to_string(),
@@ -340,7 +352,7 @@ fn sync(s: &SyncReport) -> String {
         };
         t.add_row(vec![
             r.vm_uuid.clone(),
-            name(&r.vm_name).to_string(),
+            name(&r.vm_name),
             r.status_before.as_str().to_string(),
             action,
             note,

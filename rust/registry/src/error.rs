@@ -86,9 +86,10 @@ pub struct VmRef {
 
 impl std::fmt::Display for VmRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let uuid = crate::model::printable(&self.vm_uuid);
         match &self.vm_name {
-            Some(n) => write!(f, "{} ({})", self.vm_uuid, n),
-            None => f.write_str(&self.vm_uuid),
+            Some(n) => write!(f, "{} ({})", uuid, crate::model::printable(n)),
+            None => f.write_str(&uuid),
         }
     }
 }
@@ -135,6 +136,16 @@ pub enum Error {
         context: String,
         #[source]
         source: XapiError,
+    },
+    /// An XAPI write failed and so did putting the old value back: the VM is left changed.
+    /// The repair command ends the message so it can be copied from the end of the line.
+    #[error("{context} ({source}); putting the previous value back also failed ({restore}): the registry is unchanged but VM {vm} now has no device-model-args; restore them with: {repair_command}")]
+    XapiUnrestored {
+        context: String,
+        source: Box<XapiError>,
+        restore: Box<XapiError>,
+        vm: VmRef,
+        repair_command: String,
     },
     #[error("database {path}: {message}")]
     Database { path: String, message: String },
@@ -191,7 +202,7 @@ impl Error {
             Error::AlreadyRegistered { .. } => ErrorCode::AlreadyRegistered,
             Error::VmIdInUse { .. } => ErrorCode::VmIdInUse,
             Error::NoFreeVmId => ErrorCode::NoFreeVmId,
-            Error::Xapi { .. } => ErrorCode::XapiError,
+            Error::Xapi { .. } | Error::XapiUnrestored { .. } => ErrorCode::XapiError,
             Error::Database { .. } => ErrorCode::DatabaseError,
             Error::ConfirmationRequired(_) => ErrorCode::ConfirmationRequired,
             Error::VmState { .. } => ErrorCode::VmState,
@@ -217,6 +228,13 @@ impl Error {
                 Some("list the pool's VMs with: vgpu-admin scan-vms".into())
             }
             Error::ConfirmationRequired(_) => Some("add --yes to confirm the restart".into()),
+            Error::Forwarded {
+                code: ErrorCode::VmIdInUse,
+                details,
+                ..
+            } => details["next_free_vm_id"]
+                .as_u64()
+                .map(|n| format!("the next free vm_id is {n}")),
             _ => None,
         }
     }
@@ -259,6 +277,14 @@ impl Error {
                 }
                 other => json!({ "reason": other.to_string() }),
             },
+            Error::XapiUnrestored {
+                source,
+                restore,
+                vm,
+                repair_command,
+                ..
+            } => json!({"xapi_error": source.to_string(), "restore_error": restore.to_string(),
+                        "vm_uuid": vm.vm_uuid, "repair_command": repair_command}),
             Error::Database { path, .. } => json!({ "path": path }),
             Error::VmState {
                 vm, power_state, ..

@@ -241,6 +241,26 @@ impl Registration {
     }
 }
 
+/// Text from outside (XAPI name-labels, stored names) made safe to print on a terminal: control
+/// characters, which could carry escape sequences, are shown escaped.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(
+            s.chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// SQLite `CURRENT_TIMESTAMP` text (`YYYY-MM-DD HH:MM:SS`, UTC) as RFC 3339; other text as is.
 pub fn sqlite_time_to_rfc3339(s: &str) -> String {
     let b = s.as_bytes();
@@ -356,6 +376,12 @@ mod tests {
         r.vm_id = 0;
         r.vm_uuid = "garbage".into();
         assert_eq!(r.problems().len(), 2);
+    }
+
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert_eq!(printable("web 01"), "web 01");
+        assert_eq!(printable("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\n");
     }
 
     #[test]

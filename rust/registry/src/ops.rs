@@ -366,20 +366,27 @@ fn write_dma(xapi: &dyn Xapi, vm: &VmRecord, old: Option<&str>, new: Option<&str
         return Ok(());
     };
     if let Err(e) = xapi.add_to_platform(&vm.opaque_ref, PLATFORM_KEY, new) {
-        let state = match old {
-            None => "the registry and the VM are unchanged".to_string(),
-            Some(old_v) => match xapi.add_to_platform(&vm.opaque_ref, PLATFORM_KEY, old_v) {
-                Ok(()) => {
-                    "the registry is unchanged and device-model-args were put back".to_string()
-                }
-                Err(r) => format!(
-                    "putting the previous value back also failed ({r}): the registry is unchanged \
-                     but the VM has NO device-model-args now; restore them with: {}",
-                    repair_command(vm, old)
-                ),
-            },
+        let Some(old_v) = old else {
+            return Err(Error::xapi(
+                format!("{what} failed; the registry and the VM are unchanged"),
+                e,
+            ));
         };
-        return Err(Error::xapi(format!("{what} failed; {state}"), e));
+        return match xapi.add_to_platform(&vm.opaque_ref, PLATFORM_KEY, old_v) {
+            Ok(()) => Err(Error::xapi(
+                format!(
+                    "{what} failed; the registry is unchanged and device-model-args were put back"
+                ),
+                e,
+            )),
+            Err(restore) => Err(Error::XapiUnrestored {
+                context: format!("{what} failed"),
+                source: Box::new(e),
+                restore: Box::new(restore),
+                vm: vm_ref(vm),
+                repair_command: repair_command(vm, old),
+            }),
+        };
     }
     Ok(())
 }
@@ -395,8 +402,11 @@ fn restore_dma(xapi: &dyn Xapi, vm: &VmRecord, old: Option<&str>) -> xapi::Resul
 
 /// Joins the pool's VMs with the registry rows.
 pub fn build_scan(vms: Vec<VmRecord>, regs: Vec<Registration>, device_type: &str) -> ScanReport {
-    let mut by_uuid: BTreeMap<String, Registration> =
-        regs.into_iter().map(|r| (r.vm_uuid.clone(), r)).collect();
+    // Keyed in lower case: the older tools stored uuids as typed, xapi's are lower case.
+    let mut by_uuid: BTreeMap<String, Registration> = regs
+        .into_iter()
+        .map(|r| (r.vm_uuid.to_ascii_lowercase(), r))
+        .collect();
     let mut report = ScanReport {
         registered: Vec::new(),
         unregistered: Vec::new(),
@@ -706,7 +716,7 @@ impl Ctx<'_> {
                 priority: req.priority.unwrap_or(cur.priority),
                 vm_id,
             };
-            let reg = tx.update(&uuid, &values)?;
+            let reg = tx.update(&cur.vm_uuid, &values)?;
             Ok((
                 reg,
                 DeviceChange::Set(spec_of(&cfg, values.pool, values.priority, vm_id)),
@@ -907,7 +917,7 @@ impl Ctx<'_> {
         // Decide everything first, so a refusal (confirmation, paused VM) changes nothing.
         let mut plan = Vec::new();
         for reg in regs {
-            let vm = vms.get(&reg.vm_uuid).cloned();
+            let vm = vms.get(&reg.vm_uuid.to_ascii_lowercase()).cloned();
             let Some(vm) = vm else {
                 plan.push((reg, None, VmStatus::Stale, false, false));
                 continue;
@@ -997,10 +1007,10 @@ impl Ctx<'_> {
                 .get(&uuid)?
                 .ok_or_else(|| Error::NotRegistered { vm: vmr.clone() })?;
             if let Some(name) = rename {
-                tx.set_name(&uuid, name)?;
+                tx.set_name(&cur.vm_uuid, name)?;
             }
             let reg = tx
-                .get(&uuid)?
+                .get(&cur.vm_uuid)?
                 .ok_or_else(|| Error::NotRegistered { vm: vmr.clone() })?;
             if !reapply {
                 // Keep the device exactly as it is: only the stored name changes.

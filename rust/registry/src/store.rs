@@ -107,18 +107,35 @@ impl Store {
             backup: None,
         };
         store.migrate()?;
-        // WAL lets the mediator read while we write; it is a property of the file, set once.
-        let mode: String = store
-            .conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(db_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Database {
-                path: path.display().to_string(),
-                message: format!("cannot switch to WAL journal mode (got {mode})"),
-            });
-        }
+        store.ensure_wal()?;
         Ok(store)
+    }
+
+    /// WAL lets the mediator read while we write; it is a property of the file, set once. The
+    /// switch needs the database to itself, and SQLite reports a refusal by answering with the
+    /// old mode rather than waiting, so processes opening a new registry together retry here.
+    fn ensure_wal(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let mode = self
+                .conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0));
+            match mode {
+                Ok(m) if m.eq_ignore_ascii_case("wal") => return Ok(()),
+                Ok(_) | Err(rusqlite::Error::SqliteFailure(_, _))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(m) => {
+                    return Err(Error::Database {
+                        path: self.path.display().to_string(),
+                        message: format!("cannot switch to WAL journal mode (still {m})"),
+                    })
+                }
+                Err(e) => return Err(self.db_err(e)),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -306,12 +323,13 @@ impl WriteTx<'_> {
         self.must_get(vm_uuid)
     }
 
-    /// Updates the registry fields of `vm_uuid`; every other column (the mediator's) is untouched.
+    /// Updates the registry fields of the row stored as `vm_uuid` (normalising its uuid to lower
+    /// case); every other column (the mediator's) is untouched.
     pub fn update(&self, vm_uuid: &str, v: &NewValues) -> Result<Registration> {
         self.tx
             .execute(
                 "UPDATE vms SET vm_id = ?1, vm_name = ?2, pool_id = ?3, priority = ?4,
-                 updated_at = CURRENT_TIMESTAMP WHERE vm_uuid = ?5",
+                 vm_uuid = lower(vm_uuid), updated_at = CURRENT_TIMESTAMP WHERE vm_uuid = ?5",
                 params![
                     i64::from(v.vm_id),
                     v.vm_name,
@@ -321,7 +339,7 @@ impl WriteTx<'_> {
                 ],
             )
             .map_err(|e| self.err(e))?;
-        self.must_get(vm_uuid)
+        self.must_get(&vm_uuid.to_ascii_lowercase())
     }
 
     pub fn set_name(&self, vm_uuid: &str, name: &str) -> Result<()> {
@@ -387,9 +405,21 @@ fn time_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<String>>
     })
 }
 
+/// The row of `vm_uuid`. The older tools stored uuids as typed, so a row in another case is
+/// found too (exact match first, which uses the index).
 fn get(conn: &Connection, vm_uuid: &str) -> rusqlite::Result<Option<Registration>> {
+    let exact = conn
+        .query_row(
+            &format!("{SELECT_REG} WHERE vm_uuid = ?1"),
+            [vm_uuid],
+            row_to_registration,
+        )
+        .optional()?;
+    if exact.is_some() {
+        return Ok(exact);
+    }
     conn.query_row(
-        &format!("{SELECT_REG} WHERE vm_uuid = ?1"),
+        &format!("{SELECT_REG} WHERE lower(vm_uuid) = lower(?1) ORDER BY vm_uuid LIMIT 1"),
         [vm_uuid],
         row_to_registration,
     )

@@ -304,7 +304,7 @@ fn failed_compensation_says_how_to_repair() {
         .unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.contains(&format!(
+        msg.ends_with(&format!(
             "xe vm-param-set uuid={} platform:device-model-args='-m 1 '\\''a b'\\'''",
             uuid(1)
         )),
