@@ -7,13 +7,16 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 BIN := target/debug/vgpu-admin
+DIST := dist
+WHEEL_TOOLS := $(VENV)/.wheel-tools
 
-.PHONY: help build demo test test-rust test-python lint venv clean
+.PHONY: help build demo test test-rust test-python lint venv wheel clean
 
 help:
 	@echo "make demo   build and walk the main workflow on the bundled XAPI simulator"
 	@echo "make test   every suite (what CI runs)"
 	@echo "make build  debug binaries"
+	@echo "make wheel  the shippable abi3 manylinux2014 wheel of vgpu_registry in $(DIST)/"
 
 build:
 	$(CARGO) build --workspace
@@ -24,6 +27,18 @@ $(VENV)/.stamp: tests/requirements.txt
 	touch $@
 
 venv: $(VENV)/.stamp
+
+$(WHEEL_TOOLS): $(VENV)/.stamp rust/python/build-requirements.txt
+	$(VPY) -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
+		-r rust/python/build-requirements.txt
+	touch $@
+
+# One cp36-abi3 wheel, linked against glibc 2.17 by zig, refused if it needs a newer GLIBC_.
+wheel: $(WHEEL_TOOLS)
+	rm -f $(DIST)/vgpu_registry-*.whl
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" maturin build --release --zig --compatibility manylinux2014 \
+		-m rust/python/Cargo.toml --out $(DIST)/
+	$(VPY) rust/python/check_wheel.py $(DIST)/vgpu_registry-*.whl 2.17
 
 demo: build
 	PYTHON=$(PYTHON) tests/demo/run-demo.sh

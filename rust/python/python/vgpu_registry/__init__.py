@@ -1,0 +1,318 @@
+"""vgpu_registry: the vgpu-registry core for Python (CPython >= 3.6).
+
+``call(fn, args, *, session=None, config=None)`` is the xapi plugin's API: a function name and a
+dict of str to str in, the JSON document as an ASCII-only str out. The functions below are typed
+conveniences for scripts: they build the same ``args`` dict and return the parsed JSON.
+
+Every failure raises ``VgpuError`` (``code``, ``message``, ``details``), as the subclass of its
+error code: ``InvalidArgumentError``, ``VmIdInUseError``, ...  Validation, routing to the pool
+master and XAPI are the core's; nothing here checks a value.
+"""
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Union, cast
+
+from ._native import (
+    AlreadyRegisteredError,
+    AmbiguousVmNameError,
+    ConfirmationRequiredError,
+    DatabaseError,
+    InternalError,
+    InvalidArgumentError,
+    NoFreeVmIdError,
+    NotRegisteredError,
+    VgpuError,
+    VmIdInUseError,
+    VmNotFoundError,
+    VmStateError,
+    XapiError,
+    __version__,
+    call,
+)
+
+__all__ = [
+    "__version__",
+    "call",
+    "scan",
+    "register",
+    "set_vm_id",
+    "set_pool",
+    "set_priority",
+    "update",
+    "show",
+    "list_vms",
+    "list_pools",
+    "show_pool",
+    "remove",
+    "status",
+    "sync",
+    "VgpuError",
+    "InvalidArgumentError",
+    "VmNotFoundError",
+    "AmbiguousVmNameError",
+    "NotRegisteredError",
+    "AlreadyRegisteredError",
+    "VmIdInUseError",
+    "NoFreeVmIdError",
+    "XapiError",
+    "DatabaseError",
+    "ConfirmationRequiredError",
+    "VmStateError",
+    "InternalError",
+]
+
+# A config file path: str or any os.PathLike.
+Path = Union[str, "os.PathLike[str]"]
+Value = Union[str, int, bool, None]
+Json = Dict[str, Any]
+
+
+def _text(value: Union[str, int, bool]) -> str:
+    """An argument as the plugin API spells it: booleans as true/false, numbers in decimal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _run(fn: str, session: Optional[str], config: Optional[Path], **args: Value) -> Any:
+    """Calls ``fn`` with the arguments that are set (``None`` and ``False`` are left out)."""
+    config_path = None if config is None else os.fspath(config)
+    plugin_args = {
+        key.replace("_", "-"): _text(value)
+        for key, value in args.items()
+        if value is not None and value is not False
+    }
+    return json.loads(call(fn, plugin_args, session=session, config=config_path))
+
+
+def _object(fn: str, session: Optional[str], config: Optional[Path], **args: Value) -> Json:
+    return cast(Json, _run(fn, session, config, **args))
+
+
+def _array(fn: str, session: Optional[str], config: Optional[Path], **args: Value) -> List[Json]:
+    return cast(List[Json], _run(fn, session, config, **args))
+
+
+def scan(*, session: Optional[str] = None, config: Optional[Path] = None) -> Json:
+    """Every VM of the pool against the registry: registered (with status and drift),
+    unregistered, stale, summary (``vgpu-admin scan-vms``)."""
+    return _object("scan", session, config)
+
+
+def register(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    pool: Optional[str] = None,
+    priority: Union[str, int, None] = None,
+    vm_id: Union[int, str, None] = None,
+    restart: bool = False,
+    yes: bool = False,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Registers a VM (it must exist in XAPI) in ``pool`` (A/B) with ``priority``
+    (low/medium/high or 0/1/2) and writes its vgpu device into device-model-args. Without
+    ``vm_id`` the next free id is assigned. With ``vm_uuid``, ``vm_name`` is the name to store."""
+    return _object(
+        "register",
+        session,
+        config,
+        vm_uuid=vm_uuid,
+        vm_name=vm_name,
+        pool=pool,
+        priority=priority,
+        vm_id=vm_id,
+        restart=restart,
+        yes=yes,
+    )
+
+
+def set_vm_id(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    vm_id: Union[int, str, None] = None,
+    restart: bool = False,
+    yes: bool = False,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Changes a registered VM's vm_id (it must be unique)."""
+    return _object(
+        "set-vm-id",
+        session,
+        config,
+        vm_uuid=vm_uuid,
+        vm_name=vm_name,
+        vm_id=vm_id,
+        restart=restart,
+        yes=yes,
+    )
+
+
+def set_pool(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    pool: Optional[str] = None,
+    restart: bool = False,
+    yes: bool = False,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Moves a registered VM to another pool (A/B)."""
+    return _object(
+        "set-pool",
+        session,
+        config,
+        vm_uuid=vm_uuid,
+        vm_name=vm_name,
+        pool=pool,
+        restart=restart,
+        yes=yes,
+    )
+
+
+def set_priority(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    priority: Union[str, int, None] = None,
+    restart: bool = False,
+    yes: bool = False,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Changes a registered VM's priority (low/medium/high)."""
+    return _object(
+        "set-priority",
+        session,
+        config,
+        vm_uuid=vm_uuid,
+        vm_name=vm_name,
+        priority=priority,
+        restart=restart,
+        yes=yes,
+    )
+
+
+def update(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    pool: Optional[str] = None,
+    priority: Union[str, int, None] = None,
+    vm_id: Union[int, str, None] = None,
+    restart: bool = False,
+    yes: bool = False,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Changes any of pool, priority, vm_id of a registered VM in one step."""
+    return _object(
+        "update",
+        session,
+        config,
+        vm_uuid=vm_uuid,
+        vm_name=vm_name,
+        pool=pool,
+        priority=priority,
+        vm_id=vm_id,
+        restart=restart,
+        yes=yes,
+    )
+
+
+def show(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """One registered VM plus its live XAPI state: power state, device-model-args, status,
+    drift."""
+    return _object("show", session, config, vm_uuid=vm_uuid, vm_name=vm_name)
+
+
+def list_vms(
+    pool: Optional[str] = None,
+    priority: Union[str, int, None] = None,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> List[Json]:
+    """The registered VMs (optionally of one pool and/or priority), ordered by pool,
+    priority (high first), vm_id."""
+    return _array("list", session, config, pool=pool, priority=priority)
+
+
+def list_pools(*, session: Optional[str] = None, config: Optional[Path] = None) -> List[Json]:
+    """The registry pools with name, description, enabled, VM count and counts per
+    priority."""
+    return _array("list-pools", session, config)
+
+
+def show_pool(
+    pool: Optional[str] = None,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """One registry pool (as in ``list_pools``) plus its ``vms``."""
+    return _object("show-pool", session, config, pool=pool)
+
+
+def remove(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    restart: bool = False,
+    yes: bool = False,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Removes the registration and the vgpu device from device-model-args (a stale VM is
+    removed from the registry only)."""
+    return _object(
+        "remove",
+        session,
+        config,
+        vm_uuid=vm_uuid,
+        vm_name=vm_name,
+        restart=restart,
+        yes=yes,
+    )
+
+
+def status(*, session: Optional[str] = None, config: Optional[Path] = None) -> Json:
+    """A summary: pools, counts, drift, not applied, unregistered, stale, problems."""
+    return _object("status", session, config)
+
+
+def sync(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    all: bool = False,
+    dry_run: bool = False,
+    restart: bool = False,
+    yes: bool = False,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Re-applies the registry values to one VM (or, ``all=True``, to every VM in drift or
+    not applied) and refreshes stored names; ``dry_run=True`` only reports."""
+    return _object(
+        "sync",
+        session,
+        config,
+        vm_uuid=vm_uuid,
+        vm_name=vm_name,
+        all=all,
+        dry_run=dry_run,
+        restart=restart,
+        yes=yes,
+    )
