@@ -10,7 +10,7 @@ BIN := target/debug/vgpu-admin
 DIST := dist
 WHEEL_TOOLS := $(VENV)/.wheel-tools
 
-.PHONY: help build demo test test-rust test-python lint venv wheel clean
+.PHONY: help build demo test test-rust test-python test-plugin lint venv wheel clean
 
 help:
 	@echo "make demo   build and walk the main workflow on the bundled XAPI simulator"
@@ -53,7 +53,12 @@ test-rust:
 test-python: build venv
 	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) $(VPY) -m pytest -q tests/xapi_sim tests/cli
 
-test: lint test-rust test-python
+# The plugin run the way xapi runs it, under CPython 2.7 (CLI bridge), 3.6 (the wheel from dist/)
+# and 3.12 (both paths); a missing interpreter is reported as a loud SKIPPED line.
+test-plugin: build venv wheel
+	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) PYTHON=$(CURDIR)/$(VPY) tests/plugin/run-all.sh
+
+test: lint test-rust test-python test-plugin
 	@echo "make test: all suites passed"
 
 clean:

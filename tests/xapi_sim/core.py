@@ -589,11 +589,11 @@ class SimCore(object):
             fn = _require_str(fn, "fn")
             args = _require_str_map(args, "args")
             path = plugins.find_plugin(self.plugin_dir, plugin)
-            env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH}
+            # The host's identity first, so a test can override it (a misconfigured host).
+            env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
+                   "VGPU_HOST_UUID": host["uuid"], "VGPU_XAPI": self.url}
             env.update({k: str(v) for k, v in (host.get("plugin_env") or {}).items()})
             env.update(self.plugin_env_overrides.get(host["uuid"], {}))
-            env["VGPU_HOST_UUID"] = host["uuid"]
-            env["VGPU_XAPI"] = self.url
             env = {k: v for k, v in env.items() if v is not None}
             plugin_session = self._new_session("root", "xapi-plugin:%s" % plugin, "internal")
             python = self.plugin_python
@@ -750,10 +750,9 @@ class SimCore(object):
     def sim_get_plugin_env(self, host_uuid):
         if host_uuid not in self.hosts:
             raise XapiError("UUID_INVALID", ["host", str(host_uuid)])
-        env = dict(self.hosts[host_uuid].get("plugin_env") or {})
+        env = {"VGPU_HOST_UUID": host_uuid, "VGPU_XAPI": self.url}
+        env.update(self.hosts[host_uuid].get("plugin_env") or {})
         env.update(self.plugin_env_overrides.get(host_uuid, {}))
-        env["VGPU_HOST_UUID"] = host_uuid
-        env["VGPU_XAPI"] = self.url
         return env
 
     def sim_set_plugin_python(self, exe):

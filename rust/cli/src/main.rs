@@ -105,8 +105,11 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let fail = |e: Error| (e, is_call);
 
     let (function, mut args) = to_plugin_call(&cli.command, cli.yes).map_err(fail)?;
-    // Validate before touching XAPI or the registry: bad input changes nothing.
-    let request = api::parse_request(&function, &args).map_err(fail)?;
+    // Validate before touching XAPI or the registry: bad input changes nothing. The forwarding
+    // marker is the service's business, not an argument of the function.
+    let mut plain_args = args.clone();
+    plain_args.remove(registry::service::FORWARDED_BY);
+    let request = api::parse_request(&function, &plain_args).map_err(fail)?;
     if !is_call && ask_restart_confirmation(&request) {
         args.insert("yes".into(), "true".into());
     }
