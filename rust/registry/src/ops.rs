@@ -557,7 +557,7 @@ impl Ctx<'_> {
         match vm.power_state.as_str() {
             "Running" if restart.confirmed => Ok(true),
             "Running" => Err(Error::ConfirmationRequired(format!(
-                "--restart shuts down and starts running VM {}; confirm it",
+                "--restart would shut down and start running VM {}: confirm with --yes (plugin and API: yes=true)",
                 vm_ref(vm)
             ))),
             "Halted" => Ok(false),
