@@ -183,6 +183,18 @@ impl Client {
         params: Vec<Value>,
         read_timeout: Option<Duration>,
     ) -> Result<Value> {
+        self.call_parsed(method, params, read_timeout, parse_response)
+    }
+
+    /// A call whose answer is deserialised by `parse` (for typed answers), with the session
+    /// handling of [`Client::call`].
+    fn call_parsed<T>(
+        &self,
+        method: &str,
+        params: Vec<Value>,
+        read_timeout: Option<Duration>,
+        parse: fn(&str, u64, &[u8]) -> Result<T>,
+    ) -> Result<T> {
         let with_session = |session: &str| {
             let mut full = Vec::with_capacity(params.len() + 1);
             full.push(Value::String(session.to_string()));
@@ -190,10 +202,10 @@ impl Client {
             full
         };
         let session = self.session_ref()?;
-        match self.rpc(method, with_session(&session), read_timeout) {
+        match self.rpc_parsed(method, with_session(&session), read_timeout, parse) {
             Err(err) if err.api_code() == Some(SESSION_INVALID) && self.can_login() => {
                 let session = self.replace_session(&session)?;
-                self.rpc(method, with_session(&session), read_timeout)
+                self.rpc_parsed(method, with_session(&session), read_timeout, parse)
             }
             result => result,
         }
@@ -261,12 +273,22 @@ impl Client {
         params: Vec<Value>,
         read_timeout: Option<Duration>,
     ) -> Result<Value> {
+        self.rpc_parsed(method, params, read_timeout, parse_response)
+    }
+
+    fn rpc_parsed<T>(
+        &self,
+        method: &str,
+        params: Vec<Value>,
+        read_timeout: Option<Duration>,
+        parse: fn(&str, u64, &[u8]) -> Result<T>,
+    ) -> Result<T> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
         let body = serde_json::to_vec(&request)
             .map_err(|e| protocol(method, format!("cannot encode the request: {e}")))?;
         let answer = self.transport.post(method, &body, read_timeout)?;
-        parse_response(method, id, &answer)
+        parse(method, id, &answer)
     }
 
     fn vm_ref_by_uuid(&self, uuid: &str) -> Result<Option<String>> {
@@ -338,6 +360,48 @@ pub(crate) fn parse_response(method: &str, id: u64, body: &[u8]) -> Result<Value
         .ok_or_else(|| protocol(method, "answer has neither result nor error"))
 }
 
+/// [`parse_response`] for `get_all_records[_where]` of VMs, deserialising the records directly.
+fn parse_vm_map(
+    method: &str,
+    id: u64,
+    body: &[u8],
+) -> Result<std::collections::HashMap<String, records::WireVm>> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(default)]
+        id: Option<Value>,
+        #[serde(default)]
+        error: Option<Value>,
+        #[serde(default, borrow)]
+        result: Option<&'a serde_json::value::RawValue>,
+    }
+    let answer: Envelope<'_> = serde_json::from_slice(body).map_err(|e| {
+        let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
+        protocol(
+            method,
+            format!("answer is not a JSON-RPC object ({e}): {text:?}"),
+        )
+    })?;
+    match answer.id {
+        None | Some(Value::Null) => {}
+        Some(got) if got == json!(id) || got == json!(id.to_string()) => {}
+        Some(got) => {
+            return Err(protocol(
+                method,
+                format!("answer is for request {got}, not {id}"),
+            ))
+        }
+    }
+    if let Some(error) = answer.error.filter(|e| !e.is_null()) {
+        return Err(api_error(method, error));
+    }
+    let raw = answer
+        .result
+        .ok_or_else(|| protocol(method, "answer has neither result nor error"))?;
+    serde_json::from_str(raw.get())
+        .map_err(|e| protocol(method, format!("unexpected VM records: {e}")))
+}
+
 fn api_error(method: &str, error: Value) -> XapiError {
     let text = |v: Value| match v {
         Value::String(s) => s,
@@ -378,8 +442,11 @@ fn api_error(method: &str, error: Value) -> XapiError {
 impl Xapi for Client {
     fn list_vms(&self) -> Result<Vec<VmRecord>> {
         let method = "VM.get_all_records_where";
-        let value = self.call(method, vec![json!(SCAN_FILTER)])?;
-        let mut vms = records::vm_records(method, &value)?;
+        let wire = self.call_parsed(method, vec![json!(SCAN_FILTER)], None, parse_vm_map)?;
+        let mut vms: Vec<VmRecord> = wire
+            .into_iter()
+            .map(|(opaque_ref, vm)| vm.into_record(opaque_ref))
+            .collect();
         // The filter already does this; repeating it keeps a lax server from leaking templates.
         vms.retain(|vm| !vm.is_a_template && !vm.is_a_snapshot && !vm.is_control_domain);
         vms.sort_by(|a, b| (&a.name_label, &a.uuid).cmp(&(&b.name_label, &b.uuid)));
@@ -524,6 +591,46 @@ mod tests {
             parse_response("m", 3, br#"{"result":null}"#),
             Ok(Value::Null)
         );
+    }
+
+    #[test]
+    fn vm_records_are_read_typed_skipping_other_fields() {
+        let body = br#"{"jsonrpc":"2.0","id":3,"result":{
+            "OpaqueRef:a":{"uuid":"u-a","name_label":null,"power_state":"Running",
+                "platform":{"device-model-args":"-m 1"},"VCPUs_max":"4","other_config":{"x":"y"},
+                "blocked_operations":{},"is_a_template":false},
+            "OpaqueRef:b":{"uuid":"u-b"}}}"#;
+        let mut vms: Vec<VmRecord> = parse_vm_map("VM.get_all_records_where", 3, body)
+            .unwrap()
+            .into_iter()
+            .map(|(r, v)| v.into_record(r))
+            .collect();
+        vms.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+        assert_eq!(vms[0].opaque_ref, "OpaqueRef:a");
+        assert_eq!(vms[0].name_label, "");
+        assert_eq!(vms[0].platform["device-model-args"], "-m 1");
+        assert_eq!(vms[1].resident_on, "OpaqueRef:NULL");
+        assert_eq!(vms[1].power_state, "");
+
+        let err = br#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"SESSION_INVALID","data":["s"]}}"#;
+        assert_eq!(
+            parse_vm_map("m", 3, err).unwrap_err().api_code(),
+            Some("SESSION_INVALID")
+        );
+        for bad in [
+            &br#"{"id":3,"result":{"OpaqueRef:a":{"uuid":5}}}"#[..],
+            br#"{"id":3,"result":{"OpaqueRef:a":{"name_label":"no uuid"}}}"#,
+            br#"{"id":3,"result":{"OpaqueRef:a":{"uuid":"u","platform":{"k":1}}}}"#,
+            br#"{"id":4,"result":{}}"#,
+            br#"{"id":3}"#,
+            br#"not json"#,
+        ] {
+            assert!(
+                matches!(parse_vm_map("m", 3, bad), Err(XapiError::Protocol { .. })),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
