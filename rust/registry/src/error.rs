@@ -149,8 +149,8 @@ pub enum Error {
     },
     #[error("database {path}: {message}")]
     Database { path: String, message: String },
-    #[error("{0}")]
-    ConfirmationRequired(String),
+    #[error("--restart would shut down and start running VM {vm}: confirm with --yes (plugin and API: yes=true)")]
+    ConfirmationRequired { vm: VmRef },
     #[error("VM {vm} is {power_state}: {message}")]
     VmState {
         vm: VmRef,
@@ -204,7 +204,7 @@ impl Error {
             Error::NoFreeVmId => ErrorCode::NoFreeVmId,
             Error::Xapi { .. } | Error::XapiUnrestored { .. } => ErrorCode::XapiError,
             Error::Database { .. } => ErrorCode::DatabaseError,
-            Error::ConfirmationRequired(_) => ErrorCode::ConfirmationRequired,
+            Error::ConfirmationRequired { .. } => ErrorCode::ConfirmationRequired,
             Error::VmState { .. } => ErrorCode::VmState,
             Error::Internal(_) => ErrorCode::Internal,
             Error::Forwarded { code, .. } => *code,
@@ -227,7 +227,7 @@ impl Error {
             Error::VmNotFound { .. } => {
                 Some("list the pool's VMs with: vgpu-admin scan-vms".into())
             }
-            Error::ConfirmationRequired(_) => Some("add --yes to confirm the restart".into()),
+            Error::ConfirmationRequired { .. } => Some("add --yes to confirm the restart".into()),
             Error::Forwarded {
                 code: ErrorCode::VmIdInUse,
                 details,
@@ -253,7 +253,7 @@ impl Error {
             Error::AmbiguousVmName { name, candidates } => {
                 json!({"vm_name": name, "candidates": candidates})
             }
-            Error::NotRegistered { vm } => json!(vm),
+            Error::NotRegistered { vm } | Error::ConfirmationRequired { vm } => json!(vm),
             Error::AlreadyRegistered {
                 vm,
                 pool,

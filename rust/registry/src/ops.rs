@@ -556,10 +556,7 @@ impl Ctx<'_> {
         }
         match vm.power_state.as_str() {
             "Running" if restart.confirmed => Ok(true),
-            "Running" => Err(Error::ConfirmationRequired(format!(
-                "--restart would shut down and start running VM {}: confirm with --yes (plugin and API: yes=true)",
-                vm_ref(vm)
-            ))),
+            "Running" => Err(Error::ConfirmationRequired { vm: vm_ref(vm) }),
             "Halted" => Ok(false),
             other => Err(Error::VmState {
                 vm: vm_ref(vm),
