@@ -341,20 +341,8 @@ pub(crate) fn parse_response(method: &str, id: u64, body: &[u8]) -> Result<Value
     let Value::Object(mut answer) = value else {
         return Err(protocol(method, "answer is not a JSON object"));
     };
-    match answer.get("id") {
-        None | Some(Value::Null) => {}
-        Some(got) if *got == json!(id) || *got == json!(id.to_string()) => {}
-        Some(got) => {
-            return Err(protocol(
-                method,
-                format!("answer is for request {got}, not {id}"),
-            ))
-        }
-    }
-    match answer.remove("error") {
-        None | Some(Value::Null) => {}
-        Some(error) => return Err(api_error(method, error)),
-    }
+    let error = answer.remove("error");
+    check_envelope(method, id, answer.get("id"), error)?;
     answer
         .remove("result")
         .ok_or_else(|| protocol(method, "answer has neither result nor error"))
@@ -382,9 +370,19 @@ fn parse_vm_map(
             format!("answer is not a JSON-RPC object ({e}): {text:?}"),
         )
     })?;
-    match answer.id {
+    check_envelope(method, id, answer.id.as_ref(), answer.error)?;
+    let raw = answer
+        .result
+        .ok_or_else(|| protocol(method, "answer has neither result nor error"))?;
+    serde_json::from_str(raw.get())
+        .map_err(|e| protocol(method, format!("unexpected VM records: {e}")))
+}
+
+/// The answer is for our request, and is not an error.
+fn check_envelope(method: &str, id: u64, got: Option<&Value>, error: Option<Value>) -> Result<()> {
+    match got {
         None | Some(Value::Null) => {}
-        Some(got) if got == json!(id) || got == json!(id.to_string()) => {}
+        Some(got) if *got == json!(id) || *got == json!(id.to_string()) => {}
         Some(got) => {
             return Err(protocol(
                 method,
@@ -392,14 +390,10 @@ fn parse_vm_map(
             ))
         }
     }
-    if let Some(error) = answer.error.filter(|e| !e.is_null()) {
-        return Err(api_error(method, error));
+    match error {
+        None | Some(Value::Null) => Ok(()),
+        Some(error) => Err(api_error(method, error)),
     }
-    let raw = answer
-        .result
-        .ok_or_else(|| protocol(method, "answer has neither result nor error"))?;
-    serde_json::from_str(raw.get())
-        .map_err(|e| protocol(method, format!("unexpected VM records: {e}")))
 }
 
 fn api_error(method: &str, error: Value) -> XapiError {
