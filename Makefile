@@ -10,13 +10,14 @@ BIN := target/debug/vgpu-admin
 DIST := dist
 WHEEL_TOOLS := $(VENV)/.wheel-tools
 
-.PHONY: help build demo test test-rust test-python test-plugin lint venv wheel clean
+.PHONY: help build demo test test-rust test-python test-plugin lint venv wheel dom0-bin clean
 
 help:
 	@echo "make demo   build and walk the main workflow on the bundled XAPI simulator"
 	@echo "make test   every suite (what CI runs)"
 	@echo "make build  debug binaries"
 	@echo "make wheel  the shippable abi3 manylinux2014 wheel of vgpu_registry in $(DIST)/"
+	@echo "make dom0-bin  vgpu-admin linked for dom0's glibc 2.17, in $(DIST)/"
 
 build:
 	$(CARGO) build --workspace
@@ -39,6 +40,17 @@ wheel: $(WHEEL_TOOLS)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" maturin build --release --zig --compatibility manylinux2014 \
 		-m rust/python/Cargo.toml --out $(DIST)/
 	$(VPY) rust/python/check_wheel.py $(DIST)/vgpu_registry-*.whl 2.17
+
+# vgpu-admin for dom0: linked against glibc 2.17 by zig, refused if it needs a newer GLIBC_.
+dom0-bin: $(WHEEL_TOOLS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) zigbuild --release \
+		--target x86_64-unknown-linux-gnu.2.17 -p vgpu-admin
+	mkdir -p $(DIST)
+	cp target/x86_64-unknown-linux-gnu/release/vgpu-admin $(DIST)/vgpu-admin
+	@newest=$$(objdump -T $(DIST)/vgpu-admin | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -n 1); \
+	echo "$(DIST)/vgpu-admin: newest $$newest"; \
+	[ "$$(printf '%s\nGLIBC_2.17\n' "$$newest" | sort -V | tail -n 1)" = GLIBC_2.17 ] || \
+	{ echo "$(DIST)/vgpu-admin needs $$newest, newer than dom0's glibc 2.17"; exit 1; }
 
 demo: build
 	PYTHON=$(PYTHON) tests/demo/run-demo.sh
