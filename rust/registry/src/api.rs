@@ -460,7 +460,7 @@ pub fn call(
     serde_json::to_value(out).map_err(|e| Error::Internal(format!("serialising the result: {e}")))
 }
 
-/// JSON text with every non-ASCII character escaped (`\uXXXX`), as the plugin must answer in
+/// JSON text with every non-ASCII character escaped (as `\u` escapes of UTF-16 units), as the plugin must answer in
 /// ASCII: xapi runs it without a locale.
 pub fn to_ascii_json(value: &serde_json::Value) -> String {
     let text = value.to_string();
