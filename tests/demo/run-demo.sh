@@ -5,7 +5,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${VGPU_ADMIN_BIN:-$repo/target/debug/vgpu-admin}
 python=${PYTHON:-python3}
-work=$(mktemp -d "${TMPDIR:-/tmp}/vgpu-demo.XXXXXX")
+work=$(mktemp -d)  # honours TMPDIR
 sim_pid=
 cleanup() {
   [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null

@@ -594,7 +594,7 @@ impl Ctx<'_> {
         change: impl FnOnce(&WriteTx<'_>) -> Result<(T, DeviceChange)>,
     ) -> Result<(T, Option<String>)> {
         let xapi = self.xapi;
-        let device_type = self.config.device.device_type.clone();
+        let device_type = self.config.device.device_type.as_str();
         let tx = self.store.write()?;
         let (out, desired) = change(&tx)?;
         let platform = xapi.get_platform(&vm.opaque_ref).map_err(|e| {
@@ -607,7 +607,7 @@ impl Ctx<'_> {
             )
         })?;
         let old = platform.get(PLATFORM_KEY).cloned();
-        let new = new_dma(old.as_deref(), &desired, &device_type).map_err(|e| Error::VmState {
+        let new = new_dma(old.as_deref(), &desired, device_type).map_err(|e| Error::VmState {
             vm: vm_ref(vm),
             power_state: vm.power_state.to_lowercase(),
             message: format!("{e}; fix device-model-args by hand first, nothing was changed"),
@@ -649,7 +649,7 @@ impl Ctx<'_> {
             .clone()
             .or_else(|| parse_vm_name(&vm.name_label).ok());
         let uuid = vm.uuid.clone();
-        let cfg = self.config.clone();
+        let cfg = self.config;
         let (reg, dma) = self.apply(&vm, |tx| {
             if let Some(r) = tx.get(&uuid)? {
                 return Err(Error::AlreadyRegistered {
@@ -675,7 +675,7 @@ impl Ctx<'_> {
                     vm_id,
                 },
             )?;
-            let spec = spec_of(&cfg, req.pool, req.priority, vm_id);
+            let spec = spec_of(cfg, req.pool, req.priority, vm_id);
             Ok((reg, DeviceChange::Set(spec)))
         })?;
         self.finish(&vm, reg, dma, will_restart, false)
@@ -685,7 +685,7 @@ impl Ctx<'_> {
         let vm = self.resolve(&req.selector)?;
         let will_restart = self.plan_restart(&vm, req.restart)?;
         let uuid = vm.uuid.clone();
-        let cfg = self.config.clone();
+        let cfg = self.config;
         let vmr = vm_ref(&vm);
         let (reg, dma) = self.apply(&vm, |tx| {
             let cur = tx
@@ -716,7 +716,7 @@ impl Ctx<'_> {
             let reg = tx.update(&cur.vm_uuid, &values)?;
             Ok((
                 reg,
-                DeviceChange::Set(spec_of(&cfg, values.pool, values.priority, vm_id)),
+                DeviceChange::Set(spec_of(cfg, values.pool, values.priority, vm_id)),
             ))
         })?;
         self.finish(&vm, reg, dma, will_restart, false)
@@ -997,7 +997,7 @@ impl Ctx<'_> {
         will_restart: bool,
     ) -> Result<Applied> {
         let uuid = vm.uuid.clone();
-        let cfg = self.config.clone();
+        let cfg = self.config;
         let vmr = vm_ref(vm);
         let (reg, dma) = self.apply(vm, |tx| {
             let cur = tx
@@ -1025,7 +1025,7 @@ impl Ctx<'_> {
                 })?;
             Ok((
                 reg,
-                DeviceChange::Set(spec_of(&cfg, cur.pool, cur.priority, vm_id)),
+                DeviceChange::Set(spec_of(cfg, cur.pool, cur.priority, vm_id)),
             ))
         })?;
         self.finish(vm, reg, dma, will_restart, false)
