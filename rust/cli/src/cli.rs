@@ -255,14 +255,19 @@ pub enum Command {
     ///
     /// Example: vgpu-admin call register vm-uuid=48df46e9-31b9-4aea-b4b8-678e9a3c70d6 pool=A priority=high
     Call {
-        /// Function: scan, register, set-vm-id, set-pool, set-priority, update, show, list,
-        /// list-pools, show-pool, remove, status, sync.
+        /// Function name (the list: vgpu-admin functions).
         function: String,
-        /// Arguments as KEY=VALUE (vm-uuid, vm-name, pool, priority, vm-id, restart, yes,
-        /// dry-run, all).
+        /// Arguments as KEY=VALUE (each function's keys: vgpu-admin functions).
         #[arg(value_name = "KEY=VALUE")]
         args: Vec<String>,
     },
+
+    /// The plugin API's function table: every function, its arguments and the CLI command
+    /// that calls it (`--format json` for programs: the plugin and the Xen Orchestra plugin are
+    /// tested against it).
+    ///
+    /// Example: vgpu-admin functions --format json
+    Functions,
 
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
@@ -314,5 +319,49 @@ mod tests {
     #[test]
     fn clap_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Commands of the CLI alone, not functions of the plugin API.
+    const CLI_ONLY: [&str; 4] = ["call", "functions", "completions", "man"];
+
+    #[test]
+    fn every_function_has_its_command_with_exactly_its_options() {
+        let cli = Cli::command();
+        let globals: Vec<String> = cli
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        for spec in registry::FUNCTIONS {
+            let sub = cli
+                .find_subcommand(spec.command)
+                .unwrap_or_else(|| panic!("no command {} for {}", spec.command, spec.name));
+            let mut options: Vec<String> = sub
+                .get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_string))
+                .filter(|l| !globals.contains(l))
+                .collect();
+            // `--yes` is global: every command takes it, the function table says who uses it.
+            let mut keys: Vec<String> = spec
+                .keys()
+                .filter(|k| *k != "yes")
+                .map(str::to_string)
+                .collect();
+            options.sort();
+            keys.sort();
+            assert_eq!(options, keys, "{}", spec.command);
+            for a in sub.get_arguments().filter(|a| a.get_long().is_some()) {
+                let long = a.get_long().unwrap_or_default();
+                if keys.iter().any(|k| k == long) {
+                    assert_eq!(a.get_id().as_str(), long.replace('-', "_"), "{long}");
+                }
+            }
+        }
+        for sub in cli.get_subcommands() {
+            let name = sub.get_name();
+            assert!(
+                CLI_ONLY.contains(&name) || registry::FunctionSpec::for_command(name).is_some(),
+                "{name} is neither a function of the table nor a CLI-only command"
+            );
+        }
     }
 }

@@ -4,27 +4,30 @@
 mod cli;
 mod render;
 
-use clap::{CommandFactory, Parser};
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use cli::{Cli, Command, Format};
-use registry::api::{self, Function, Outcome, Request};
-use registry::service::{Service, Settings};
-use registry::Error;
+use registry::report::ascii_json;
+use registry::{Call, Error, ErrorCode, FunctionSpec, Service, Settings};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().collect();
-    let cli = match Cli::try_parse_from(&raw) {
-        Ok(c) => c,
+    let parsed = Cli::command()
+        .try_get_matches_from(&raw)
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
         Err(e) => return clap_failure(e, &raw),
     };
-    let format = cli.format;
-    match run(cli) {
+    // `call` is for programs: its errors are always JSON.
+    let json = cli.format == Format::Json || matches!(cli.command, Command::Call { .. });
+    match run(cli, &matches) {
         Ok(code) => code,
-        Err((e, json)) => {
-            report_error(&e, json || format == Format::Json);
-            ExitCode::from(e.code().exit_status() as u8)
+        Err(e) => {
+            report_error(&e, json);
+            ExitCode::from(e.code().exit_status())
         }
     }
 }
@@ -73,21 +76,42 @@ fn clap_failure(e: clap::Error, raw: &[String]) -> ExitCode {
 
 fn report_error(e: &Error, json: bool) {
     if json {
-        eprintln!("{}", api::to_ascii_json(&e.to_json()));
+        eprintln!("{}", ascii_json(&e.to_json().to_string()));
     } else {
         eprintln!("error: {e}");
-        if let Some(h) = e.hint() {
+        if let Some(h) = hint(e.code(), &e.details()) {
             eprintln!("hint: {h}");
         }
     }
 }
 
-type Failure = (Error, bool);
+/// A second line for people, in this front end's words: what to do next.
+fn hint(code: ErrorCode, details: &serde_json::Value) -> Option<String> {
+    Some(match code {
+        ErrorCode::AmbiguousVmName => "select the VM with --vm-uuid".into(),
+        ErrorCode::NotRegistered => "register it first with: vgpu-admin register-vm".into(),
+        ErrorCode::AlreadyRegistered => {
+            "change it with update-vm, set-pool, set-priority or set-vm-id".into()
+        }
+        ErrorCode::VmIdInUse => format!(
+            "the next free vm_id is {}",
+            details["next_free_vm_id"].as_u64()?
+        ),
+        ErrorCode::VmNotFound => "list the pool's VMs with: vgpu-admin scan-vms".into(),
+        ErrorCode::ConfirmationRequired => "add --yes to confirm the restart".into(),
+        ErrorCode::InvalidArgument if details["argument"] == "stored vm-id" => {
+            "give the VM a new id with --vm-id (update-vm or set-vm-id)".into()
+        }
+        ErrorCode::InvalidArgument if details["argument"] == "xapi password" => {
+            "give it with --xapi-password-file PATH (or VGPU_XAPI_PASSWORD)".into()
+        }
+        _ => return None,
+    })
+}
 
-fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let plain = |e: Error| (e, false);
-    // Generators need nothing else.
-    match &cli.command {
+fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Error> {
+    let (function, args) = match &cli.command {
+        // Generators and the table need nothing else.
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "vgpu-admin", &mut std::io::stdout());
@@ -96,23 +120,29 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Man => {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut std::io::stdout())
-                .map_err(|e| plain(Error::Internal(format!("writing the man page: {e}"))))?;
+                .map_err(|e| Error::Internal(format!("writing the man page: {e}")))?;
             return Ok(ExitCode::SUCCESS);
         }
-        _ => {}
-    }
+        Command::Functions => {
+            let text = if cli.format == Format::Json {
+                pretty(&registry::functions::table_json())
+            } else {
+                render::functions()
+            };
+            write_out(&text);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Call { function, args } => (function.clone(), call_args(args)?),
+        _ => plugin_call(matches)?,
+    };
     let is_call = matches!(cli.command, Command::Call { .. });
-    let fail = |e: Error| (e, is_call);
 
-    let (function, mut args) = to_plugin_call(&cli.command, cli.yes).map_err(fail)?;
-    // Validate before touching XAPI or the registry: bad input changes nothing. The forwarding
-    // marker is the service's business, not an argument of the function.
-    let mut plain_args = args.clone();
-    plain_args.remove(registry::service::FORWARDED_BY);
-    let request = api::parse_request(&function, &plain_args).map_err(fail)?;
-    if !is_call && ask_restart_confirmation(&request) {
-        args.insert("yes".into(), "true".into());
+    // Validate before touching XAPI or the registry: bad input changes nothing.
+    let mut call = Call::parse(&function, &args)?;
+    if !is_call && call.wants_confirmation() && ask_restart_confirmation() {
+        call.confirm();
     }
+    let spec = call.function();
     let settings = Settings {
         config_path: cli.config.clone(),
         db: cli.db.clone(),
@@ -124,183 +154,84 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         session: None,
         remote: cli.remote,
     };
-    let service = Service::new(&settings).map_err(fail)?;
-    let (value, backup) = service.call_noted(&function, &args).map_err(fail)?;
-    if let Some(b) = backup {
+    let service = Service::new(&settings)?;
+    let answer = service.run(call)?;
+    if let Some(b) = answer.migration_backup {
         eprintln!(
             "note: migrated the registry {} to schema {}; the previous database was saved as {}",
-            service.db.display(),
-            registry::store::SCHEMA_VERSION,
+            service.db_path().display(),
+            registry::SCHEMA_VERSION,
             b.display()
         );
     }
-    let f = Function::parse(&function).map_err(fail)?;
-    let outcome = Outcome::from_json(f, value.clone()).map_err(fail)?;
-    let failed = matches!(&outcome, Outcome::Sync(r) if r.failed > 0);
-
+    let outcome = answer.outcome;
     let text = if is_call {
-        api::to_ascii_json(&value) + "\n"
+        outcome.to_ascii_json() + "\n"
     } else if cli.format == Format::Json {
-        serde_json::to_string_pretty(&value).map_err(|e| fail(Error::Internal(e.to_string())))?
-            + "\n"
+        pretty(&outcome)
     } else {
-        render::render(&outcome, f.name())
+        render::render(&outcome, spec)
     };
-    // A closed pipe (`| head`) is not an error worth a message.
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
-    Ok(if failed {
+    write_out(&text);
+    Ok(if outcome.partly_failed() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-/// Turns a subcommand into the plugin API's function name and string arguments, so the CLI
-/// takes exactly the path the plugin takes.
-fn to_plugin_call(cmd: &Command, yes: bool) -> Result<(String, BTreeMap<String, String>), Error> {
+fn pretty(value: &impl serde::Serialize) -> String {
+    // Serialising the contract's types cannot fail: string keys only.
+    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+}
+
+fn write_out(text: &str) {
+    // A closed pipe (`| head`) is not an error worth a message.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// `vgpu-admin call FN KEY=VALUE …`: the arguments as given.
+fn call_args(args: &[String]) -> Result<BTreeMap<String, String>, Error> {
     let mut a = BTreeMap::new();
-    let mut put = |k: &str, v: Option<&String>| {
-        if let Some(v) = v {
-            a.insert(k.to_string(), v.clone());
-        }
-    };
-    let f = match cmd {
-        Command::ScanVms => "scan",
-        Command::RegisterVm {
-            vm,
-            pool,
-            priority,
-            vm_id,
-            restart,
-        } => {
-            put("vm-uuid", vm.vm_uuid.as_ref());
-            put("vm-name", vm.vm_name.as_ref());
-            put("pool", Some(pool));
-            put("priority", Some(priority));
-            put("vm-id", vm_id.as_ref());
-            put_restart(&mut a, restart.restart, yes);
-            "register"
-        }
-        Command::SetVmId { vm, vm_id, restart } => {
-            put("vm-uuid", vm.vm_uuid.as_ref());
-            put("vm-name", vm.vm_name.as_ref());
-            put("vm-id", Some(vm_id));
-            put_restart(&mut a, restart.restart, yes);
-            "set-vm-id"
-        }
-        Command::SetPool { vm, pool, restart } => {
-            put("vm-uuid", vm.vm_uuid.as_ref());
-            put("vm-name", vm.vm_name.as_ref());
-            put("pool", Some(pool));
-            put_restart(&mut a, restart.restart, yes);
-            "set-pool"
-        }
-        Command::SetPriority {
-            vm,
-            priority,
-            restart,
-        } => {
-            put("vm-uuid", vm.vm_uuid.as_ref());
-            put("vm-name", vm.vm_name.as_ref());
-            put("priority", Some(priority));
-            put_restart(&mut a, restart.restart, yes);
-            "set-priority"
-        }
-        Command::UpdateVm {
-            vm,
-            pool,
-            priority,
-            vm_id,
-            restart,
-        } => {
-            put("vm-uuid", vm.vm_uuid.as_ref());
-            put("vm-name", vm.vm_name.as_ref());
-            put("pool", pool.as_ref());
-            put("priority", priority.as_ref());
-            put("vm-id", vm_id.as_ref());
-            put_restart(&mut a, restart.restart, yes);
-            "update"
-        }
-        Command::ShowVm { vm } => {
-            put("vm-uuid", vm.vm_uuid.as_ref());
-            put("vm-name", vm.vm_name.as_ref());
-            "show"
-        }
-        Command::ListVms { pool, priority } => {
-            put("pool", pool.as_ref());
-            put("priority", priority.as_ref());
-            "list"
-        }
-        Command::ListPools => "list-pools",
-        Command::ShowPool { pool } => {
-            put("pool", Some(pool));
-            "show-pool"
-        }
-        Command::RemoveVm { vm, restart } => {
-            put("vm-uuid", vm.vm_uuid.as_ref());
-            put("vm-name", vm.vm_name.as_ref());
-            put_restart(&mut a, restart.restart, yes);
-            "remove"
-        }
-        Command::Status => "status",
-        Command::Sync {
-            vm_uuid,
-            vm_name,
-            all,
-            dry_run,
-            restart,
-        } => {
-            put("vm-uuid", vm_uuid.as_ref());
-            put("vm-name", vm_name.as_ref());
-            if *all {
-                a.insert("all".into(), "true".into());
-            }
-            if *dry_run {
-                a.insert("dry-run".into(), "true".into());
-            }
-            put_restart(&mut a, restart.restart, yes);
-            "sync"
-        }
-        Command::Call { function, args } => {
-            for kv in args {
-                let (k, v) = kv
-                    .split_once('=')
-                    .ok_or_else(|| Error::invalid("argument", kv, "expected KEY=VALUE"))?;
-                if a.insert(k.to_string(), v.to_string()).is_some() {
-                    return Err(Error::invalid("argument", k, "given twice"));
-                }
-            }
-            return Ok((function.clone(), a));
-        }
-        Command::Completions { .. } | Command::Man => {
-            return Err(Error::Internal("generators are handled earlier".into()))
-        }
-    };
-    Ok((f.to_string(), a))
-}
-
-fn put_restart(a: &mut BTreeMap<String, String>, restart: bool, yes: bool) {
-    if restart {
-        a.insert("restart".into(), "true".into());
-        if yes {
-            a.insert("yes".into(), "true".into());
+    for kv in args {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Error::invalid("argument", kv, "expected KEY=VALUE"))?;
+        if a.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(Error::invalid("argument", k, "given twice"));
         }
     }
+    Ok(a)
 }
 
-/// On a terminal, `--restart` without `--yes` asks; elsewhere the core refuses with
+/// A subcommand as the plugin API call it stands for: the function table names the function
+/// and its argument keys, and each key is the long option of the same name.
+fn plugin_call(matches: &ArgMatches) -> Result<(String, BTreeMap<String, String>), Error> {
+    let (command, sub) = matches
+        .subcommand()
+        .ok_or_else(|| Error::Internal("no subcommand".into()))?;
+    let spec = FunctionSpec::for_command(command)
+        .ok_or_else(|| Error::Internal(format!("{command} is not in the function table")))?;
+    let mut args = BTreeMap::new();
+    for key in spec.keys() {
+        let id = key.replace('-', "_");
+        let value = if spec.flags.contains(&key) {
+            let set = sub.try_get_one::<bool>(&id).ok().flatten().copied();
+            set.filter(|on| *on).map(|_| "true".to_string())
+        } else {
+            let value = sub.try_get_one::<String>(&id).ok().flatten();
+            value.cloned()
+        };
+        if let Some(v) = value {
+            args.insert(key.to_string(), v);
+        }
+    }
+    Ok((spec.name.to_string(), args))
+}
+
+/// On a terminal, a restart without `--yes` asks; elsewhere the core refuses with
 /// CONFIRMATION_REQUIRED when a running VM would be restarted. True when the user said yes.
-fn ask_restart_confirmation(request: &Request) -> bool {
-    let restart = match request {
-        Request::Register(r) => r.restart,
-        Request::Update(r) => r.restart,
-        Request::Remove(_, r) => *r,
-        Request::Sync { restart, .. } => *restart,
-        _ => return false,
-    };
-    if !restart.requested || restart.confirmed {
-        return false;
-    }
+fn ask_restart_confirmation() -> bool {
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
         return false;
     }

@@ -1,33 +1,65 @@
 //! Table output for people. JSON output is the serialised outcome itself; this renders the same
 //! typed values as aligned text.
+//!
+//! Every string from XAPI or the registry (names, uuids the old tools stored unchecked,
+//! device-model-args, messages quoting them) reaches the terminal through [`cell`] or [`line`],
+//! so its control characters are shown escaped and never act as escape sequences.
 
 use comfy_table::{presets, Table};
-use registry::api::Outcome;
+use registry::functions::FUNCTIONS;
 use registry::model::{printable, Registration};
-use registry::ops::{
-    Applied, Drift, ScanReport, ShowReport, StatusReport, SyncAction, SyncReport, VmStatus,
+use registry::report::{
+    Applied, Drift, PoolInfo, ScanReport, ShowReport, StatusReport, SyncAction, SyncReport,
+    VmStatus,
 };
-use registry::store::PoolInfo;
+use registry::{FunctionSpec, Outcome};
 use std::fmt::Write;
 
 const OK: &str = "✓";
 const WARN: &str = "⚠";
 
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::NOTHING);
-    t.set_header(header.to_vec());
-    t
+/// A table whose rows go through [`Rows::row`].
+struct Rows(Table);
+
+impl Rows {
+    fn new(header: &[&str]) -> Rows {
+        let mut t = Table::new();
+        t.load_style(presets::NOTHING);
+        if !header.is_empty() {
+            t.set_header(header.to_vec());
+        }
+        Rows(t)
+    }
+
+    fn row<S: AsRef<str>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        self.0.add_row(
+            cells
+                .into_iter()
+                .map(|c| cell(c.as_ref()))
+                .collect::<Vec<_>>(),
+        );
+    }
 }
 
-/// Names and device-model-args come from XAPI: never let their control characters reach the
-/// terminal.
-fn name(n: &Option<String>) -> String {
-    n.as_deref().map(safe).unwrap_or_else(|| "-".into())
+impl std::fmt::Display for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
-fn safe(s: &str) -> String {
+/// THE escaping cell: control characters shown escaped.
+fn cell(s: &str) -> String {
     printable(s).into_owned()
+}
+
+/// A line of text outside a table, escaped the same way.
+fn line(out: &mut String, text: &str) {
+    out.push_str(&cell(text));
+    out.push('\n');
+}
+
+fn name(n: &Option<String>) -> String {
+    n.clone().unwrap_or_else(|| "-".into())
 }
 
 fn priority(r: &Registration) -> String {
@@ -46,22 +78,19 @@ fn drift_text(d: &[Drift]) -> String {
         .map(|d| {
             format!(
                 "{}: registry {} / device {}",
-                d.field,
-                safe(&d.registry),
-                d.device
-                    .as_deref()
-                    .map(safe)
-                    .unwrap_or_else(|| "(missing)".into())
+                d.field.as_str(),
+                d.registry,
+                d.device.as_deref().unwrap_or("(missing)")
             )
         })
         .collect::<Vec<_>>()
         .join("; ")
 }
 
-pub fn render(outcome: &Outcome, function: &str) -> String {
+pub fn render(outcome: &Outcome, function: &FunctionSpec) -> String {
     match outcome {
         Outcome::Scan(s) => scan(s),
-        Outcome::Applied(a) => applied(a, function),
+        Outcome::Applied(a) => applied(a, function.name),
         Outcome::Show(s) => show(s),
         Outcome::List(l) => list(l),
         Outcome::Pools(p) => pools(p),
@@ -76,11 +105,37 @@ pub fn render(outcome: &Outcome, function: &str) -> String {
     }
 }
 
+/// `vgpu-admin functions`: the function table.
+pub fn functions() -> String {
+    let mut t = Rows::new(&["FUNCTION", "COMMAND", "CHANGES", "ARGUMENTS"]);
+    for f in FUNCTIONS {
+        let mut args: Vec<String> = Vec::new();
+        if !f.vm_keys().is_empty() {
+            let vm = "vm-uuid|vm-name";
+            args.push(if f.vm == registry::functions::VmArg::Required {
+                vm.to_string()
+            } else {
+                format!("[{vm}]")
+            });
+        }
+        args.extend(f.required.iter().map(|k| format!("{k}=")));
+        args.extend(f.optional.iter().map(|k| format!("[{k}=]")));
+        args.extend(f.flags.iter().map(|k| format!("[{k}]")));
+        t.row([
+            f.name,
+            f.command,
+            if f.mutating { "yes" } else { "no" },
+            &args.join(" "),
+        ]);
+    }
+    format!("{t}\n")
+}
+
 fn scan(s: &ScanReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "=== Registered VMs ({}) ===", s.registered.len());
     if !s.registered.is_empty() {
-        let mut t = table(&[
+        let mut t = Rows::new(&[
             "UUID", "NAME", "POOL", "PRIORITY", "VM ID", "POWER", "STATUS",
         ]);
         for r in &s.registered {
@@ -92,13 +147,13 @@ fn scan(s: &ScanReport) -> String {
             for p in &r.problems {
                 status = format!("{status}; {WARN} {p}");
             }
-            t.add_row(vec![
+            t.row([
                 reg.vm_uuid.clone(),
                 name(&reg.vm_name),
                 reg.pool.to_string(),
                 priority(reg),
                 reg.vm_id.to_string(),
-                r.power_state.to_lowercase(),
+                r.power_state.to_string(),
                 status,
             ]);
         }
@@ -106,12 +161,12 @@ fn scan(s: &ScanReport) -> String {
     }
     let _ = writeln!(out, "\n=== Unregistered VMs ({}) ===", s.unregistered.len());
     if !s.unregistered.is_empty() {
-        let mut t = table(&["UUID", "NAME", "POWER", "STATUS"]);
+        let mut t = Rows::new(&["UUID", "NAME", "POWER", "STATUS"]);
         for u in &s.unregistered {
-            t.add_row(vec![
+            t.row([
                 u.vm_uuid.clone(),
-                safe(&u.vm_name),
-                u.power_state.to_lowercase(),
+                u.vm_name.clone(),
+                u.power_state.to_string(),
                 format!("{WARN} not registered"),
             ]);
         }
@@ -123,10 +178,10 @@ fn scan(s: &ScanReport) -> String {
     }
     if !s.stale.is_empty() {
         let _ = writeln!(out, "\n=== Stale registrations ({}) ===", s.stale.len());
-        let mut t = table(&["UUID", "NAME", "POOL", "PRIORITY", "VM ID", "STATUS"]);
+        let mut t = Rows::new(&["UUID", "NAME", "POOL", "PRIORITY", "VM ID", "STATUS"]);
         for st in &s.stale {
             let reg = &st.registration;
-            t.add_row(vec![
+            t.row([
                 reg.vm_uuid.clone(),
                 name(&reg.vm_name),
                 reg.pool.to_string(),
@@ -154,39 +209,43 @@ fn applied(a: &Applied, function: &str) -> String {
         "remove" => "Removed",
         _ => "Updated",
     };
-    let mut out = format!(
-        "{OK} {verb} VM {} ({}): pool {}, priority {}, vm_id {}\n",
-        r.vm_uuid,
-        name(&r.vm_name),
-        r.pool,
-        r.priority,
-        r.vm_id
+    let mut out = String::new();
+    line(
+        &mut out,
+        &format!(
+            "{OK} {verb} VM {} ({}): pool {}, priority {}, vm_id {}",
+            r.vm_uuid,
+            name(&r.vm_name),
+            r.pool,
+            r.priority,
+            r.vm_id
+        ),
     );
-    match (&a.power_state, a.removed) {
-        (None, _) => {
-            let _ = writeln!(
-                out,
-                "  the VM no longer exists: removed from the registry only"
-            );
-        }
-        (Some(_), _) => {
-            let _ = writeln!(
-                out,
+    match &a.power_state {
+        None => line(
+            &mut out,
+            "  the VM no longer exists: removed from the registry only",
+        ),
+        Some(_) => line(
+            &mut out,
+            &format!(
                 "  device-model-args: {}",
-                a.device_model_args
-                    .as_deref()
-                    .map(safe)
-                    .unwrap_or_else(|| "(none)".into())
-            );
-        }
+                a.device_model_args.as_deref().unwrap_or("(none)")
+            ),
+        ),
     }
     if a.restarted {
         let _ = writeln!(out, "  {OK} VM restarted: the change is active");
     } else if a.pending_restart {
-        let _ = writeln!(
-            out,
-            "  {WARN} the VM is {}: the change takes effect at its next start (or use --restart)",
-            a.power_state.as_deref().unwrap_or("?").to_lowercase()
+        let state = a
+            .power_state
+            .as_ref()
+            .map_or_else(|| "?".to_string(), |p| p.to_string());
+        line(
+            &mut out,
+            &format!(
+                "  {WARN} the VM is {state}: the change takes effect at its next start (or use --restart)"
+            ),
         );
     }
     out
@@ -194,8 +253,7 @@ fn applied(a: &Applied, function: &str) -> String {
 
 fn show(s: &ShowReport) -> String {
     let r = &s.registration;
-    let mut t = Table::new();
-    t.load_style(presets::NOTHING);
+    let mut t = Rows::new(&[]);
     let rows: Vec<(&str, String)> = vec![
         ("VM UUID", r.vm_uuid.clone()),
         ("Name", name(&r.vm_name)),
@@ -205,9 +263,8 @@ fn show(s: &ShowReport) -> String {
         (
             "Power state",
             s.power_state
-                .as_deref()
-                .unwrap_or("(VM no longer exists)")
-                .to_lowercase(),
+                .as_ref()
+                .map_or_else(|| "(VM no longer exists)".to_string(), |p| p.to_string()),
         ),
         (
             "device-model-args",
@@ -226,16 +283,13 @@ fn show(s: &ShowReport) -> String {
         ),
     ];
     for (k, v) in rows {
-        t.add_row(vec![format!("{k}:"), v]);
+        t.row([format!("{k}:"), v]);
     }
     for d in &s.drift {
-        t.add_row(vec![
-            "Drift:".to_string(),
-            drift_text(std::slice::from_ref(d)),
-        ]);
+        t.row(["Drift:".to_string(), drift_text(std::slice::from_ref(d))]);
     }
     for p in &s.problems {
-        t.add_row(vec!["Problem:".to_string(), format!("{WARN} {p}")]);
+        t.row(["Problem:".to_string(), format!("{WARN} {p}")]);
     }
     format!("{t}\n")
 }
@@ -244,9 +298,9 @@ fn list(l: &[Registration]) -> String {
     if l.is_empty() {
         return "No registered VMs.\n".into();
     }
-    let mut t = table(&["UUID", "NAME", "POOL", "PRIORITY", "VM ID", "UPDATED"]);
+    let mut t = Rows::new(&["UUID", "NAME", "POOL", "PRIORITY", "VM ID", "UPDATED"]);
     for r in l {
-        t.add_row(vec![
+        t.row([
             r.vm_uuid.clone(),
             name(&r.vm_name),
             r.pool.to_string(),
@@ -259,7 +313,7 @@ fn list(l: &[Registration]) -> String {
 }
 
 fn pools(p: &[PoolInfo]) -> String {
-    let mut t = table(&[
+    let mut t = Rows::new(&[
         "POOL",
         "NAME",
         "ENABLED",
@@ -270,7 +324,7 @@ fn pools(p: &[PoolInfo]) -> String {
         "DESCRIPTION",
     ]);
     for i in p {
-        t.add_row(vec![
+        t.row([
             i.pool_id.to_string(),
             i.pool_name.clone(),
             if i.enabled { "yes" } else { "no" }.to_string(),
@@ -314,7 +368,7 @@ fn status(s: &StatusReport) -> String {
         if !list.is_empty() {
             let _ = writeln!(out, "\n{title}:");
             for v in list {
-                let _ = writeln!(out, "  {v}");
+                line(&mut out, &format!("  {v}"));
             }
         }
     }
@@ -322,7 +376,10 @@ fn status(s: &StatusReport) -> String {
         let _ = writeln!(out, "\nProblems:");
         for p in &s.problems {
             for msg in &p.problems {
-                let _ = writeln!(out, "  {WARN} {} ({}): {msg}", p.vm_uuid, name(&p.vm_name));
+                line(
+                    &mut out,
+                    &format!("  {WARN} {} ({}): {msg}", p.vm_uuid, name(&p.vm_name)),
+                );
             }
         }
     }
@@ -333,7 +390,7 @@ fn status(s: &StatusReport) -> String {
 }
 
 fn sync(s: &SyncReport) -> String {
-    let mut t = table(&["UUID", "NAME", "BEFORE", "ACTION", "NOTE"]);
+    let mut t = Rows::new(&["UUID", "NAME", "BEFORE", "ACTION", "NOTE"]);
     for r in &s.results {
         let note = match (&r.error, r.restarted, r.pending_restart) {
             (Some(e), _, _) => e["message"].as_str().unwrap_or("failed").to_string(),
@@ -350,7 +407,7 @@ fn sync(s: &SyncReport) -> String {
             SyncAction::Stale => format!("{WARN} stale"),
             SyncAction::Failed => format!("{WARN} failed"),
         };
-        t.add_row(vec![
+        t.row([
             r.vm_uuid.clone(),
             name(&r.vm_name),
             r.status_before.as_str().to_string(),
@@ -366,4 +423,21 @@ fn sync(s: &SyncReport) -> String {
         let _ = writeln!(out, "{WARN} {} VM(s) failed", s.failed);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_and_lines_escape_control_characters() {
+        let mut t = Rows::new(&["A"]);
+        t.row(["\u{1b}[2Jx\ty"]);
+        let text = t.to_string();
+        assert!(!text.contains('\u{1b}') && !text.contains('\t'), "{text:?}");
+        assert!(text.contains("\\u{1b}[2Jx\\ty"), "{text:?}");
+        let mut out = String::new();
+        line(&mut out, "a\u{7}b");
+        assert_eq!(out, "a\\u{7}b\n");
+    }
 }

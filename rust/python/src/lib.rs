@@ -96,7 +96,7 @@ fn create_classes(py: Python<'_>) -> PyResult<Classes> {
         None,
     )?;
     let mut by_code = Vec::with_capacity(ErrorCode::ALL.len());
-    for code in ErrorCode::ALL {
+    for &code in ErrorCode::ALL {
         let (name, doc) = class_of(code);
         let class = new_class(py, name, base.as_ref(py), doc, Some(code.as_str()))?;
         by_code.push((code, class));
@@ -210,8 +210,7 @@ fn run(
 ) -> Result<String, Failure> {
     catch_unwind(AssertUnwindSafe(|| -> Result<String, Failure> {
         let service = Service::new(settings)?;
-        let value = service.call(function, args)?;
-        Ok(registry::api::to_ascii_json(&value))
+        Ok(service.call(function, args)?.outcome.to_ascii_json())
     }))
     .unwrap_or_else(|panic| {
         let what = panic

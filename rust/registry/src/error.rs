@@ -1,69 +1,61 @@
-//! The one error type of the core. Each variant carries what a good message needs and maps to one
-//! stable error code of the contract (SPEC §3); front ends only render it.
+//! The one error type of the core. Each variant carries what a good message needs, keeps the
+//! error that caused it as its source, and maps to one stable error code of the contract
+//! (SPEC §3). Messages are worded for every front end: no command-line flag appears here; each
+//! front end adds its own hint from the code and the details.
 
+use crate::model::{Pool, Priority, Selector};
+use crate::report::PowerState;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use xapi::XapiError;
 
-/// Stable error codes. The CLI prints them bare, the plugin prefixes `VGPU_`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    InvalidArgument,
-    VmNotFound,
-    AmbiguousVmName,
-    NotRegistered,
-    AlreadyRegistered,
-    VmIdInUse,
-    NoFreeVmId,
-    XapiError,
-    DatabaseError,
-    ConfirmationRequired,
-    VmState,
-    Internal,
+/// Declares the error codes once: the enum, its stable spelling and its list.
+macro_rules! error_codes {
+    ($($variant:ident => $text:literal,)*) => {
+        /// Stable error codes. The CLI prints them bare, the plugin prefixes `VGPU_`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidArgument => "INVALID_ARGUMENT",
+    VmNotFound => "VM_NOT_FOUND",
+    AmbiguousVmName => "AMBIGUOUS_VM_NAME",
+    NotRegistered => "NOT_REGISTERED",
+    AlreadyRegistered => "ALREADY_REGISTERED",
+    VmIdInUse => "VM_ID_IN_USE",
+    NoFreeVmId => "NO_FREE_VM_ID",
+    XapiError => "XAPI_ERROR",
+    DatabaseError => "DATABASE_ERROR",
+    ConfirmationRequired => "CONFIRMATION_REQUIRED",
+    VmState => "VM_STATE",
+    Internal => "INTERNAL",
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
-        ErrorCode::InvalidArgument,
-        ErrorCode::VmNotFound,
-        ErrorCode::AmbiguousVmName,
-        ErrorCode::NotRegistered,
-        ErrorCode::AlreadyRegistered,
-        ErrorCode::VmIdInUse,
-        ErrorCode::NoFreeVmId,
-        ErrorCode::XapiError,
-        ErrorCode::DatabaseError,
-        ErrorCode::ConfirmationRequired,
-        ErrorCode::VmState,
-        ErrorCode::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
-            ErrorCode::VmNotFound => "VM_NOT_FOUND",
-            ErrorCode::AmbiguousVmName => "AMBIGUOUS_VM_NAME",
-            ErrorCode::NotRegistered => "NOT_REGISTERED",
-            ErrorCode::AlreadyRegistered => "ALREADY_REGISTERED",
-            ErrorCode::VmIdInUse => "VM_ID_IN_USE",
-            ErrorCode::NoFreeVmId => "NO_FREE_VM_ID",
-            ErrorCode::XapiError => "XAPI_ERROR",
-            ErrorCode::DatabaseError => "DATABASE_ERROR",
-            ErrorCode::ConfirmationRequired => "CONFIRMATION_REQUIRED",
-            ErrorCode::VmState => "VM_STATE",
-            ErrorCode::Internal => "INTERNAL",
-        }
-    }
-
     /// Parses a code with or without the plugin's `VGPU_` prefix.
     pub fn parse(s: &str) -> Option<ErrorCode> {
         let bare = s.strip_prefix("VGPU_").unwrap_or(s);
-        ErrorCode::ALL.into_iter().find(|c| c.as_str() == bare)
+        ErrorCode::ALL.iter().copied().find(|c| c.as_str() == bare)
     }
 
     /// Exit status of `vgpu-admin`: 2 for invalid usage or argument, 1 for anything else.
-    pub fn exit_status(self) -> i32 {
+    pub fn exit_status(self) -> u8 {
         match self {
             ErrorCode::InvalidArgument => 2,
             _ => 1,
@@ -94,7 +86,47 @@ impl std::fmt::Display for VmRef {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+/// What was left behind when a registry commit failed after the VM had been written.
+#[derive(Debug)]
+pub enum CommitAftermath {
+    /// device-model-args were put back: nothing changed.
+    Restored,
+    /// Putting them back failed too: the VM keeps the new value until repaired by hand.
+    Unrestored {
+        restore: Box<XapiError>,
+        /// The device-model-args the VM is left with (`None`: none at all).
+        left: Option<String>,
+        repair_command: String,
+    },
+}
+
+impl std::fmt::Display for CommitAftermath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitAftermath::Restored => {
+                f.write_str("device-model-args were put back; nothing was changed")
+            }
+            CommitAftermath::Unrestored {
+                restore,
+                left,
+                repair_command,
+            } => {
+                write!(
+                    f,
+                    "putting device-model-args back also failed ({restore}); the registry is \
+                     unchanged but the VM now has "
+                )?;
+                match left {
+                    Some(v) => write!(f, "device-model-args {v:?}")?,
+                    None => f.write_str("no device-model-args")?,
+                }
+                write!(f, "; restore them with: {repair_command}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input. `value` is shown with escapes so control characters stay visible.
     #[error("invalid {what} {value:?}: {reason}")]
@@ -107,7 +139,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     #[error("no VM {selector} in the pool")]
-    VmNotFound { selector: String },
+    VmNotFound { selector: Selector },
     #[error("{} VMs are named {name:?}: {}", .candidates.len(), list_vms(.candidates))]
     AmbiguousVmName {
         name: String,
@@ -118,8 +150,8 @@ pub enum Error {
     #[error("VM {vm} is already registered (pool {pool}, priority {priority}, vm_id {vm_id})")]
     AlreadyRegistered {
         vm: VmRef,
-        pool: String,
-        priority: String,
+        pool: Pool,
+        priority: Priority,
         vm_id: i64,
     },
     #[error("VM ID {vm_id} already in use by VM {owner}")]
@@ -142,19 +174,59 @@ pub enum Error {
     #[error("{context} ({source}); putting the previous value back also failed ({restore}): the registry is unchanged but VM {vm} now has no device-model-args; restore them with: {repair_command}")]
     XapiUnrestored {
         context: String,
+        #[source]
         source: Box<XapiError>,
         restore: Box<XapiError>,
         vm: VmRef,
         repair_command: String,
     },
-    #[error("database {path}: {message}")]
-    Database { path: String, message: String },
-    #[error("--restart would shut down and start running VM {vm}: confirm with --yes (plugin and API: yes=true)")]
+    /// SQLite failed.
+    #[error("database {}: {source}", .path.display())]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The migration of an older database failed; its transaction rolled back.
+    #[error("database {}: migration to schema {version} failed, database left unchanged: {source}", .path.display())]
+    Migration {
+        path: PathBuf,
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The registry's directory could not be created.
+    #[error("database {}: cannot create directory {}: {source}", .path.display(), .dir.display())]
+    DatabaseDir {
+        path: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database {}: schema version {found} is newer than this vgpu-registry understands ({supported}); upgrade vgpu-registry", .path.display())]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("database {}: cannot switch to WAL journal mode (still {mode})", .path.display())]
+    NotWal { path: PathBuf, mode: String },
+    /// The registry commit failed after the VM's device-model-args had been written.
+    #[error("{source}; {aftermath}")]
+    CommitFailed {
+        #[source]
+        source: Box<Error>,
+        vm: VmRef,
+        aftermath: CommitAftermath,
+    },
+    #[error(
+        "restarting would shut down and start running VM {vm}: the restart needs confirmation"
+    )]
     ConfirmationRequired { vm: VmRef },
     #[error("VM {vm} is {power_state}: {message}")]
     VmState {
         vm: VmRef,
-        power_state: String,
+        power_state: PowerState,
         message: String,
     },
     #[error("internal error: {0}")]
@@ -193,6 +265,13 @@ impl Error {
         }
     }
 
+    pub(crate) fn database(path: impl Into<PathBuf>, source: rusqlite::Error) -> Error {
+        Error::Database {
+            path: path.into(),
+            source,
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidArgument { .. } | Error::Usage(_) => ErrorCode::InvalidArgument,
@@ -203,39 +282,16 @@ impl Error {
             Error::VmIdInUse { .. } => ErrorCode::VmIdInUse,
             Error::NoFreeVmId => ErrorCode::NoFreeVmId,
             Error::Xapi { .. } | Error::XapiUnrestored { .. } => ErrorCode::XapiError,
-            Error::Database { .. } => ErrorCode::DatabaseError,
+            Error::Database { .. }
+            | Error::Migration { .. }
+            | Error::DatabaseDir { .. }
+            | Error::NewerSchema { .. }
+            | Error::NotWal { .. }
+            | Error::CommitFailed { .. } => ErrorCode::DatabaseError,
             Error::ConfirmationRequired { .. } => ErrorCode::ConfirmationRequired,
             Error::VmState { .. } => ErrorCode::VmState,
             Error::Internal(_) => ErrorCode::Internal,
             Error::Forwarded { code, .. } => *code,
-        }
-    }
-
-    /// A second line for people: what to do next.
-    pub fn hint(&self) -> Option<String> {
-        match self {
-            Error::AmbiguousVmName { .. } => Some("select the VM with --vm-uuid".into()),
-            Error::NotRegistered { .. } => {
-                Some("register it first with: vgpu-admin register-vm".into())
-            }
-            Error::AlreadyRegistered { .. } => {
-                Some("change it with update-vm, set-pool, set-priority or set-vm-id".into())
-            }
-            Error::VmIdInUse {
-                next_free: Some(n), ..
-            } => Some(format!("the next free vm_id is {n}")),
-            Error::VmNotFound { .. } => {
-                Some("list the pool's VMs with: vgpu-admin scan-vms".into())
-            }
-            Error::ConfirmationRequired { .. } => Some("add --yes to confirm the restart".into()),
-            Error::Forwarded {
-                code: ErrorCode::VmIdInUse,
-                details,
-                ..
-            } => details["next_free_vm_id"]
-                .as_u64()
-                .map(|n| format!("the next free vm_id is {n}")),
-            _ => None,
         }
     }
 
@@ -249,7 +305,7 @@ impl Error {
             } => {
                 json!({"argument": what, "value": value, "reason": reason})
             }
-            Error::VmNotFound { selector } => json!({ "selector": selector }),
+            Error::VmNotFound { selector } => json!({ "selector": selector.to_string() }),
             Error::AmbiguousVmName { name, candidates } => {
                 json!({"vm_name": name, "candidates": candidates})
             }
@@ -260,7 +316,7 @@ impl Error {
                 priority,
                 vm_id,
             } => json!({"vm_uuid": vm.vm_uuid, "vm_name": vm.vm_name, "pool": pool,
-                        "priority": priority, "vm_id": vm_id}),
+                        "priority": priority.as_word(), "vm_id": vm_id}),
             Error::VmIdInUse {
                 vm_id,
                 owner,
@@ -285,12 +341,29 @@ impl Error {
                 ..
             } => json!({"xapi_error": source.to_string(), "restore_error": restore.to_string(),
                         "vm_uuid": vm.vm_uuid, "repair_command": repair_command}),
-            Error::Database { path, .. } => json!({ "path": path }),
+            Error::Database { path, .. }
+            | Error::Migration { path, .. }
+            | Error::DatabaseDir { path, .. }
+            | Error::NewerSchema { path, .. }
+            | Error::NotWal { path, .. } => json!({ "path": path.display().to_string() }),
+            Error::CommitFailed {
+                source,
+                vm,
+                aftermath,
+            } => {
+                let mut d = source.details();
+                d["vm_uuid"] = json!(vm.vm_uuid);
+                if let CommitAftermath::Unrestored { repair_command, .. } = aftermath {
+                    d["repair_command"] = json!(repair_command);
+                }
+                d
+            }
             Error::VmState {
                 vm, power_state, ..
-            } => json!({"vm_uuid": vm.vm_uuid, "vm_name": vm.vm_name, "power_state": power_state}),
+            } => json!({"vm_uuid": vm.vm_uuid, "vm_name": vm.vm_name,
+                        "power_state": power_state.to_string()}),
             Error::Forwarded { details, .. } => details.clone(),
-            _ => json!({}),
+            Error::Usage(_) | Error::NoFreeVmId | Error::Internal(_) => json!({}),
         }
     }
 

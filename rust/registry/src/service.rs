@@ -1,13 +1,14 @@
-//! The one entry point every front end calls: settings in, JSON or a typed error out.
+//! The one entry point every front end calls: settings in, a typed outcome or a typed error out.
 //!
 //! It resolves the settings (flags > environment > config file > defaults), connects to XAPI,
 //! decides where the call runs — here, or on the pool master's `vgpu` plugin — and runs it.
 //! The CLI, `vgpu-admin call`, the Python extension and so the xapi plugin all come through here.
 
-use crate::api::{self, Function, Outcome, Request};
 use crate::config::{Config, Mode};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ops::Ctx;
+use crate::report::Outcome;
+use crate::request::{self, Call, FORWARDED_BY};
 use crate::store::Store;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -15,12 +16,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use xapi::{Auth, Client, ClientOptions, Endpoint, Xapi, XapiError};
 
-/// The argument a forwarding host adds, naming itself; a call carrying it is never forwarded
-/// again.
-pub const FORWARDED_BY: &str = "forwarded-by";
-
 /// The xapi plugin's name on every host.
 pub const PLUGIN: &str = "vgpu";
+
+/// What a call produced.
+#[derive(Debug)]
+pub struct Answer {
+    pub outcome: Outcome,
+    /// Where the pre-migration copy went, when this call's opening of the registry migrated it.
+    pub migration_backup: Option<PathBuf>,
+}
 
 const INVENTORY: &str = "/etc/xensource-inventory";
 
@@ -42,12 +47,12 @@ pub struct Settings {
 
 /// A resolved, connected context.
 pub struct Service {
-    pub config: Config,
-    pub db: PathBuf,
-    pub client: Client,
-    pub remote: bool,
+    config: Config,
+    db: PathBuf,
+    client: Client,
+    remote: bool,
     /// This host's uuid, when this is a pool host (`VGPU_HOST_UUID` or the inventory).
-    pub host_uuid: Option<String>,
+    host_uuid: Option<String>,
 }
 
 fn env(key: &str) -> Option<String> {
@@ -115,43 +120,37 @@ impl Service {
         })
     }
 
-    /// Runs a plugin API call where the registry lives and returns its JSON.
-    pub fn call(&self, function: &str, args: &BTreeMap<String, String>) -> Result<Value> {
-        self.call_noted(function, args).map(|(v, _)| v)
+    /// The registry this service opens when a call runs here.
+    pub fn db_path(&self) -> &Path {
+        &self.db
     }
 
-    /// [`Service::call`], also telling where the pre-migration backup went when this call's
-    /// opening of the registry migrated it.
-    pub fn call_noted(
-        &self,
-        function: &str,
-        args: &BTreeMap<String, String>,
-    ) -> Result<(Value, Option<PathBuf>)> {
-        let mut args = args.clone();
-        let forwarded_by = args.remove(FORWARDED_BY);
-        let f = Function::parse(function)?;
-        let request = api::parse_request(function, &args)?;
-        match self.route(forwarded_by.as_deref())? {
+    /// Validates and runs a plugin API call where the registry lives.
+    pub fn call(&self, function: &str, args: &BTreeMap<String, String>) -> Result<Answer> {
+        self.run(Call::parse(function, args)?)
+    }
+
+    /// Runs a validated call where the registry lives: here, or on the pool master's plugin.
+    pub fn run(&self, call: Call) -> Result<Answer> {
+        match self.route(call.forwarded_by.as_deref())? {
             Route::Local => {
-                let (outcome, backup) = self.run_local(request)?;
-                let value = serde_json::to_value(outcome)
-                    .map_err(|e| Error::Internal(format!("serialising the result: {e}")))?;
-                Ok((value, backup))
+                let mut store = Store::open(&self.db)?;
+                let migration_backup = store.migration_backup().map(Path::to_path_buf);
+                let mut ctx = Ctx {
+                    store: &mut store,
+                    xapi: &self.client,
+                    config: &self.config,
+                };
+                Ok(Answer {
+                    outcome: request::execute(&mut ctx, call.request)?,
+                    migration_backup,
+                })
             }
-            Route::Forward(master) => Ok((self.forward(&master, f, &args)?, None)),
+            Route::Forward(master) => Ok(Answer {
+                outcome: self.forward(&master, &call)?,
+                migration_backup: None,
+            }),
         }
-    }
-
-    /// Runs a validated request on this host's registry.
-    fn run_local(&self, request: Request) -> Result<(Outcome, Option<PathBuf>)> {
-        let mut store = Store::open(&self.db)?;
-        let backup = store.migration_backup().map(Path::to_path_buf);
-        let mut ctx = Ctx {
-            store: &mut store,
-            xapi: &self.client,
-            config: &self.config,
-        };
-        Ok((api::execute(&mut ctx, request)?, backup))
     }
 
     fn route(&self, forwarded_by: Option<&str>) -> Result<Route> {
@@ -192,28 +191,24 @@ impl Service {
             .map_err(|e| Error::xapi("finding the pool master", e))
     }
 
-    fn forward(
-        &self,
-        master: &xapi::HostRecord,
-        f: Function,
-        args: &BTreeMap<String, String>,
-    ) -> Result<Value> {
-        let mut args = args.clone();
+    fn forward(&self, master: &xapi::HostRecord, call: &Call) -> Result<Outcome> {
+        let mut args = call.args.clone();
         args.insert(
             FORWARDED_BY.to_string(),
             self.host_uuid
                 .clone()
                 .unwrap_or_else(|| "remote-client".into()),
         );
+        let function = call.function();
         let answer = self
             .client
-            .call_plugin(&master.opaque_ref, PLUGIN, f.name(), &args)
+            .call_plugin(&master.opaque_ref, PLUGIN, function.name, &args)
             .map_err(|e| from_plugin_error(e, master))?;
-        serde_json::from_str(&answer).map_err(|e| {
+        Outcome::from_json(function.result, &answer).map_err(|e| {
             Error::Internal(format!(
-                "the vgpu plugin on the pool master {} answered with something that is not \
-                 JSON ({e})",
-                master.uuid
+                "the vgpu plugin on the pool master {} answered {} with something that is not \
+                 its JSON result ({e})",
+                master.uuid, function.name
             ))
         })
     }
@@ -238,10 +233,12 @@ fn password_auth(s: &Settings, config: &Config, url: &str) -> Result<Auth> {
     let password = match file {
         Some(path) => read_password(&path)?,
         None => env("VGPU_XAPI_PASSWORD").ok_or_else(|| {
-            Error::Usage(format!(
-                "{url} needs a password: --xapi-password-file PATH or VGPU_XAPI_PASSWORD \
-                 (or an existing session in VGPU_XAPI_SESSION)"
-            ))
+            Error::invalid(
+                "xapi password",
+                url,
+                "no password given: set a password file (config xapi_password_file) or \
+                 VGPU_XAPI_PASSWORD, or pass an existing session in VGPU_XAPI_SESSION",
+            )
         })?,
     };
     Ok(Auth::Password { user, password })

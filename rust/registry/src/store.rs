@@ -6,8 +6,8 @@
 
 use crate::error::{Error, Result, VmRef};
 use crate::model::{sqlite_time_to_rfc3339, Pool, Priority, Registration};
+use crate::report::{ByPriority, PoolInfo};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,24 +50,6 @@ pub struct Store {
     backup: Option<PathBuf>,
 }
 
-/// A pool with its counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct PoolInfo {
-    pub pool_id: Pool,
-    pub pool_name: String,
-    pub description: Option<String>,
-    pub enabled: bool,
-    pub vm_count: u64,
-    pub by_priority: ByPriority,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ByPriority {
-    pub low: u64,
-    pub medium: u64,
-    pub high: u64,
-}
-
 /// Filters of `list-vms`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
@@ -87,15 +69,13 @@ pub struct NewValues {
 impl Store {
     /// Opens (creating if needed) and migrates the registry at `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        let db_err = |e: rusqlite::Error| Error::Database {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
+        let db_err = |e: rusqlite::Error| Error::database(path, e);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
-                create_private_dir(dir).map_err(|e| Error::Database {
-                    path: path.display().to_string(),
-                    message: format!("cannot create directory {}: {e}", dir.display()),
+                create_private_dir(dir).map_err(|e| Error::DatabaseDir {
+                    path: path.to_path_buf(),
+                    dir: dir.to_path_buf(),
+                    source: e,
                 })?;
             }
         }
@@ -127,19 +107,15 @@ impl Store {
                 {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Ok(m) => {
-                    return Err(Error::Database {
-                        path: self.path.display().to_string(),
-                        message: format!("cannot switch to WAL journal mode (still {m})"),
+                Ok(mode) => {
+                    return Err(Error::NotWal {
+                        path: self.path.clone(),
+                        mode,
                     })
                 }
                 Err(e) => return Err(self.db_err(e)),
             }
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The backup written by this open's migration, if it migrated.
@@ -148,10 +124,7 @@ impl Store {
     }
 
     pub(crate) fn db_err(&self, e: rusqlite::Error) -> Error {
-        Error::Database {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        }
+        Error::database(&self.path, e)
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -160,12 +133,10 @@ impl Store {
             return Ok(());
         }
         if version > SCHEMA_VERSION {
-            return Err(Error::Database {
-                path: self.path.display().to_string(),
-                message: format!(
-                    "schema version {version} is newer than this vgpu-admin understands \
-                     ({SCHEMA_VERSION}); upgrade vgpu-registry"
-                ),
+            return Err(Error::NewerSchema {
+                path: self.path.clone(),
+                found: version,
+                supported: SCHEMA_VERSION,
             });
         }
         let path = self.path.clone();
@@ -185,11 +156,10 @@ impl Store {
         if has_vms || has_pools {
             self.backup = Some(write_backup(&tx, &path)?);
         }
-        migrate_v0_to_v1(&tx).map_err(|e| Error::Database {
-            path: path.display().to_string(),
-            message: format!(
-                "migration to schema {SCHEMA_VERSION} failed, database left unchanged: {e}"
-            ),
+        migrate_v0_to_v1(&tx).map_err(|e| Error::Migration {
+            path: path.clone(),
+            version: SCHEMA_VERSION,
+            source: e,
         })?;
         tx.commit().map_err(|e| db_error(&path, e))?;
         Ok(())
@@ -233,16 +203,14 @@ impl Store {
         pools(&self.conn).map_err(|e| self.db_err(e))
     }
 
+    #[cfg(test)]
     pub fn next_free_vm_id(&self) -> Result<Option<u32>> {
         next_free_vm_id(&self.conn).map_err(|e| self.db_err(e))
     }
 }
 
 fn db_error(path: &Path, e: rusqlite::Error) -> Error {
-    Error::Database {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
+    Error::database(path, e)
 }
 
 #[cfg(unix)]

@@ -1,6 +1,7 @@
 //! Operations against an in-memory pool with fault injection.
 
 use super::*;
+use crate::dma::PLATFORM_KEY;
 use crate::ErrorCode;
 use std::cell::RefCell;
 use xapi::{HostRecord, XapiError};
@@ -483,4 +484,83 @@ fn remove_takes_only_the_vgpu_entry_and_stale_rows_go_from_the_registry_only() {
     assert_eq!(a.power_state, None);
     assert_eq!(x.count("VM.remove_from_platform"), calls_before);
     assert!(dump(ctx.store).is_empty());
+}
+
+fn locked() -> Error {
+    Error::database(
+        "r.db",
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(5),
+            Some("database is locked".into()),
+        ),
+    )
+}
+
+#[test]
+fn failed_commit_puts_device_model_args_back() {
+    let x = pool();
+    let vm = x.vm("OpaqueRef:1");
+    let before = x.dma("OpaqueRef:1");
+    let change = DeviceChange::Set(spec_of(&Config::default(), Pool::A, Priority::High, 1));
+    let e = apply_to_vm(&x, &vm, &change, "vgpu-cuda", || Err(locked())).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::DatabaseError);
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("database r.db: database is locked; "),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("device-model-args were put back; nothing was changed"),
+        "{msg}"
+    );
+    assert_eq!(x.dma("OpaqueRef:1"), before);
+    assert_eq!(e.details()["vm_uuid"], uuid(1));
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "the commit error is kept"
+    );
+}
+
+#[test]
+fn failed_commit_and_failed_restore_say_what_remains_and_how_to_repair() {
+    let x = pool();
+    let vm = x.vm("OpaqueRef:1");
+    // The write's add goes through; the restore's add fails after its remove.
+    x.fail("VM.add_to_platform", 1, 1);
+    let change = DeviceChange::Set(spec_of(&Config::default(), Pool::A, Priority::High, 1));
+    let e = apply_to_vm(&x, &vm, &change, "vgpu-cuda", || Err(locked())).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::DatabaseError);
+    let msg = e.to_string();
+    let repair = format!(
+        "xe vm-param-set uuid={} platform:device-model-args='-m 1 '\\''a b'\\'''",
+        uuid(1)
+    );
+    assert!(msg.ends_with(&repair), "{msg}");
+    assert!(
+        msg.contains("putting device-model-args back also failed"),
+        "{msg}"
+    );
+    assert_eq!(x.dma("OpaqueRef:1"), None);
+    assert!(msg.contains("the VM now has no device-model-args"), "{msg}");
+    assert_eq!(e.details()["repair_command"], repair);
+
+    // The restore's remove fails: the VM keeps the new value, and the message names it.
+    let x = pool();
+    x.fail("VM.remove_from_platform", 1, 1);
+    let e = apply_to_vm(&x, &vm, &change, "vgpu-cuda", || Err(locked())).unwrap_err();
+    let now = x.dma("OpaqueRef:1").unwrap();
+    assert!(now.contains("vgpu-cuda"), "{now}");
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("device-model-args {now:?}")), "{msg}");
+    assert!(msg.ends_with(&repair), "{msg}");
+}
+
+#[test]
+fn failed_commit_of_an_unchanged_device_touches_nothing() {
+    let x = pool();
+    let vm = x.vm("OpaqueRef:1");
+    let e = apply_to_vm(&x, &vm, &DeviceChange::Keep, "vgpu-cuda", || Err(locked())).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::DatabaseError);
+    assert_eq!(x.count("VM.remove_from_platform"), 0);
+    assert_eq!(x.count("VM.add_to_platform"), 0);
 }

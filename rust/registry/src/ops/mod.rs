@@ -1,0 +1,632 @@
+//! The operations. Each one validates nothing itself (requests arrive typed, see
+//! [`crate::request`]), and every mutation changes the registry and the VM's device-model-args as
+//! one unit (see [`apply`]).
+
+mod apply;
+
+use crate::config::Config;
+use crate::dma::DeviceSpec;
+use crate::error::{Error, Result, VmRef};
+use crate::model::{parse_vm_name, Pool, Priority, Registration, Selector};
+use crate::report::{
+    Applied, PoolDetail, PoolInfo, PowerState, Problem, ScanReport, ShowReport, StatusReport,
+    SyncAction, SyncItem, SyncReport, VmStatus,
+};
+use crate::status::{build_scan, device_status, dma_of, is_real_vm, vm_ref, DeviceStatus};
+use crate::store::{NewValues, Store, WriteTx};
+use apply::{apply_to_vm, DeviceChange};
+use std::collections::BTreeMap;
+use xapi::{VmRecord, Xapi};
+
+pub(crate) use crate::store::ListFilter;
+
+/// What an operation works with.
+pub(crate) struct Ctx<'a> {
+    pub store: &'a mut Store,
+    pub xapi: &'a dyn Xapi,
+    pub config: &'a Config,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegisterReq {
+    pub selector: Selector,
+    /// The name to store; default: the VM's name-label.
+    pub name: Option<String>,
+    pub pool: Pool,
+    pub priority: Priority,
+    pub vm_id: Option<u32>,
+    pub restart: Restart,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UpdateReq {
+    pub selector: Selector,
+    pub pool: Option<Pool>,
+    pub priority: Option<Priority>,
+    pub vm_id: Option<u32>,
+    pub restart: Restart,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Restart {
+    pub requested: bool,
+    pub confirmed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SyncTarget {
+    All,
+    One(Selector),
+}
+
+/// What `sync` decided for one registration, before changing anything.
+struct SyncStep {
+    reg: Registration,
+    /// `None`: the VM no longer exists (stale).
+    vm: Option<VmRecord>,
+    status: VmStatus,
+    /// The name-label to store instead of the registry's name.
+    rename: Option<String>,
+    reapply: bool,
+    will_restart: bool,
+}
+
+fn spec_of(cfg: &Config, pool: Pool, priority: Priority, vm_id: u32) -> DeviceSpec {
+    DeviceSpec {
+        device_type: cfg.device.device_type.clone(),
+        extra: cfg.device.extra.clone(),
+        pool,
+        priority,
+        vm_id,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+impl Ctx<'_> {
+    fn device_type(&self) -> &str {
+        &self.config.device.device_type
+    }
+
+    /// The live VM a selector names. Templates, snapshots and control domains are not VMs here.
+    pub fn resolve(&self, selector: &Selector) -> Result<VmRecord> {
+        match selector {
+            Selector::Uuid(uuid) => match self
+                .xapi
+                .vm_by_uuid(uuid)
+                .map_err(|e| Error::xapi(format!("looking up VM {uuid}"), e))?
+            {
+                Some(vm) if is_real_vm(&vm) => Ok(vm),
+                _ => Err(Error::VmNotFound {
+                    selector: selector.clone(),
+                }),
+            },
+            Selector::Name(name) => {
+                let mut vms: Vec<VmRecord> = self
+                    .xapi
+                    .vms_by_name(name)
+                    .map_err(|e| Error::xapi(format!("looking up VMs named {name:?}"), e))?
+                    .into_iter()
+                    .filter(is_real_vm)
+                    .collect();
+                match vms.len() {
+                    0 => Err(Error::VmNotFound {
+                        selector: selector.clone(),
+                    }),
+                    1 => Ok(vms.remove(0)),
+                    _ => Err(Error::AmbiguousVmName {
+                        name: name.clone(),
+                        candidates: vms.iter().map(vm_ref).collect(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// A registration and its VM, which may be gone (a stale registration).
+    fn resolve_registered(&self, selector: &Selector) -> Result<(Registration, Option<VmRecord>)> {
+        let vm = match self.resolve(selector) {
+            Ok(vm) => Some(vm),
+            Err(Error::VmNotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(vm) = vm {
+            return match self.store.get(&vm.uuid)? {
+                Some(reg) => Ok((reg, Some(vm))),
+                None => Err(Error::NotRegistered { vm: vm_ref(&vm) }),
+            };
+        }
+        let not_found = || Error::VmNotFound {
+            selector: selector.clone(),
+        };
+        match selector {
+            Selector::Uuid(uuid) => match self.store.get(uuid)? {
+                Some(reg) => Ok((reg, None)),
+                None => Err(not_found()),
+            },
+            Selector::Name(name) => {
+                let mut regs = self.store.find_by_name(name)?;
+                match regs.len() {
+                    0 => Err(not_found()),
+                    1 => Ok((regs.remove(0), None)),
+                    _ => Err(Error::AmbiguousVmName {
+                        name: name.clone(),
+                        candidates: regs.iter().map(Registration::vm_ref).collect(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Refuses a restart that cannot be done before anything changes; true when the VM will
+    /// be restarted after the change.
+    fn plan_restart(&self, vm: &VmRecord, restart: Restart) -> Result<bool> {
+        if !restart.requested {
+            return Ok(false);
+        }
+        match PowerState::from_xapi(&vm.power_state) {
+            PowerState::Running if restart.confirmed => Ok(true),
+            PowerState::Running => Err(Error::ConfirmationRequired { vm: vm_ref(vm) }),
+            PowerState::Halted => Ok(false),
+            other => Err(Error::VmState {
+                vm: vm_ref(vm),
+                power_state: other,
+                message: "only a running VM can be restarted; resume or shut it down first, \
+                          or change it without a restart"
+                    .into(),
+            }),
+        }
+    }
+
+    fn restart_vm(&self, vm: &VmRecord) -> Result<()> {
+        let context = |what: &str| {
+            format!(
+                "the change is saved and written to the VM, but {what} VM {} failed; \
+                 it takes effect at the VM's next start",
+                vm_ref(vm)
+            )
+        };
+        self.xapi
+            .clean_shutdown(&vm.opaque_ref, self.config.restart.shutdown_timeout_s)
+            .map_err(|e| Error::xapi(context("shutting down"), e))?;
+        self.xapi
+            .start(&vm.opaque_ref)
+            .map_err(|e| Error::xapi(context("starting"), e))
+    }
+
+    /// Runs `change` in a write transaction, then writes the resulting vgpu entry into the VM's
+    /// device-model-args and commits, all or nothing (see [`apply`]).
+    fn apply<T>(
+        &mut self,
+        vm: &VmRecord,
+        change: impl FnOnce(&WriteTx<'_>) -> Result<(T, DeviceChange)>,
+    ) -> Result<(T, Option<String>)> {
+        let (xapi, config) = (self.xapi, self.config);
+        let tx = self.store.write()?;
+        let (out, desired) = change(&tx)?;
+        let device_type = config.device.device_type.as_str();
+        let dma = apply_to_vm(xapi, vm, &desired, device_type, || tx.commit())?;
+        Ok((out, dma))
+    }
+
+    pub fn scan(&self) -> Result<ScanReport> {
+        let vms = self
+            .xapi
+            .list_vms()
+            .map_err(|e| Error::xapi("listing the pool's VMs", e))?;
+        let regs = self.store.list(&ListFilter::default())?;
+        Ok(build_scan(vms, regs, self.device_type()))
+    }
+
+    pub fn register(&mut self, req: RegisterReq) -> Result<Applied> {
+        let vm = self.resolve(&req.selector)?;
+        let will_restart = self.plan_restart(&vm, req.restart)?;
+        let name = req
+            .name
+            .clone()
+            .or_else(|| parse_vm_name(&vm.name_label).ok());
+        let uuid = vm.uuid.clone();
+        let cfg = self.config;
+        let (reg, dma) = self.apply(&vm, |tx| {
+            if let Some(r) = tx.get(&uuid)? {
+                return Err(Error::AlreadyRegistered {
+                    vm: r.vm_ref(),
+                    pool: r.pool,
+                    priority: r.priority,
+                    vm_id: r.vm_id,
+                });
+            }
+            let vm_id = match req.vm_id {
+                Some(id) => {
+                    tx.check_vm_id_free(id, &uuid)?;
+                    id
+                }
+                None => tx.next_free_vm_id()?.ok_or(Error::NoFreeVmId)?,
+            };
+            let reg = tx.insert(
+                &uuid,
+                &NewValues {
+                    vm_name: name,
+                    pool: req.pool,
+                    priority: req.priority,
+                    vm_id,
+                },
+            )?;
+            let spec = spec_of(cfg, req.pool, req.priority, vm_id);
+            Ok((reg, DeviceChange::Set(spec)))
+        })?;
+        self.finish(&vm, reg, dma, will_restart, false)
+    }
+
+    pub fn update(&mut self, req: UpdateReq) -> Result<Applied> {
+        let vm = self.resolve(&req.selector)?;
+        let will_restart = self.plan_restart(&vm, req.restart)?;
+        let uuid = vm.uuid.clone();
+        let cfg = self.config;
+        let vmr = vm_ref(&vm);
+        let (reg, dma) = self.apply(&vm, |tx| {
+            let cur = tx
+                .get(&uuid)?
+                .ok_or_else(|| Error::NotRegistered { vm: vmr.clone() })?;
+            let vm_id = match req.vm_id {
+                Some(id) => {
+                    tx.check_vm_id_free(id, &uuid)?;
+                    id
+                }
+                None => u32::try_from(cur.vm_id)
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "stored vm-id",
+                            &cur.vm_id.to_string(),
+                            "it cannot be written to the device; give the VM a new vm_id",
+                        )
+                    })?,
+            };
+            let values = NewValues {
+                vm_name: cur.vm_name.clone(),
+                pool: req.pool.unwrap_or(cur.pool),
+                priority: req.priority.unwrap_or(cur.priority),
+                vm_id,
+            };
+            let reg = tx.update(&cur.vm_uuid, &values)?;
+            Ok((
+                reg,
+                DeviceChange::Set(spec_of(cfg, values.pool, values.priority, vm_id)),
+            ))
+        })?;
+        self.finish(&vm, reg, dma, will_restart, false)
+    }
+
+    pub fn remove(&mut self, selector: &Selector, restart: Restart) -> Result<Applied> {
+        let (reg, vm) = self.resolve_registered(selector)?;
+        let Some(vm) = vm else {
+            // Stale: the VM is gone, so only the registry row goes.
+            let tx = self.store.write()?;
+            tx.delete(&reg.vm_uuid)?;
+            tx.commit()?;
+            return Ok(Applied {
+                registration: reg,
+                applied: false,
+                pending_restart: false,
+                restarted: false,
+                power_state: None,
+                device_model_args: None,
+                removed: true,
+            });
+        };
+        let will_restart = self.plan_restart(&vm, restart)?;
+        let uuid = reg.vm_uuid.clone();
+        let (reg, dma) = self.apply(&vm, |tx| {
+            tx.delete(&uuid)?;
+            Ok((reg, DeviceChange::Remove))
+        })?;
+        self.finish(&vm, reg, dma, will_restart, true)
+    }
+
+    /// Removes a registry row whose stored uuid is not a valid UUID (the old tools let such rows
+    /// in); `invalid` is the validation error to return when no such row exists.
+    pub fn remove_invalid_row(&mut self, raw_uuid: &str, invalid: Error) -> Result<Applied> {
+        let Some(reg) = self.store.get(raw_uuid)? else {
+            return Err(invalid);
+        };
+        let tx = self.store.write()?;
+        tx.delete(raw_uuid)?;
+        tx.commit()?;
+        Ok(Applied {
+            registration: reg,
+            applied: false,
+            pending_restart: false,
+            restarted: false,
+            power_state: None,
+            device_model_args: None,
+            removed: true,
+        })
+    }
+
+    fn finish(
+        &self,
+        vm: &VmRecord,
+        registration: Registration,
+        dma: Option<String>,
+        will_restart: bool,
+        removed: bool,
+    ) -> Result<Applied> {
+        let changed_vm = dma != dma_of(vm);
+        let restarted = will_restart && changed_vm;
+        if restarted {
+            self.restart_vm(vm)?;
+        }
+        let power_state = if restarted {
+            PowerState::Running
+        } else {
+            PowerState::from_xapi(&vm.power_state)
+        };
+        Ok(Applied {
+            registration,
+            applied: true,
+            pending_restart: changed_vm && power_state != PowerState::Halted && !restarted,
+            restarted,
+            power_state: Some(power_state),
+            device_model_args: dma,
+            removed,
+        })
+    }
+
+    pub fn show(&self, selector: &Selector) -> Result<ShowReport> {
+        let (reg, vm) = self.resolve_registered(selector)?;
+        let problems = reg.problems();
+        Ok(match vm {
+            Some(vm) => {
+                let dma = dma_of(&vm);
+                let DeviceStatus {
+                    status,
+                    drift,
+                    problems: mut p,
+                } = device_status(&reg, dma.as_deref(), self.device_type());
+                p.extend(problems);
+                ShowReport {
+                    registration: reg,
+                    power_state: Some(PowerState::from_xapi(&vm.power_state)),
+                    device_model_args: dma,
+                    status,
+                    drift,
+                    problems: p,
+                }
+            }
+            None => ShowReport {
+                registration: reg,
+                power_state: None,
+                device_model_args: None,
+                status: VmStatus::Stale,
+                drift: Vec::new(),
+                problems,
+            },
+        })
+    }
+
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<Registration>> {
+        self.store.list(filter)
+    }
+
+    pub fn list_pools(&self) -> Result<Vec<PoolInfo>> {
+        self.store.pools()
+    }
+
+    pub fn show_pool(&self, pool: Pool) -> Result<PoolDetail> {
+        let info = self
+            .store
+            .pools()?
+            .into_iter()
+            .find(|p| p.pool_id == pool)
+            .ok_or_else(|| Error::Internal(format!("pool {pool} missing from the pools table")))?;
+        let vms = self.store.list(&ListFilter {
+            pool: Some(pool),
+            priority: None,
+        })?;
+        Ok(PoolDetail { pool: info, vms })
+    }
+
+    pub fn status(&self) -> Result<StatusReport> {
+        let scan = self.scan()?;
+        let pick = |s: VmStatus| -> Vec<VmRef> {
+            scan.registered
+                .iter()
+                .filter(|r| r.status == s)
+                .map(|r| r.registration.vm_ref())
+                .collect()
+        };
+        let mut problems = Vec::new();
+        for r in &scan.registered {
+            if !r.problems.is_empty() {
+                problems.push(Problem {
+                    vm_uuid: r.registration.vm_uuid.clone(),
+                    vm_name: r.registration.vm_name.clone(),
+                    problems: r.problems.clone(),
+                });
+            }
+        }
+        for s in &scan.stale {
+            if !s.problems.is_empty() {
+                problems.push(Problem {
+                    vm_uuid: s.registration.vm_uuid.clone(),
+                    vm_name: s.registration.vm_name.clone(),
+                    problems: s.problems.clone(),
+                });
+            }
+        }
+        Ok(StatusReport {
+            pools: self.store.pools()?,
+            drift: pick(VmStatus::Drift),
+            not_applied: pick(VmStatus::NotApplied),
+            unregistered: scan
+                .unregistered
+                .iter()
+                .map(|u| VmRef {
+                    vm_uuid: u.vm_uuid.clone(),
+                    vm_name: Some(u.vm_name.clone()),
+                })
+                .collect(),
+            stale: scan.stale.iter().map(|s| s.registration.vm_ref()).collect(),
+            summary: scan.summary,
+            problems,
+        })
+    }
+
+    pub fn sync(
+        &mut self,
+        target: &SyncTarget,
+        dry_run: bool,
+        restart: Restart,
+    ) -> Result<SyncReport> {
+        let regs = match target {
+            SyncTarget::All => self.store.list(&ListFilter::default())?,
+            SyncTarget::One(sel) => vec![self.resolve_registered(sel)?.0],
+        };
+        let vms: BTreeMap<String, VmRecord> = self
+            .xapi
+            .list_vms()
+            .map_err(|e| Error::xapi("listing the pool's VMs", e))?
+            .into_iter()
+            .map(|v| (v.uuid.clone(), v))
+            .collect();
+        // Decide everything first, so a refusal (confirmation, paused VM) changes nothing.
+        let mut plan = Vec::new();
+        for reg in regs {
+            let Some(vm) = vms.get(&reg.vm_uuid.to_ascii_lowercase()).cloned() else {
+                plan.push(SyncStep {
+                    reg,
+                    vm: None,
+                    status: VmStatus::Stale,
+                    rename: None,
+                    reapply: false,
+                    will_restart: false,
+                });
+                continue;
+            };
+            let status = device_status(&reg, dma_of(&vm).as_deref(), self.device_type()).status;
+            let rename = parse_vm_name(&vm.name_label)
+                .ok()
+                .filter(|n| reg.vm_name.as_ref() != Some(n));
+            let reapply = status != VmStatus::Configured;
+            let will_restart = reapply && !dry_run && self.plan_restart(&vm, restart)?;
+            plan.push(SyncStep {
+                reg,
+                vm: Some(vm),
+                status,
+                rename,
+                reapply,
+                will_restart,
+            });
+        }
+        let mut results = Vec::new();
+        for step in plan {
+            results.push(self.sync_step(step, dry_run));
+        }
+        let failed = results
+            .iter()
+            .filter(|r| r.action == SyncAction::Failed)
+            .count();
+        Ok(SyncReport {
+            dry_run,
+            results,
+            failed,
+        })
+    }
+
+    /// Carries out one step of a sync plan; a failure is reported in the item, not raised, so
+    /// the other VMs are still synced.
+    fn sync_step(&mut self, step: SyncStep, dry_run: bool) -> SyncItem {
+        let mut item = SyncItem {
+            vm_uuid: step.reg.vm_uuid.clone(),
+            vm_name: step.reg.vm_name.clone(),
+            status_before: step.status,
+            action: SyncAction::Unchanged,
+            pending_restart: false,
+            restarted: false,
+            error: None,
+        };
+        let Some(vm) = step.vm else {
+            item.action = SyncAction::Stale;
+            return item;
+        };
+        if !step.reapply && step.rename.is_none() {
+            return item;
+        }
+        if dry_run {
+            item.action = if step.reapply {
+                SyncAction::WouldApply
+            } else {
+                SyncAction::WouldRename
+            };
+            return item;
+        }
+        match self.sync_one(&vm, step.rename.as_deref(), step.reapply, step.will_restart) {
+            Ok(applied) => {
+                item.action = if step.reapply {
+                    SyncAction::Applied
+                } else {
+                    SyncAction::Renamed
+                };
+                item.vm_name = applied.registration.vm_name.clone();
+                item.pending_restart = applied.pending_restart;
+                item.restarted = applied.restarted;
+            }
+            Err(e) => {
+                item.action = SyncAction::Failed;
+                item.error = Some(e.to_json()["error"].clone());
+            }
+        }
+        item
+    }
+
+    fn sync_one(
+        &mut self,
+        vm: &VmRecord,
+        rename: Option<&str>,
+        reapply: bool,
+        will_restart: bool,
+    ) -> Result<Applied> {
+        let uuid = vm.uuid.clone();
+        let cfg = self.config;
+        let vmr = vm_ref(vm);
+        let (reg, dma) = self.apply(vm, |tx| {
+            let cur = tx
+                .get(&uuid)?
+                .ok_or_else(|| Error::NotRegistered { vm: vmr.clone() })?;
+            if let Some(name) = rename {
+                tx.set_name(&cur.vm_uuid, name)?;
+            }
+            let reg = tx
+                .get(&cur.vm_uuid)?
+                .ok_or_else(|| Error::NotRegistered { vm: vmr.clone() })?;
+            if !reapply {
+                // Keep the device exactly as it is: only the stored name changes.
+                return Ok((reg, DeviceChange::Keep));
+            }
+            let vm_id = u32::try_from(cur.vm_id)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "stored vm-id",
+                        &cur.vm_id.to_string(),
+                        "it cannot be written to the device; fix it with set-vm-id",
+                    )
+                })?;
+            Ok((
+                reg,
+                DeviceChange::Set(spec_of(cfg, cur.pool, cur.priority, vm_id)),
+            ))
+        })?;
+        self.finish(vm, reg, dma, will_restart, false)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,446 @@
+//! From a function name and string arguments to a validated request, and from a request to its
+//! outcome. The CLI, `vgpu-admin call`, the Python extension and the xapi plugin all come through
+//! here (by way of the service), so they accept, refuse and answer identically.
+
+use crate::error::{Error, Result};
+use crate::functions::{arg, FunctionSpec};
+use crate::model::{
+    parse_bool, parse_vm_id, parse_vm_name, parse_vm_uuid, Pool, Priority, Selector,
+};
+use crate::ops::{Ctx, ListFilter, RegisterReq, Restart, SyncTarget, UpdateReq};
+use crate::report::Outcome;
+use std::collections::BTreeMap;
+
+/// The argument a forwarding host adds, naming itself; a call carrying it is never forwarded
+/// again.
+pub(crate) const FORWARDED_BY: &str = "forwarded-by";
+
+/// A validated request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    Scan,
+    Register(RegisterReq),
+    Update(UpdateReq),
+    Show(Selector),
+    List(ListFilter),
+    ListPools,
+    ShowPool(Pool),
+    Remove(Selector, Restart),
+    /// `remove` of a row whose stored uuid the old tools let in unvalidated.
+    RemoveInvalidRow {
+        raw_uuid: String,
+    },
+    Status,
+    Sync {
+        target: SyncTarget,
+        dry_run: bool,
+        restart: Restart,
+    },
+}
+
+impl Request {
+    fn restart(&self) -> Option<Restart> {
+        match self {
+            Request::Register(r) => Some(r.restart),
+            Request::Update(r) => Some(r.restart),
+            Request::Remove(_, r) => Some(*r),
+            Request::Sync { restart, .. } => Some(*restart),
+            _ => None,
+        }
+    }
+
+    fn restart_mut(&mut self) -> Option<&mut Restart> {
+        match self {
+            Request::Register(r) => Some(&mut r.restart),
+            Request::Update(r) => Some(&mut r.restart),
+            Request::Remove(_, r) => Some(r),
+            Request::Sync { restart, .. } => Some(restart),
+            _ => None,
+        }
+    }
+}
+
+/// A call of the plugin API, validated: nothing has been read or changed yet.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub(crate) spec: &'static FunctionSpec,
+    pub(crate) request: Request,
+    /// The arguments with their keys normalised, as they are forwarded to the master.
+    pub(crate) args: BTreeMap<String, String>,
+    /// The host that forwarded this call to us, if any.
+    pub(crate) forwarded_by: Option<String>,
+}
+
+impl Call {
+    /// Validates `function` with `args` (keys with dashes or underscores). Bad input is refused
+    /// here, before anything is read or changed.
+    pub fn parse(function: &str, args: &BTreeMap<String, String>) -> Result<Call> {
+        let spec = FunctionSpec::find(function)?;
+        let mut args = args.clone();
+        let forwarded_by = args.remove(FORWARDED_BY);
+        let parsed = Args::new(spec, &args)?;
+        let request = (spec.parse)(&parsed)?;
+        let args = parsed
+            .map
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(Call {
+            spec,
+            request,
+            args,
+            forwarded_by,
+        })
+    }
+
+    pub fn function(&self) -> &'static FunctionSpec {
+        self.spec
+    }
+
+    /// A restart was asked for without its confirmation: a front end that can ask someone
+    /// should ask now, and [`Call::confirm`] if they agree.
+    pub fn wants_confirmation(&self) -> bool {
+        self.request
+            .restart()
+            .is_some_and(|r| r.requested && !r.confirmed)
+    }
+
+    /// The restart is confirmed (as `yes=true` would).
+    pub fn confirm(&mut self) {
+        if let Some(r) = self.request.restart_mut() {
+            r.confirmed = true;
+            self.args.insert("yes".into(), "true".into());
+        }
+    }
+}
+
+/// Arguments with their keys normalised (`vm_uuid` → `vm-uuid`), unknown keys refused and
+/// required keys present.
+pub(crate) struct Args<'a> {
+    spec: &'static FunctionSpec,
+    map: BTreeMap<String, &'a str>,
+}
+
+impl<'a> Args<'a> {
+    fn new(spec: &'static FunctionSpec, raw: &'a BTreeMap<String, String>) -> Result<Args<'a>> {
+        let mut map = BTreeMap::new();
+        for (k, v) in raw {
+            let key = k.replace('_', "-");
+            if !spec.takes(&key) {
+                let keys: Vec<&str> = spec.keys().collect();
+                let takes = if keys.is_empty() {
+                    "it takes no arguments".to_string()
+                } else {
+                    format!("it takes {}", keys.join(", "))
+                };
+                return Err(Error::invalid(
+                    &format!("argument for {}", spec.name),
+                    k,
+                    takes,
+                ));
+            }
+            if map.insert(key, v.as_str()).is_some() {
+                return Err(Error::invalid("argument", k, "given twice"));
+            }
+        }
+        for key in spec.required {
+            if !map.contains_key(*key) {
+                let expects = arg(key).map_or("", |a| a.expects);
+                return Err(Error::Usage(format!(
+                    "{} needs {key} ({expects})",
+                    spec.name
+                )));
+            }
+        }
+        Ok(Args { spec, map })
+    }
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.map.get(key).copied()
+    }
+
+    fn pool(&self) -> Result<Option<Pool>> {
+        self.get("pool").map(Pool::parse).transpose()
+    }
+
+    fn priority(&self) -> Result<Option<Priority>> {
+        self.get("priority").map(Priority::parse).transpose()
+    }
+
+    fn vm_id(&self) -> Result<Option<u32>> {
+        self.get("vm-id").map(parse_vm_id).transpose()
+    }
+
+    fn flag(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .get(key)
+            .map(|v| parse_bool(key, v))
+            .transpose()?
+            .unwrap_or(false))
+    }
+
+    fn restart(&self) -> Result<Restart> {
+        Ok(Restart {
+            requested: self.flag("restart")?,
+            confirmed: self.flag("yes")?,
+        })
+    }
+
+    fn has_vm(&self) -> bool {
+        self.get("vm-uuid").is_some() || self.get("vm-name").is_some()
+    }
+
+    /// Exactly one of vm-uuid / vm-name.
+    fn selector(&self) -> Result<Selector> {
+        let name = self.spec.name;
+        match (self.get("vm-uuid"), self.get("vm-name")) {
+            (Some(u), None) => Ok(Selector::Uuid(parse_vm_uuid(u)?)),
+            (None, Some(n)) => Ok(Selector::Name(parse_vm_name(n)?)),
+            (Some(u), Some(n)) => Err(Error::Usage(format!(
+                "{name} takes either vm-uuid ({u:?}) or vm-name ({n:?}), not both"
+            ))),
+            (None, None) => Err(Error::Usage(format!(
+                "{name} needs the VM: vm-uuid or vm-name"
+            ))),
+        }
+    }
+}
+
+pub(crate) fn register(a: &Args<'_>) -> Result<Request> {
+    // With a uuid, vm-name is the name to store; alone, it selects the VM by name-label.
+    let (selector, name) = match (a.get("vm-uuid"), a.get("vm-name")) {
+        (Some(u), n) => (
+            Selector::Uuid(parse_vm_uuid(u)?),
+            n.map(parse_vm_name).transpose()?,
+        ),
+        (None, Some(n)) => {
+            let n = parse_vm_name(n)?;
+            (Selector::Name(n.clone()), Some(n))
+        }
+        (None, None) => {
+            return Err(Error::Usage(
+                "register needs the VM: vm-uuid or vm-name".into(),
+            ))
+        }
+    };
+    Ok(Request::Register(RegisterReq {
+        selector,
+        name,
+        pool: a.pool()?.ok_or_else(|| missing(a, "pool"))?,
+        priority: a.priority()?.ok_or_else(|| missing(a, "priority"))?,
+        vm_id: a.vm_id()?,
+        restart: a.restart()?,
+    }))
+}
+
+/// A required key the table forgot to list: a bug, not bad input.
+fn missing(a: &Args<'_>, key: &str) -> Error {
+    Error::Internal(format!("{} was parsed without its {key}", a.spec.name))
+}
+
+/// `set-vm-id`, `set-pool`, `set-priority` and `update`: the table says which of pool, priority
+/// and vm-id each takes, and which it requires.
+pub(crate) fn update(a: &Args<'_>) -> Result<Request> {
+    let req = UpdateReq {
+        selector: a.selector()?,
+        pool: a.pool()?,
+        priority: a.priority()?,
+        vm_id: a.vm_id()?,
+        restart: a.restart()?,
+    };
+    if req.pool.is_none() && req.priority.is_none() && req.vm_id.is_none() {
+        return Err(Error::Usage(format!(
+            "{} needs at least one of pool, priority, vm-id",
+            a.spec.name
+        )));
+    }
+    Ok(Request::Update(req))
+}
+
+pub(crate) fn show(a: &Args<'_>) -> Result<Request> {
+    Ok(Request::Show(a.selector()?))
+}
+
+pub(crate) fn list(a: &Args<'_>) -> Result<Request> {
+    Ok(Request::List(ListFilter {
+        pool: a.pool()?,
+        priority: a.priority()?,
+    }))
+}
+
+pub(crate) fn show_pool(a: &Args<'_>) -> Result<Request> {
+    Ok(Request::ShowPool(
+        a.pool()?.ok_or_else(|| missing(a, "pool"))?,
+    ))
+}
+
+pub(crate) fn remove(a: &Args<'_>) -> Result<Request> {
+    let restart = a.restart()?;
+    Ok(match (a.get("vm-uuid"), a.get("vm-name")) {
+        (Some(u), None) if parse_vm_uuid(u).is_err() => Request::RemoveInvalidRow {
+            raw_uuid: u.to_string(),
+        },
+        _ => Request::Remove(a.selector()?, restart),
+    })
+}
+
+pub(crate) fn sync(a: &Args<'_>) -> Result<Request> {
+    let target = match (a.flag("all")?, a.has_vm()) {
+        (true, false) => SyncTarget::All,
+        (false, true) => SyncTarget::One(a.selector()?),
+        (true, true) => {
+            return Err(Error::Usage(
+                "sync takes either all=true or one VM (vm-uuid or vm-name), not both".into(),
+            ))
+        }
+        (false, false) => {
+            return Err(Error::Usage(
+                "sync needs all=true or one VM (vm-uuid or vm-name)".into(),
+            ))
+        }
+    };
+    Ok(Request::Sync {
+        target,
+        dry_run: a.flag("dry-run")?,
+        restart: a.restart()?,
+    })
+}
+
+/// Runs a validated request.
+pub(crate) fn execute(ctx: &mut Ctx<'_>, req: Request) -> Result<Outcome> {
+    Ok(match req {
+        Request::Scan => Outcome::Scan(ctx.scan()?),
+        Request::Register(r) => Outcome::Applied(ctx.register(r)?),
+        Request::Update(r) => Outcome::Applied(ctx.update(r)?),
+        Request::Show(s) => Outcome::Show(ctx.show(&s)?),
+        Request::List(f) => Outcome::List(ctx.list(&f)?),
+        Request::ListPools => Outcome::Pools(ctx.list_pools()?),
+        Request::ShowPool(p) => Outcome::Pool(ctx.show_pool(p)?),
+        Request::Remove(s, r) => Outcome::Applied(ctx.remove(&s, r)?),
+        Request::RemoveInvalidRow { raw_uuid } => {
+            let invalid = match parse_vm_uuid(&raw_uuid) {
+                Err(e) => e,
+                Ok(_) => Error::Internal("remove of a valid uuid routed as invalid".into()),
+            };
+            Outcome::Applied(ctx.remove_invalid_row(&raw_uuid, invalid)?)
+        }
+        Request::Status => Outcome::Status(ctx.status()?),
+        Request::Sync {
+            target,
+            dry_run,
+            restart,
+        } => Outcome::Sync(ctx.sync(&target, dry_run, restart)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    fn args(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const U: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+    #[test]
+    fn register_parses() {
+        let call = Call::parse(
+            "register",
+            &args(&[
+                ("vm-uuid", U),
+                ("pool", "b"),
+                ("priority", "2"),
+                ("vm_id", "7"),
+            ]),
+        )
+        .unwrap();
+        match call.request {
+            Request::Register(r) => {
+                assert_eq!(r.pool, Pool::B);
+                assert_eq!(r.priority, Priority::High);
+                assert_eq!(r.vm_id, Some(7));
+                assert_eq!(r.selector, Selector::Uuid(U.into()));
+                assert_eq!(r.name, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(call.args.get("vm-id").map(String::as_str), Some("7"));
+    }
+
+    #[test]
+    fn set_functions_change_only_their_field() {
+        let call = Call::parse("set_pool", &args(&[("vm-name", "x"), ("pool", "A")])).unwrap();
+        match call.request {
+            Request::Update(r) => {
+                assert_eq!(r.pool, Some(Pool::A));
+                assert_eq!((r.priority, r.vm_id), (None, None));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn forwarding_marker_is_not_an_argument() {
+        let call = Call::parse("scan", &args(&[("forwarded-by", "host-1")])).unwrap();
+        assert_eq!(call.forwarded_by.as_deref(), Some("host-1"));
+        assert!(call.args.is_empty());
+    }
+
+    #[test]
+    fn confirmation_is_asked_only_for_an_unconfirmed_restart() {
+        let a = args(&[("vm-uuid", U), ("restart", "true")]);
+        let mut call = Call::parse("remove", &a).unwrap();
+        assert!(call.wants_confirmation());
+        call.confirm();
+        assert!(!call.wants_confirmation());
+        assert_eq!(call.args.get("yes").map(String::as_str), Some("true"));
+        let call = Call::parse("remove", &args(&[("vm-uuid", U)])).unwrap();
+        assert!(!call.wants_confirmation());
+    }
+
+    #[test]
+    fn refusals_name_the_value() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            (
+                "register",
+                &[("vm-uuid", U), ("pool", "C"), ("priority", "low")],
+                "\"C\"",
+            ),
+            ("register", &[("vm-uuid", U), ("pool", "A")], "priority"),
+            ("scan", &[("colour", "red")], "\"colour\""),
+            ("set-vm-id", &[("vm-uuid", U), ("vm-id", "0")], "\"0\""),
+            (
+                "set-vm-id",
+                &[("vm-uuid", U)],
+                "needs vm-id (1 to 4294967295)",
+            ),
+            (
+                "set-vm-id",
+                &[("vm-uuid", U), ("vm-name", "x"), ("vm-id", "1")],
+                "not both",
+            ),
+            (
+                "set-pool",
+                &[("vm-uuid", U), ("priority", "low")],
+                "\"priority\"",
+            ),
+            ("show", &[], "vm-uuid or vm-name"),
+            ("update", &[("vm-uuid", U)], "at least one"),
+            ("sync", &[], "all=true"),
+            ("sync", &[("all", "yes")], "\"yes\""),
+            ("list", &[("priority", "urgent")], "\"urgent\""),
+            ("list", &[("pool", "A"), ("pool_", "B")], "\"pool_\""),
+        ];
+        for (f, a, needle) in cases {
+            let e = Call::parse(f, &args(a)).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgument, "{f} {a:?}");
+            assert!(e.to_string().contains(needle), "{f} {a:?}: {e}");
+        }
+    }
+}
