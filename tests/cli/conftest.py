@@ -24,23 +24,39 @@ from xapi_sim.harness import Simulator, XapiFault  # noqa: E402,F401
 from xapi_sim.records import make_ref  # noqa: E402,F401
 
 # ------------------------------------------------------------------------------------------------
-# The sample pool (tests/xapi_sim/fixtures/sample_pool.json), as the README documents it.
+# The sample pool (tests/xapi_sim/fixtures/sample_pool.json), as the README documents it. The
+# uuids are read from the fixture by name-label (and power state, for the two VMs named "twin").
 
-CUDA_DEV = "48df46e9-31b9-4aea-b4b8-678e9a3c70d6"
-RENDER_01 = "828a3951-c823-442c-b4b2-6d14384ca337"
-RENDER_02 = "09f19984-dda0-48d1-b97f-474e883c4335"
-ML_TRAIN_A = "9341b4f4-8bfd-4c2d-a174-22a445b5d132"
-ML_TRAIN_B = "8a0615b6-dbf7-4523-9feb-0e1c24f9ff76"
-DB_PRIMARY = "b8bd8072-5967-43c6-8636-a8d0c3325d2b"
-WEB_01 = "a38feb25-0d32-4d06-8e83-aadf5e2f351f"
-LEGACY_STUB = "d20c2d48-adef-44b8-bf90-8894bb45416a"
-TWIN_RUNNING = "7bae553d-9349-431d-8161-04ac2eb6c43b"
-TWIN_HALTED = "8e4bd816-8a19-4b4a-800e-8cc3364c3ae0"
-DOM0_01 = "154c653b-a95f-4f70-96a4-4feede24f16c"
-DOM0_02 = "94ce7b30-bcd7-4e38-aab0-5a391c571970"
-TEMPLATE_UBUNTU = "e08a9c77-b7db-42d5-b8e6-77dd9a943195"
-TEMPLATE_OTHER = "c3436091-94af-437b-af6b-84462ddbb145"
-SNAPSHOT = "17d51584-8d1c-4180-a783-d4c1b03f6c5c"
+
+def fixture_uuid(fixture, name_label, kind="vms", power_state=None):
+    """The uuid of the one object of ``kind`` named ``name_label`` in ``fixture``."""
+    with open(os.path.join(TESTS_DIR, "xapi_sim", "fixtures", fixture)) as f:
+        objects = json.load(f)[kind]
+    found = [o["uuid"] for o in objects if o["name_label"] == name_label
+             and (power_state is None or o.get("power_state") == power_state)]
+    assert len(found) == 1, "%s: %d %s named %r" % (fixture, len(found), kind, name_label)
+    return found[0]
+
+
+def _sample(name_label, power_state=None):
+    return fixture_uuid("sample_pool.json", name_label, power_state=power_state)
+
+
+CUDA_DEV = _sample("cuda-dev")
+RENDER_01 = _sample("render-01")
+RENDER_02 = _sample("render-02")
+ML_TRAIN_A = _sample("ml-train-a")
+ML_TRAIN_B = _sample("ml-train-b")
+DB_PRIMARY = _sample("db-primary")
+WEB_01 = _sample("web 01")
+LEGACY_STUB = _sample("legacy-stub")
+TWIN_RUNNING = _sample("twin", "Running")
+TWIN_HALTED = _sample("twin", "Halted")
+DOM0_01 = _sample("Control domain on host: xcp-lab-01")
+DOM0_02 = _sample("Control domain on host: xcp-lab-02")
+TEMPLATE_UBUNTU = _sample("Ubuntu Jammy Jellyfish 22.04")
+TEMPLATE_OTHER = _sample("Other install media")
+SNAPSHOT = _sample("cuda-dev before driver upgrade")
 
 # The 10 real VMs: uuid -> (name-label, power state)
 REAL_VMS = {

@@ -18,7 +18,8 @@ APPLIED_KEYS = REGISTRATION_KEYS | {"applied", "pending_restart", "restarted", "
 PRIO_RANK = {"high": 0, "medium": 1, "low": 2}
 PRIO_INT = {"low": 0, "medium": 1, "high": 2}
 SUBCOMMANDS = ["scan-vms", "register-vm", "set-vm-id", "set-pool", "set-priority", "update-vm", "show-vm",
-               "list-vms", "list-pools", "show-pool", "remove-vm", "status", "sync", "call", "completions", "man"]
+               "list-vms", "list-pools", "show-pool", "remove-vm", "status", "sync", "call", "functions", "completions",
+               "man"]
 
 
 def no_ansi(text):
@@ -716,3 +717,52 @@ def test_usage_line_does_not_list_env_options_as_required(cli):
     assert r.code == 2
     usage = [l for l in r.err.splitlines() if l.startswith("Usage:")][0]
     assert "--db <PATH>" not in usage and "--xapi <URL>" not in usage, usage
+
+
+def test_show_vm_table_escapes_device_model_args(cli, sim):
+    """Strings from XAPI go through one escaping cell: an escape sequence in device-model-args
+    (or a name) never reaches the terminal, while JSON keeps the value exactly."""
+    cli.register(RENDER_01, "A", "high", 5)
+    hostile = device_line("A", "high", 5) + " -name \x1b]0;pwned\x07\x1b[2J"
+    sim.set_platform_key(RENDER_01, DMA, hostile)
+    sim.set_vm(RENDER_01, name_label="render\x1b[31m-01")
+    for args in (["show-vm", "--vm-uuid", RENDER_01], ["scan-vms"], ["sync", "--all", "--dry-run"],
+                 ["list-vms"], ["status"]):
+        out = cli.ok(*args).out
+        assert no_ansi(out) and "\x07" not in out, (args, out)
+    out = cli.ok("show-vm", "--vm-uuid", RENDER_01).out
+    assert "\\u{1b}]0;pwned\\u{7}\\u{1b}[2J" in out, out
+    assert cli.run_json("show-vm", "--vm-uuid", RENDER_01)["device_model_args"] == hostile
+
+
+def test_function_table_is_what_dispatch_accepts(cli):
+    """`vgpu-admin functions --format json` is the table every front end is tested against: each
+    function's command exists, and `call` accepts exactly the keys the table lists."""
+    table = cli.run_json("functions")
+    names = [f["name"] for f in table["functions"]]
+    assert names == ["scan", "register", "set-vm-id", "set-pool", "set-priority", "update", "show", "list",
+                     "list-pools", "show-pool", "remove", "status", "sync"]  # SPEC section 4
+    declared = {a["key"]: a for a in table["arguments"]}
+    for f in table["functions"]:
+        assert f["vm"] in ("none", "required", "optional")
+        keys = f["required"] + f["optional"] + f["flags"]
+        assert set(keys) <= set(declared), f
+        assert all(declared[k]["flag"] for k in f["flags"]), f
+        assert ("vm-uuid" in f["optional"]) == (f["vm"] != "none"), f
+        assert cli.run(f["command"], "--help").code == 0, f["command"]
+        code, err = cli.json_error("call", f["name"], "bogus-key=1", expect_code="INVALID_ARGUMENT")
+        assert code == 2
+        taken = err["message"].split(": it takes ", 1)[-1]
+        if keys:
+            assert sorted(taken.split(", ")) == sorted(keys), (f["name"], err["message"])
+        else:
+            assert err["message"].endswith("it takes no arguments"), err["message"]
+        for key in f["required"]:
+            partial = ["%s=x" % k for k in f["required"] if k != key]
+            code, err = cli.json_error("call", f["name"], *partial, expect_code="INVALID_ARGUMENT")
+            assert code == 2 and "needs %s" % key in err["message"] or "needs the VM" in err["message"], err
+    codes = table["error_codes"]
+    assert "INVALID_ARGUMENT" in codes and "VM_ID_IN_USE" in codes and len(codes) == len(set(codes))
+    text = cli.ok("functions").out
+    for f in table["functions"]:
+        assert re.search(r"^\s*%s\s+%s\s" % (re.escape(f["name"]), re.escape(f["command"])), text, re.M), text

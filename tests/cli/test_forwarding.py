@@ -11,14 +11,15 @@ import sys
 
 import pytest
 
-from conftest import REPO_DIR, TESTS_DIR, Simulator, base_env
+from conftest import REPO_DIR, TESTS_DIR, Simulator, base_env, fixture_uuid
 
-MASTER = "4cbb0fd9-7e3f-4384-bd0b-ca74bdb48a54"
-MEMBER_2 = "b3c82625-0f27-4b4a-a026-fb95f97973bd"
-MEMBER_3 = "07fc9bdd-1de0-4eff-ba78-b1de7e0d24c9"
-ALPHA = "72588aa2-9ae4-47b3-9d33-59c80ea44bb1"
-BETA = "87ba1d28-d2ba-4cf4-85bc-b748f7f32f70"
-DELTA = "e6de737b-ab7c-46ec-ac71-97b3777929ef"
+POOL3 = "three_host_pool.json"
+MASTER = fixture_uuid(POOL3, "fwd-01", kind="hosts")
+MEMBER_2 = fixture_uuid(POOL3, "fwd-02", kind="hosts")
+MEMBER_3 = fixture_uuid(POOL3, "fwd-03", kind="hosts")
+ALPHA = fixture_uuid(POOL3, "alpha")
+BETA = fixture_uuid(POOL3, "beta")
+DELTA = fixture_uuid(POOL3, "delta")
 HOSTS = (MASTER, MEMBER_2, MEMBER_3)
 
 
