@@ -92,10 +92,12 @@ impl DeviceArgs {
             })
     }
 
+    #[cfg(test)]
     pub fn from_tokens(tokens: Vec<String>) -> DeviceArgs {
         DeviceArgs { tokens }
     }
 
+    #[cfg(test)]
     pub fn tokens(&self) -> &[String] {
         &self.tokens
     }

@@ -13,7 +13,7 @@
 //! `store` (SQLite: schema, migrations, transactions), `config` (`vgpu.conf`).
 
 mod config;
-pub mod dma;
+mod dma;
 pub mod error;
 pub mod functions;
 pub mod model;
