@@ -152,7 +152,7 @@ class Cli(object):
         self.db = str(path)
         self.env["VGPU_DB"] = self.db
 
-    def run(self, *args, env=None, input=None, timeout=120):
+    def run(self, *args, env=None, input=None, timeout=120, preexec_fn=None):
         full_env = dict(self.env)
         if env:
             for k, v in env.items():
@@ -168,6 +168,7 @@ class Cli(object):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             timeout=timeout,
+            preexec_fn=preexec_fn,
         )
         return Result(p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8"))
 

@@ -99,6 +99,12 @@ fn hint(code: ErrorCode, details: &serde_json::Value) -> Option<String> {
         ),
         ErrorCode::VmNotFound => "list the pool's VMs with: vgpu-admin scan-vms".into(),
         ErrorCode::ConfirmationRequired => "add --yes to confirm the restart".into(),
+        ErrorCode::DatabaseError if details["locked"] == true => format!(
+            "another vgpu-admin, a vgpu plugin call (xe host-call-plugin ... plugin=vgpu) or a \
+             sqlite3 shell usually holds it; see which with: fuser -v {0} {0}-wal, and try again \
+             when it ends",
+            details["path"].as_str().unwrap_or("the registry")
+        ),
         ErrorCode::InvalidArgument if details["argument"] == "stored vm-id" => {
             "give the VM a new id with --vm-id (update-vm or set-vm-id)".into()
         }
@@ -153,6 +159,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Error> {
         xapi_ca_file: cli.xapi_ca_file.clone(),
         session: None,
         remote: cli.remote,
+        on_wait: Some(say_waiting),
     };
     let service = Service::new(&settings)?;
     let answer = service.run(call)?;
@@ -227,6 +234,14 @@ fn plugin_call(matches: &ArgMatches) -> Result<(String, BTreeMap<String, String>
         }
     }
     Ok((spec.name.to_string(), args))
+}
+
+fn say_waiting(db: &std::path::Path) {
+    eprintln!(
+        "waiting for the registry {}: another process is changing it (another vgpu-admin or the \
+         vgpu plugin); this command goes on when it is done",
+        db.display()
+    );
 }
 
 /// On a terminal, a restart without `--yes` asks; elsewhere the core refuses with

@@ -34,6 +34,8 @@ pub struct Config {
     pub xapi_ca_file: Option<PathBuf>,
     pub xapi_connect_timeout_s: u64,
     pub xapi_timeout_s: u64,
+    /// How long a change waits for another process's lock on the registry.
+    pub lock_timeout_s: u64,
     pub mode: Mode,
     pub python_path: PathBuf,
     pub admin_path: PathBuf,
@@ -66,6 +68,7 @@ impl Default for Config {
             xapi_ca_file: None,
             xapi_connect_timeout_s: 10,
             xapi_timeout_s: 120,
+            lock_timeout_s: 60,
             mode: Mode::Local,
             python_path: DEFAULT_PYTHON_PATH.into(),
             admin_path: DEFAULT_ADMIN_PATH.into(),
@@ -151,6 +154,13 @@ impl Config {
                     format!("in {file}: {reserved} is written by vgpu-admin itself"),
                 ));
             }
+        }
+        if self.lock_timeout_s == 0 {
+            return Err(Error::invalid(
+                "lock_timeout_s",
+                "0",
+                format!("in {file}: must be at least 1"),
+            ));
         }
         if self.restart.shutdown_timeout_s == 0 {
             return Err(Error::invalid(

@@ -211,6 +211,9 @@ pub enum Error {
     },
     #[error("database {}: cannot switch to WAL journal mode (still {mode})", .path.display())]
     NotWal { path: PathBuf, mode: String },
+    /// Another process held the registry's write lock for the whole busy timeout.
+    #[error("database {}: still locked by another process after {waited_s} s; nothing was changed", .path.display())]
+    Locked { path: PathBuf, waited_s: u64 },
     /// The registry commit failed after the VM's device-model-args had been written.
     #[error("{source}; {aftermath}")]
     CommitFailed {
@@ -287,6 +290,7 @@ impl Error {
             | Error::DatabaseDir { .. }
             | Error::NewerSchema { .. }
             | Error::NotWal { .. }
+            | Error::Locked { .. }
             | Error::CommitFailed { .. } => ErrorCode::DatabaseError,
             Error::ConfirmationRequired { .. } => ErrorCode::ConfirmationRequired,
             Error::VmState { .. } => ErrorCode::VmState,
@@ -346,6 +350,9 @@ impl Error {
             | Error::DatabaseDir { path, .. }
             | Error::NewerSchema { path, .. }
             | Error::NotWal { path, .. } => json!({ "path": path.display().to_string() }),
+            Error::Locked { path, waited_s } => {
+                json!({"path": path.display().to_string(), "locked": true, "waited_s": waited_s})
+            }
             Error::CommitFailed {
                 source,
                 vm,

@@ -10,6 +10,8 @@ use crate::ops::Ctx;
 use crate::report::Outcome;
 use crate::request::{self, Call, FORWARDED_BY};
 use crate::store::Store;
+
+pub use crate::store::Waiter;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,8 @@ pub struct Settings {
     pub session: Option<String>,
     /// Forward to the master's plugin even where the local registry would be used.
     pub remote: bool,
+    /// Told when a write waits for another process's lock on the registry.
+    pub on_wait: Option<Waiter>,
 }
 
 /// A resolved, connected context.
@@ -53,6 +57,7 @@ pub struct Service {
     remote: bool,
     /// This host's uuid, when this is a pool host (`VGPU_HOST_UUID` or the inventory).
     host_uuid: Option<String>,
+    on_wait: Option<Waiter>,
 }
 
 fn env(key: &str) -> Option<String> {
@@ -117,6 +122,7 @@ impl Service {
             client: Client::new(endpoint, auth, options),
             config,
             host_uuid: local_host_uuid(),
+            on_wait: s.on_wait,
         })
     }
 
@@ -134,7 +140,14 @@ impl Service {
     pub fn run(&self, call: Call) -> Result<Answer> {
         match self.route(call.forwarded_by.as_deref())? {
             Route::Local => {
-                let mut store = Store::open(&self.db)?;
+                // Reading needs no write access and creates nothing.
+                let mut store = if call.spec.mutating {
+                    Store::open(&self.db)?
+                } else {
+                    Store::open_read(&self.db)?
+                };
+                store.set_waiter(self.on_wait);
+                store.set_busy_timeout(Duration::from_secs(self.config.lock_timeout_s));
                 let migration_backup = store.migration_backup().map(Path::to_path_buf);
                 let mut ctx = Ctx {
                     store: &mut store,

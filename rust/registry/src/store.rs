@@ -7,7 +7,7 @@
 use crate::error::{Error, Result, VmRef};
 use crate::model::{sqlite_time_to_rfc3339, Pool, Priority, Registration};
 use crate::report::{ByPriority, PoolInfo};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +16,12 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// Long enough to queue behind other writers that are waiting on XAPI.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a writer waits for the lock before saying that it is waiting.
+const QUIET_WAIT: Duration = Duration::from_secs(1);
+
+/// Told, once per write, that the registry is locked by another process and the write waits.
+pub type Waiter = fn(&Path);
 
 const CREATE_POOLS: &str = "CREATE TABLE IF NOT EXISTS pools (
     pool_id CHAR(1) PRIMARY KEY CHECK(pool_id IN ('A','B')),
@@ -48,6 +54,9 @@ pub struct Store {
     path: PathBuf,
     /// Where the pre-migration copy went, when this open migrated the database.
     backup: Option<PathBuf>,
+    waiter: Option<Waiter>,
+    /// How long a write waits for another process's lock.
+    busy_timeout: Duration,
 }
 
 /// Filters of `list-vms`.
@@ -85,10 +94,99 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             backup: None,
+            waiter: None,
+            busy_timeout: BUSY_TIMEOUT,
         };
-        store.migrate()?;
+        store.migrate(true)?;
         store.ensure_wal()?;
         Ok(store)
+    }
+
+    /// Opens the registry at `path` for reading only: no file or directory is created and
+    /// nothing is written, so reading needs no write access. A registry that does not exist
+    /// reads as an empty one; a registry of the older tools that this process may not migrate
+    /// is read through a migrated copy in memory.
+    pub fn open_read(path: &Path) -> Result<Store> {
+        let db_err = |e: rusqlite::Error| Error::database(path, e);
+        if !path.exists() {
+            return Store::in_memory(path, None);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            backup: None,
+            waiter: None,
+            busy_timeout: BUSY_TIMEOUT,
+        };
+        let version = match store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+        {
+            Ok(v) => v,
+            // A WAL database needs its -shm file to be read. With no connection open there is
+            // none, and a user who may not write the directory cannot create it; then nobody
+            // is writing either (a writer would have created it), so read the file as it is.
+            Err(e) if is_readonly(&e) && !shm_path(path).exists() => {
+                store.conn = Connection::open_with_flags(
+                    immutable_uri(path),
+                    flags | OpenFlags::SQLITE_OPEN_URI,
+                )
+                .map_err(db_err)?;
+                store.user_version()?
+            }
+            Err(e) => return Err(db_err(e)),
+        };
+        if version > SCHEMA_VERSION {
+            return Err(Error::NewerSchema {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(store);
+        }
+        // An older tool's database: migrate it for real when we may, as a write would.
+        if is_writable(path) {
+            drop(store);
+            return Store::open(path);
+        }
+        Store::in_memory(path, Some(&store.conn))
+    }
+
+    /// A registry in memory, with the schema, and the rows of `from` when given (migrated).
+    fn in_memory(path: &Path, from: Option<&Connection>) -> Result<Store> {
+        let db_err = |e: rusqlite::Error| Error::database(path, e);
+        let mut conn = Connection::open_in_memory().map_err(db_err)?;
+        if let Some(src) = from {
+            let backup = rusqlite::backup::Backup::new(src, &mut conn).map_err(db_err)?;
+            backup
+                .run_to_completion(1000, Duration::from_millis(10), None)
+                .map_err(db_err)?;
+        }
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            backup: None,
+            waiter: None,
+            busy_timeout: BUSY_TIMEOUT,
+        };
+        // The file is not touched, so there is nothing to back up.
+        store.migrate(false)?;
+        Ok(store)
+    }
+
+    /// How long a write waits for another process's lock (default: a minute).
+    pub fn set_busy_timeout(&mut self, t: Duration) {
+        self.busy_timeout = t;
+    }
+
+    /// Who to tell when a write has to wait for another process's lock.
+    pub fn set_waiter(&mut self, waiter: Option<Waiter>) {
+        self.waiter = waiter;
     }
 
     /// WAL lets the mediator read while we write; it is a property of the file, set once. The
@@ -127,7 +225,8 @@ impl Store {
         Error::database(&self.path, e)
     }
 
-    fn migrate(&mut self) -> Result<()> {
+    /// Brings the database to [`SCHEMA_VERSION`]; `backup`: copy it beside itself first.
+    fn migrate(&mut self, backup: bool) -> Result<()> {
         let version = self.user_version()?;
         if version == SCHEMA_VERSION {
             return Ok(());
@@ -153,7 +252,7 @@ impl Store {
         }
         let has_vms = table_exists(&tx, "vms").map_err(|e| db_error(&path, e))?;
         let has_pools = table_exists(&tx, "pools").map_err(|e| db_error(&path, e))?;
-        if has_vms || has_pools {
+        if backup && (has_vms || has_pools) {
             self.backup = Some(write_backup(&tx, &path)?);
         }
         migrate_v0_to_v1(&tx).map_err(|e| Error::Migration {
@@ -173,12 +272,40 @@ impl Store {
 
     /// Starts a write transaction (`BEGIN IMMEDIATE`): the registry is locked for other writers
     /// until it is committed or dropped.
+    ///
+    /// When another process holds the lock, the waiter is told after a second, and the wait
+    /// ends after the busy timeout (a minute) with [`Error::Locked`].
     pub fn write(&mut self) -> Result<WriteTx<'_>> {
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        let started = std::time::Instant::now();
+        let mut told = false;
+        self.conn
+            .busy_timeout(QUIET_WAIT)
             .map_err(|e| db_error(&path, e))?;
+        let begun = loop {
+            match rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate) {
+                Err(e) if is_busy(&e) => {
+                    let waited = started.elapsed();
+                    if waited >= self.busy_timeout {
+                        break Err(Error::Locked {
+                            path: path.clone(),
+                            waited_s: waited.as_secs(),
+                        });
+                    }
+                    if !told {
+                        told = true;
+                        if let Some(tell) = self.waiter {
+                            tell(&path);
+                        }
+                    }
+                }
+                other => break other.map_err(|e| db_error(&path, e)),
+            }
+        };
+        // Statements inside the transaction keep the long timeout (a checkpoint may hold them).
+        let restored = self.conn.busy_timeout(BUSY_TIMEOUT);
+        let tx = begun?;
+        restored.map_err(|e| db_error(&path, e))?;
         Ok(WriteTx { tx, path })
     }
 
@@ -211,6 +338,46 @@ impl Store {
 
 fn db_error(path: &Path, e: rusqlite::Error) -> Error {
     Error::database(path, e)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn is_readonly(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+    )
+}
+
+fn shm_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-shm");
+    PathBuf::from(p)
+}
+
+/// `file:` URI of `path` opened immutable (no locks, no -shm): SQLite's way to read a file
+/// nobody may change.
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'?' | b'#' | b'%' | b' ' => uri.push_str(&format!("%{b:02X}")),
+            0x80.. => uri.push_str(&format!("%{b:02X}")),
+            _ => uri.push(char::from(*b)),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
+}
+
+/// Whether this process may write `path` (and so migrate it in place).
+fn is_writable(path: &Path) -> bool {
+    std::fs::OpenOptions::new().append(true).open(path).is_ok()
 }
 
 #[cfg(unix)]

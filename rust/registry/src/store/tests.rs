@@ -395,3 +395,90 @@ fn table_parts_respects_parentheses_and_quotes() {
         ]
     );
 }
+
+static WAITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_wait(_: &Path) {
+    WAITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+fn a_locked_registry_says_it_waits_then_gives_up_or_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let mut store = Store::open(&path).unwrap();
+    store.set_waiter(Some(count_wait));
+    store.set_busy_timeout(Duration::from_millis(2500));
+    let holder = Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let started = std::time::Instant::now();
+    let e = store.write().err().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+    assert!(matches!(e, Error::Locked { .. }), "{e}");
+    assert!(
+        e.to_string().contains("still locked by another process"),
+        "{e}"
+    );
+    assert_eq!(e.details()["locked"], true);
+    assert_eq!(
+        WAITS.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "told once"
+    );
+
+    // The holder lets go while we wait: the write goes on.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        holder.execute_batch("COMMIT").unwrap();
+    });
+    let tx = store.write().unwrap();
+    tx.commit().unwrap();
+    releaser.join().unwrap();
+    assert_eq!(WAITS.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn reading_creates_nothing_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("sub/none.db");
+    let store = Store::open_read(&missing).unwrap();
+    assert!(store.list(&ListFilter::default()).unwrap().is_empty());
+    assert_eq!(store.pools().unwrap().len(), 2);
+    assert!(!dir.path().join("sub").exists(), "no directory, no file");
+
+    // An older tool's database read through a migrated copy in memory: the file is untouched.
+    let path = make_db(dir.path(), FIRST_DESIGN);
+    let before = std::fs::read(&path).unwrap();
+    let src = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let store = Store::in_memory(&path, Some(&src)).unwrap();
+    assert_eq!(store.list(&ListFilter::default()).unwrap().len(), 5);
+    assert!(store.migration_backup().is_none());
+    drop((store, src));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(user_version(&path), 0);
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "no backup written: {names:?}");
+
+    // A current registry opens read-only: a write through it fails, the file stays as it was.
+    let path = dir.path().join("current.db");
+    drop(Store::open(&path).unwrap());
+    let mut store = Store::open_read(&path).unwrap();
+    let values = NewValues {
+        vm_name: None,
+        pool: Pool::A,
+        priority: Priority::Low,
+        vm_id: 1,
+    };
+    let e = store
+        .write()
+        .and_then(|tx| tx.insert("00000000-0000-0000-0000-000000000001", &values))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("readonly"), "{e}");
+    assert!(Store::open(&path)
+        .unwrap()
+        .list(&ListFilter::default())
+        .unwrap()
+        .is_empty());
+}

@@ -1,0 +1,126 @@
+"""What a new administrator meets in the first hour: reading without write access, a registry
+locked by another process."""
+
+import os
+import sqlite3
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from conftest import CUDA_DEV, RENDER_01
+
+NOBODY = 65534
+
+
+def as_nobody():
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory anyone may read (pytest's own tmp directory is root's alone)."""
+    d = tempfile.mkdtemp(prefix="vgpu-read-")
+    os.chmod(d, 0o755)
+    yield d
+    subprocess.run(["rm", "-rf", d], check=True)
+
+
+@pytest.fixture
+def open_socket(sim):
+    """The simulator's socket reachable by any user, as dom0's xapi socket is by root only; the
+    test is about the registry's permissions, not XAPI's."""
+    d = os.path.dirname(sim.socket_path)
+    mode = stat.S_IMODE(os.stat(d).st_mode)
+    os.chmod(d, 0o755)
+    os.chmod(sim.socket_path, 0o777)
+    yield sim
+    os.chmod(d, mode)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_reading_commands_work_for_a_user_who_may_only_read(cli, open_socket, shared_dir):
+    db = os.path.join(shared_dir, "vgpu_config.db")
+    cli.use_db(db)
+    cli.env["VGPU_CONFIG"] = os.path.join(shared_dir, "absent.conf")
+    cli.register(RENDER_01, "A", "high", 3)
+    os.chmod(db, 0o644)
+    for leftover in (db + "-wal", db + "-shm"):
+        assert not os.path.exists(leftover), "a clean close leaves no WAL files"
+    before = sorted(os.listdir(shared_dir))
+    for args in (["list-vms"], ["show-vm", "--vm-uuid", RENDER_01], ["scan-vms"], ["status"],
+                 ["list-pools"], ["show-pool", "--pool", "A"]):
+        r = cli.run(*args, preexec_fn=as_nobody)
+        assert r.code == 0, (args, r)
+        assert "readonly" not in r.err, (args, r.err)
+    assert "render-01" in cli.run("list-vms", preexec_fn=as_nobody).out
+    assert sorted(os.listdir(shared_dir)) == before, "reading created or removed files"
+    # Writing is refused, and says so.
+    r = cli.run("register-vm", "--vm-uuid", CUDA_DEV, "--pool", "A", "--priority", "low",
+                preexec_fn=as_nobody)
+    assert r.code == 1 and "readonly" in r.err, r
+
+
+def test_a_failed_read_leaves_no_registry_behind(cli, tmp_path):
+    db = tmp_path / "etc" / "vgpu" / "vgpu_config.db"
+    cli.use_db(db)
+    for args in (["scan-vms"], ["status"], ["show-vm", "--vm-uuid", RENDER_01]):
+        r = cli.run(*args, env={"VGPU_XAPI": "unix:" + str(tmp_path / "no-such-socket")})
+        assert r.code == 1, r
+    assert cli.run("list-vms").code == 0
+    assert not (tmp_path / "etc").exists(), "a read created the registry's directory"
+
+
+def test_a_write_says_within_a_second_that_it_waits_for_the_lock(cli, sim):
+    cli.register(RENDER_01, "A", "high", 3)
+    holder = sqlite3.connect(cli.db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(4.0, lambda: holder.execute("COMMIT"))
+    p = subprocess.Popen([cli.binary, "register-vm", "--vm-uuid", CUDA_DEV, "--pool", "B", "--priority", "low"],
+                         env=cli.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        release.start()
+        started = time.monotonic()
+        line = p.stderr.readline().decode()
+        said_after = time.monotonic() - started
+        assert "waiting for the registry" in line and cli.db in line, line
+        assert said_after < 3.0, said_after
+        out, err = p.communicate(timeout=60)
+    finally:
+        release.cancel()
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, (out, err)
+    assert [r for r in cli.dump() if CUDA_DEV in r], "the waiting write went through"
+    holder.close()
+
+
+def test_the_lock_timeout_says_who_holds_it_and_changes_nothing(cli, sim, tmp_path):
+    cli.register(RENDER_01, "A", "high", 3)
+    config = tmp_path / "vgpu.conf"
+    config.write_text("lock_timeout_s = 2\n")
+    holder = sqlite3.connect(cli.db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        before = cli.dump()
+        started = time.monotonic()
+        r = cli.run("set-pool", "--vm-uuid", RENDER_01, "--pool", "B", "--config", str(config))
+        took = time.monotonic() - started
+        code, err = cli.json_error("set-pool", "--vm-uuid", RENDER_01, "--pool", "B", "--config", str(config),
+                                   expect_code="DATABASE_ERROR")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert r.code == 1 and 2.0 <= took < 20, (r, took)
+    lines = r.err.splitlines()
+    assert lines[0].startswith("waiting for the registry"), r.err
+    assert lines[1].startswith("error: database %s: still locked by another process after 2 s" % cli.db), r.err
+    assert lines[2].startswith("hint: ") and "vgpu plugin" in lines[2] and "fuser -v %s" % cli.db in lines[2], r.err
+    assert err["details"] == {"path": cli.db, "locked": True, "waited_s": 2}
+    assert cli.dump() == before
+    assert "pool_id=A" in sim.get_vm(RENDER_01)["platform"]["device-model-args"]
