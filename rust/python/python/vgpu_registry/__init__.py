@@ -5,31 +5,18 @@ dict of str to str in, the JSON document as an ASCII-only str out. The functions
 conveniences for scripts: they build the same ``args`` dict and return the parsed JSON.
 
 Every failure raises ``VgpuError`` (``code``, ``message``, ``details``), as the subclass of its
-error code: ``InvalidArgumentError``, ``VmIdInUseError``, ...  Validation, routing to the pool
-master and XAPI are the core's; nothing here checks a value.
+error code: ``InvalidArgumentError``, ``VmIdInUseError``, ... (defined in ``exceptions``).
+Validation, routing to the pool master and XAPI are the core's; nothing here checks a value.
+Each convenience takes exactly the argument keys of its plugin function (``-`` spelled ``_``).
 """
 
 import json
 import os
 from typing import Any, Dict, List, Optional, Union, cast
 
-from ._native import (
-    AlreadyRegisteredError,
-    AmbiguousVmNameError,
-    ConfirmationRequiredError,
-    DatabaseError,
-    InternalError,
-    InvalidArgumentError,
-    NoFreeVmIdError,
-    NotRegisteredError,
-    VgpuError,
-    VmIdInUseError,
-    VmNotFoundError,
-    VmStateError,
-    XapiError,
-    __version__,
-    call,
-)
+from . import exceptions  # noqa: F401 (vgpu_registry.exceptions, where the classes are defined)
+from ._native import __version__, call
+from .exceptions import *  # noqa: F401,F403 (the classes, listed in exceptions.__all__)
 
 __all__ = [
     "__version__",
@@ -47,6 +34,7 @@ __all__ = [
     "remove",
     "status",
     "sync",
+    # exceptions.__all__, spelled out for type checkers (the suite checks that they agree)
     "VgpuError",
     "InvalidArgumentError",
     "VmNotFoundError",
@@ -62,24 +50,30 @@ __all__ = [
     "InternalError",
 ]
 
+# Each plugin function has the convenience of its name with "-" spelled "_", except these
+# (``list`` would shadow the builtin).
+CONVENIENCE_NAMES: Dict[str, str] = {"list": "list_vms"}
+
 # A config file path: str or any os.PathLike.
 Path = Union[str, "os.PathLike[str]"]
 Value = Union[str, int, bool, None]
 Json = Dict[str, Any]
 
 
-def _text(value: Union[str, int, bool]) -> str:
+def _text(key: str, value: Union[str, int, bool]) -> str:
     """An argument as the plugin API spells it: booleans as true/false, numbers in decimal."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    if isinstance(value, (str, int)):
+        return str(value)
+    raise TypeError("%s must be str, int or bool, not %s" % (key, type(value).__name__))
 
 
 def _run(fn: str, session: Optional[str], config: Optional[Path], **args: Value) -> Any:
     """Calls ``fn`` with the arguments that are set (``None`` and ``False`` are left out)."""
     config_path = None if config is None else os.fspath(config)
     plugin_args = {
-        key.replace("_", "-"): _text(value)
+        key.replace("_", "-"): _text(key, value)
         for key, value in args.items()
         if value is not None and value is not False
     }
