@@ -24,7 +24,7 @@ use ureq::Error;
 /// do on this socket.
 pub(crate) const URL: &str = "http://localhost/jsonrpc";
 
-/// An agent whose every connection is a fresh connection to the socket at `path`.
+/// An agent whose connections all go to the socket at `path`.
 pub(crate) fn agent(path: &Path, config: Config) -> ureq::Agent {
     ureq::Agent::with_parts(
         config,
