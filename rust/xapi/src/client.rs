@@ -716,8 +716,8 @@ mod tests {
     /// (method, params) of each request, in arrival order.
     type CallLog = Arc<StdMutex<Vec<(String, Vec<Value>)>>>;
 
-    /// A scripted xapi on a unix socket: answers each JSON-RPC request with `respond` and
-    /// records (method, params) of everything it received.
+    /// A scripted xapi on a unix socket: answers each JSON-RPC request with `respond` (one
+    /// request per connection) and records (method, params) of everything it received.
     struct FakeXapi {
         _dir: tempfile::TempDir,
         endpoint: Endpoint,
@@ -741,8 +741,10 @@ mod tests {
                         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                             break;
                         }
-                        if let Some(v) = line.strip_prefix("Content-Length: ") {
-                            len = v.trim().parse().unwrap();
+                        if let Some((name, v)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap();
+                            }
                         }
                     }
                     let mut body = vec![0; len];
@@ -757,7 +759,7 @@ mod tests {
                     answer["jsonrpc"] = json!("2.0");
                     let text = answer.to_string();
                     let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
                         text.len()
                     );
                     stream.write_all(reply.as_bytes()).unwrap();

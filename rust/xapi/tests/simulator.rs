@@ -1,9 +1,12 @@
 //! The client against the repository's XAPI simulator (tests/xapi_sim), over unix and http.
 //!
 //! Expectations are computed from the fixture the simulator loads, so the fixture can grow
-//! without touching this file. Skipped (loudly) only when python3 or the simulator is missing.
+//! without touching this file. When python3 or the simulator is missing the tests say
+//! `SKIPPED:` and pass, except under CI (`CI` set and not empty), where they fail: a CI run
+//! that cannot start the simulator has not tested the client.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +16,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use xapi::{Auth, Client, ClientOptions, Endpoint, Xapi, XapiError};
+
+/// How long the simulator may take to print `LISTENING`; it needs well under a second.
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+/// How long a control call to the simulator may take.
+const CONTROL_LIMIT: Duration = Duration::from_secs(30);
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -44,13 +52,100 @@ fn missing_prerequisite() -> Option<String> {
     }
 }
 
+/// What a test that needs the simulator does.
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    Run,
+    /// Pass, saying so.
+    Skip(String),
+    Fail(String),
+}
+
+/// `ci` is the value of the `CI` variable; set and not empty, a missing simulator is a failure.
+fn gate(missing: Option<String>, ci: Option<&OsStr>) -> Gate {
+    match (missing, ci.is_some_and(|value| !value.is_empty())) {
+        (None, _) => Gate::Run,
+        (Some(reason), false) => Gate::Skip(format!("SKIPPED: XAPI simulator test: {reason}")),
+        (Some(reason), true) => Gate::Fail(format!(
+            "the XAPI simulator cannot run ({reason}), and CI is set: failing rather than skipping"
+        )),
+    }
+}
+
+/// Whether the calling test should go on; panics when it must fail instead.
+fn simulator_available() -> bool {
+    match gate(missing_prerequisite(), std::env::var_os("CI").as_deref()) {
+        Gate::Run => true,
+        Gate::Skip(line) => {
+            // Straight to the process's stderr: the test harness captures `eprintln!` of passing
+            // tests, and a skip must be seen.
+            let _ = writeln!(std::io::stderr(), "{line}");
+            false
+        }
+        Gate::Fail(message) => panic!("{message}"),
+    }
+}
+
 macro_rules! require_simulator {
     () => {
-        if let Some(reason) = missing_prerequisite() {
-            eprintln!("SKIPPED: XAPI simulator test: {reason}");
+        if !simulator_available() {
             return;
         }
     };
+}
+
+/// Starts `command`, which prints `LISTENING <endpoint>` once it serves (its stderr is left as
+/// the caller set it). Fails, with the child killed, if it exits first or stays silent for
+/// `limit`.
+fn launch(mut command: Command, limit: Duration) -> Result<(Child, Endpoint), String> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(url) = line.strip_prefix("LISTENING ") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let outcome = match rx.recv_timeout(limit) {
+        Ok(url) => Endpoint::parse(&url).map_err(|e| format!("LISTENING {url}: {e}")),
+        // The reader stopped: stdout closed, so the process ended (or closed it) without serving.
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let status = wait_briefly(&mut child);
+            Err(format!("{command:?} ended before serving ({status})"))
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+            "{command:?} did not print LISTENING within {} s",
+            limit.as_secs_f32()
+        )),
+    };
+    match outcome {
+        Ok(endpoint) => Ok((child, endpoint)),
+        Err(message) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(message)
+        }
+    }
+}
+
+/// The exit status of a child that closed its stdout, if it exits within a moment.
+fn wait_briefly(child: &mut Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.to_string(),
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => return format!("status unknown: {e}"),
+        }
+    }
+    "still running with its stdout closed".into()
 }
 
 /// A running simulator; killed (by its own pid) when dropped.
@@ -61,7 +156,7 @@ struct Simulator {
 }
 
 impl Simulator {
-    /// `listen` is `--unix` or `--port`: the simulator prints `LISTENING <endpoint>` once ready.
+    /// `listen` is `--unix` or `--port`.
     fn start(listen: &str) -> Simulator {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new("python3");
@@ -74,31 +169,8 @@ impl Simulator {
             "--unix" => command.arg("--unix").arg(dir.path().join("xapi.sock")),
             _ => command.args(["--port", "0"]),
         };
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Some(url) = line.strip_prefix("LISTENING ") {
-                    let _ = tx.send(url.trim().to_string());
-                }
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the simulator did not print LISTENING within 30 s");
-            }
-        };
-        let endpoint = Endpoint::parse(&url).unwrap();
+        let (child, endpoint) = launch(command, STARTUP_LIMIT)
+            .unwrap_or_else(|message| panic!("the XAPI simulator did not start: {message}"));
         Simulator {
             child,
             endpoint,
@@ -116,6 +188,14 @@ impl Simulator {
     }
 }
 
+/// Sends `request` and reads the answer to the end, within [`CONTROL_LIMIT`] per read or write.
+fn exchange(stream: &mut (impl Read + Write), request: &[u8]) -> Vec<u8> {
+    let mut answer = Vec::new();
+    stream.write_all(request).unwrap();
+    stream.read_to_end(&mut answer).unwrap();
+    answer
+}
+
 impl Simulator {
     /// A simulator control call (`sim.*`, no session), posted by hand so that the client under
     /// test is not involved.
@@ -127,20 +207,22 @@ impl Simulator {
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        let mut answer = Vec::new();
-        match &self.endpoint {
+        let limit = Some(CONTROL_LIMIT);
+        let answer = match &self.endpoint {
             Endpoint::Unix(path) => {
                 let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
-                stream.write_all(request.as_bytes()).unwrap();
-                stream.read_to_end(&mut answer).unwrap();
+                stream.set_read_timeout(limit).unwrap();
+                stream.set_write_timeout(limit).unwrap();
+                exchange(&mut stream, request.as_bytes())
             }
             Endpoint::Http { host, port } => {
                 let mut stream = std::net::TcpStream::connect((host.as_str(), *port)).unwrap();
-                stream.write_all(request.as_bytes()).unwrap();
-                stream.read_to_end(&mut answer).unwrap();
+                stream.set_read_timeout(limit).unwrap();
+                stream.set_write_timeout(limit).unwrap();
+                exchange(&mut stream, request.as_bytes())
             }
             other => panic!("no control channel for {other}"),
-        }
+        };
         let text = String::from_utf8(answer).unwrap();
         let (_, body) = text.split_once("\r\n\r\n").unwrap();
         let reply: Value = serde_json::from_str(body).unwrap();
@@ -409,4 +491,83 @@ fn wrong_password_is_refused_over_http() {
     });
     let error = client.list_vms().unwrap_err();
     assert_eq!(error.api_code(), Some("SESSION_AUTHENTICATION_FAILED"));
+}
+
+#[test]
+fn a_missing_simulator_skips_loudly_but_fails_under_ci() {
+    let missing = || Some("python3 is not available".to_string());
+    assert_eq!(gate(None, None), Gate::Run);
+    assert_eq!(gate(None, Some(OsStr::new("true"))), Gate::Run);
+    let skip = Gate::Skip("SKIPPED: XAPI simulator test: python3 is not available".into());
+    assert_eq!(gate(missing(), None), skip);
+    // An empty CI is the same as none, as CI systems that set it give it a value.
+    assert_eq!(gate(missing(), Some(OsStr::new(""))), skip);
+    for ci in ["true", "1", "yes"] {
+        match gate(missing(), Some(OsStr::new(ci))) {
+            Gate::Fail(message) => {
+                assert!(message.contains("python3 is not available"), "{message}")
+            }
+            other => panic!("CI={ci}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_simulator_that_exits_at_start_fails_at_once() {
+    let mut command = Command::new("sh");
+    command.args(["-c", "echo starting; exit 3"]);
+    let started = Instant::now();
+    let message = launch(command, Duration::from_secs(20))
+        .map(drop)
+        .unwrap_err();
+    assert!(message.contains("ended before serving"), "{message}");
+    assert!(message.contains("exit status: 3"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_simulator_that_never_listens_is_given_up_on() {
+    let mut command = Command::new("sh");
+    command.args(["-c", "echo starting; exec sleep 60"]);
+    let started = Instant::now();
+    let message = launch(command, Duration::from_millis(500))
+        .map(drop)
+        .unwrap_err();
+    assert!(
+        message.contains("did not print LISTENING within 0.5 s"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn the_real_simulator_with_a_broken_fixture_fails_at_once() {
+    require_simulator!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("python3");
+    command
+        .current_dir(repo_root())
+        .env("PYTHONPATH", repo_root().join("tests"))
+        .args(["-m", "xapi_sim", "serve", "--fixture"])
+        .arg(dir.path().join("absent.json"))
+        .arg("--unix")
+        .arg(dir.path().join("xapi.sock"))
+        // Its traceback is expected here, and would only clutter the test output.
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let message = launch(command, STARTUP_LIMIT).map(drop).unwrap_err();
+    assert!(message.contains("ended before serving"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
 }
