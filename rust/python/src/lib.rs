@@ -11,8 +11,8 @@
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
-use registry::{Service, Settings};
 use registry::{Error, ErrorCode};
+use registry::{Service, Settings};
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
