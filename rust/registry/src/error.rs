@@ -203,6 +203,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A path on the way to the registry is a file.
+    #[error("database {}: {} is not a directory", .path.display(), .file.display())]
+    NotADirectory { path: PathBuf, file: PathBuf },
     #[error("database {}: schema version {found} is newer than this vgpu-registry understands ({supported}); upgrade vgpu-registry", .path.display())]
     NewerSchema {
         path: PathBuf,
@@ -288,6 +291,7 @@ impl Error {
             Error::Database { .. }
             | Error::Migration { .. }
             | Error::DatabaseDir { .. }
+            | Error::NotADirectory { .. }
             | Error::NewerSchema { .. }
             | Error::NotWal { .. }
             | Error::Locked { .. }
@@ -348,6 +352,7 @@ impl Error {
             Error::Database { path, .. }
             | Error::Migration { path, .. }
             | Error::DatabaseDir { path, .. }
+            | Error::NotADirectory { path, .. }
             | Error::NewerSchema { path, .. }
             | Error::NotWal { path, .. } => json!({ "path": path.display().to_string() }),
             Error::Locked { path, waited_s } => {

@@ -109,6 +109,15 @@ impl Store {
     pub fn open_read(path: &Path) -> Result<Store> {
         let db_err = |e: rusqlite::Error| Error::database(path, e);
         if !path.exists() {
+            // Nothing registered yet; but a path that can never exist is a mistake to report.
+            if let Some(blocker) = path.ancestors().skip(1).find(|a| a.exists()) {
+                if !blocker.is_dir() {
+                    return Err(Error::NotADirectory {
+                        path: path.to_path_buf(),
+                        file: blocker.to_path_buf(),
+                    });
+                }
+            }
             return Store::in_memory(path, None);
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
