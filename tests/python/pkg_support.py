@@ -47,7 +47,7 @@ def read_table(admin):
         pytest.fail("`vgpu-admin functions --format json` failed (status %d): %s"
                     % (proc.returncode, proc.stderr.decode("utf-8", "replace").strip()))
     table = json.loads(proc.stdout.decode("utf-8"))
-    assert set(table) == {"functions", "error_codes"}, table
+    assert {"functions", "error_codes"} <= set(table), table
     assert table["functions"] and table["error_codes"], table
     for f in table["functions"]:
         assert isinstance(f["name"], str) and f["vm"] in ("required", "optional", "none"), f
