@@ -6,16 +6,17 @@ import os
 
 import pytest
 
-from plugin_support import (REQUIRE_ALL, VARIANTS, Pool, _LOUD_SKIPS, admin_binary, get_simulator)
+from plugin_support import ALLOW_MISSING, MISSING, VARIANTS, Dom0Python, Pool, admin_binary, get_simulator
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not _LOUD_SKIPS:
+    if not MISSING:
         return
-    title = "plugin variants NOT tested" + (" (required: their tests FAILED)" if REQUIRE_ALL else "")
+    title = "plugin variants NOT tested" + (
+        " (skipped: VGPU_ALLOW_MISSING_INTERPRETERS=1)" if ALLOW_MISSING else ": their tests FAILED")
     terminalreporter.section(title, sep="!", red=True, bold=True)
-    for what, why in sorted(_LOUD_SKIPS.items()):
-        terminalreporter.write_line("SKIPPED: %s (%s)" % (what, why), red=True, bold=True)
+    for what, why in sorted(MISSING.items()):
+        terminalreporter.write_line("MISSING: %s (%s)" % (what, why), red=True, bold=True)
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +77,15 @@ def pool3(simulators, variant, admin, workdir):
     p = Pool(get_simulator(simulators, "three_host_pool"), variant, admin, workdir)
     yield p
     p.close()
+
+
+@pytest.fixture(params=["2.7", "3.6", "modern"], ids=lambda p: "py" + p)
+def dom0(request, tmp_root):
+    """Each dom0 interpreter, for running the plugin file directly."""
+    return Dom0Python(request.param).resolve(tmp_root)
+
+
+@pytest.fixture(params=["3.6", "modern"], ids=lambda p: "py" + p)
+def dom0_py3(request, tmp_root):
+    """The dom0 interpreters that run the native path."""
+    return Dom0Python(request.param).resolve(tmp_root)

@@ -1,11 +1,12 @@
 """Shared helpers of the xapi plugin suite (SPEC section 4); the fixtures are in conftest.py.
 
-The suite runs the real ``plugin/vgpu`` file through the XAPI
-simulator exactly as xapi runs it, under each dom0 interpreter and through each backend.
+The suite runs the real ``plugin/vgpu`` file (with ``plugin/vgpu_plugin.py`` beside it) through the
+XAPI simulator exactly as xapi runs it, under each dom0 interpreter and through each backend.
 
 Variants (interpreter x backend), as on XCP-ng:
 
-    py2.7-cli      CPython 2.7 (8.2): the ``vgpu-admin call`` bridge only
+    py2.7-cli      CPython 2.7 (8.2): the ``vgpu-admin call`` bridge only; XenAPIPlugin is the
+                   8.2 stand-in (``xcp-ng-8.2/``: Python 2 only, imports XenAPI and six)
     py3.6-native   CPython 3.6 (8.3): the ``vgpu_registry`` extension from the wheel in dist/
     py3.12-cli     CPython 3.12 (9), or 3.11: both paths
     py3.12-native
@@ -14,13 +15,15 @@ Interpreters are found through ``VGPU_TEST_PYTHON_2_7`` / ``_3_6`` / ``_3_12`` /
 else pyenv (``$PYENV_ROOT`` or ``pyenv root``), else ``pythonX.Y`` on PATH, each checked by running
 it. The wheel is ``$VGPU_TEST_WHEEL``, else the newest ``dist/vgpu_registry-*.whl``; it is installed
 with the interpreter's own pip into a temporary ``--target`` directory, handed to the plugin as
-``VGPU_PYTHONPATH``.
+``VGPU_PYTHONPATH``. XenAPI and six for the 8.2 stand-in (``requirements-py27.txt``) are installed
+the same way with CPython 2.7's pip, from PyPI.
 
-A variant that cannot run (interpreter or wheel missing) is skipped with a loud
-``SKIPPED: <what> (<why>)`` line in the terminal summary; with ``VGPU_REQUIRE_ALL_INTERPRETERS=1``
-its tests fail instead.
+Anything a variant needs that is missing (an interpreter, the wheel, XenAPI and six for 2.7) FAILS
+the tests that need it, listed again at the end of the run. ``VGPU_ALLOW_MISSING_INTERPRETERS=1``
+turns those failures into skips, for a developer without every interpreter; CI never sets it.
 
-The CLI binary is ``$VGPU_ADMIN_BIN``, else ``<repo>/target/debug/vgpu-admin``.
+The CLI binary is ``$VGPU_ADMIN_BIN``, else ``<repo>/target/debug/vgpu-admin``. The function table
+the plugin is checked against is that binary's ``functions --format json``.
 """
 
 import glob
@@ -40,40 +43,66 @@ TESTS_DIR = os.path.dirname(PLUGIN_TESTS_DIR)
 REPO_DIR = os.path.dirname(TESTS_DIR)
 PLUGIN_DIR = os.path.join(REPO_DIR, "plugin")
 PLUGIN_FILE = os.path.join(PLUGIN_DIR, "vgpu")
+HELPER_FILE = os.path.join(PLUGIN_DIR, "vgpu_plugin.py")
 FAKES_DIR = os.path.join(PLUGIN_TESTS_DIR, "fakes")
+# XenAPIPlugin stand-ins: xapi >= 24 (XCP-ng 8.3, 9), and XCP-ng 8.2's (Python 2 only).
+STANDIN_DIR = PLUGIN_TESTS_DIR
+STANDIN_82_DIR = os.path.join(PLUGIN_TESTS_DIR, "xcp-ng-8.2")
+PY27_REQUIREMENTS = os.path.join(PLUGIN_TESTS_DIR, "requirements-py27.txt")
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
-from xapi_sim.harness import Simulator, XE_PATH  # noqa: E402 (XE_PATH: re-exported for the README test)
+from xapi_sim.harness import FIXTURES_DIR, Simulator, XE_PATH  # noqa: E402 (XE_PATH: re-exported for the README test)
+from xapi_sim.plugins import XAPI_PLUGIN_PATH, method_call  # noqa: E402
 
-REQUIRE_ALL = os.environ.get("VGPU_REQUIRE_ALL_INTERPRETERS") == "1"
+ALLOW_MISSING = os.environ.get("VGPU_ALLOW_MISSING_INTERPRETERS") == "1"
 
 # ------------------------------------------------------------------------------------------------
-# The sample pool and the three-host pool (tests/xapi_sim/README.md)
+# The sample pool and the three-host pool (tests/xapi_sim/fixtures), by name-label
 
-CUDA_DEV = "48df46e9-31b9-4aea-b4b8-678e9a3c70d6"
-RENDER_01 = "828a3951-c823-442c-b4b2-6d14384ca337"
-RENDER_02 = "09f19984-dda0-48d1-b97f-474e883c4335"
-ML_TRAIN_A = "9341b4f4-8bfd-4c2d-a174-22a445b5d132"
-ML_TRAIN_B = "8a0615b6-dbf7-4523-9feb-0e1c24f9ff76"
-DB_PRIMARY = "b8bd8072-5967-43c6-8636-a8d0c3325d2b"
-WEB_01 = "a38feb25-0d32-4d06-8e83-aadf5e2f351f"
-LEGACY_STUB = "d20c2d48-adef-44b8-bf90-8894bb45416a"
-TWIN_RUNNING = "7bae553d-9349-431d-8161-04ac2eb6c43b"
-TWIN_HALTED = "8e4bd816-8a19-4b4a-800e-8cc3364c3ae0"
-SAMPLE_MASTER = "b6dea120-450c-42c4-b642-f840206c9bb1"
-SAMPLE_MEMBER = "88b4df3d-b12e-4b82-8b5c-e4d2eb98580c"
 
-FWD_01 = "4cbb0fd9-7e3f-4384-bd0b-ca74bdb48a54"  # master
-FWD_02 = "b3c82625-0f27-4b4a-a026-fb95f97973bd"
-FWD_03 = "07fc9bdd-1de0-4eff-ba78-b1de7e0d24c9"
-ALPHA = "72588aa2-9ae4-47b3-9d33-59c80ea44bb1"
-BETA = "87ba1d28-d2ba-4cf4-85bc-b748f7f32f70"
-GAMMA = "debbb452-84eb-4cfc-ac21-899f4f16b3ac"
-DELTA = "e6de737b-ab7c-46ec-ac71-97b3777929ef"
+def _fixture(name):
+    with open(os.path.join(FIXTURES_DIR, name + ".json")) as f:
+        return json.load(f)
 
-FUNCTIONS = ["scan", "register", "set-vm-id", "set-pool", "set-priority", "update", "show", "list",
-             "list-pools", "show-pool", "remove", "status", "sync"]
+
+def fixture_vm(fixture, name_label, **fields):
+    """The uuid of the one VM of ``fixture`` named ``name_label`` (and with these ``fields``)."""
+    found = [v["uuid"] for v in _fixture(fixture)["vms"]
+             if v.get("name_label") == name_label and all(v.get(k) == x for k, x in fields.items())]
+    if len(found) != 1:
+        raise KeyError("%d VMs of %s named %r with %r" % (len(found), fixture, name_label, fields))
+    return found[0]
+
+
+def fixture_host(fixture, name_label):
+    found = [h["uuid"] for h in _fixture(fixture)["hosts"] if h.get("name_label") == name_label]
+    if len(found) != 1:
+        raise KeyError("%d hosts of %s named %r" % (len(found), fixture, name_label))
+    return found[0]
+
+
+CUDA_DEV = fixture_vm("sample_pool", "cuda-dev")
+RENDER_01 = fixture_vm("sample_pool", "render-01")
+RENDER_02 = fixture_vm("sample_pool", "render-02")
+ML_TRAIN_A = fixture_vm("sample_pool", "ml-train-a")
+ML_TRAIN_B = fixture_vm("sample_pool", "ml-train-b")
+DB_PRIMARY = fixture_vm("sample_pool", "db-primary")
+WEB_01 = fixture_vm("sample_pool", "web 01")
+LEGACY_STUB = fixture_vm("sample_pool", "legacy-stub")
+TWIN_RUNNING = fixture_vm("sample_pool", "twin", power_state="Running")
+TWIN_HALTED = fixture_vm("sample_pool", "twin", power_state="Halted")
+SAMPLE_MASTER = fixture_host("sample_pool", "xcp-lab-01")
+SAMPLE_MEMBER = fixture_host("sample_pool", "xcp-lab-02")
+
+FWD_01 = fixture_host("three_host_pool", "fwd-01")  # master
+FWD_02 = fixture_host("three_host_pool", "fwd-02")
+FWD_03 = fixture_host("three_host_pool", "fwd-03")
+ALPHA = fixture_vm("three_host_pool", "alpha")
+BETA = fixture_vm("three_host_pool", "beta")
+GAMMA = fixture_vm("three_host_pool", "gamma")
+DELTA = fixture_vm("three_host_pool", "delta")
+
 TIMESTAMP_KEYS = ("created_at", "updated_at")
 
 
@@ -82,29 +111,97 @@ def admin_binary():
     return os.path.abspath(path)
 
 
-def strip_volatile(value):
-    """The JSON value with timestamps removed (they differ from run to run)."""
-    if isinstance(value, dict):
-        return dict((k, strip_volatile(v)) for k, v in value.items() if k not in TIMESTAMP_KEYS)
-    if isinstance(value, list):
-        return [strip_volatile(v) for v in value]
-    return value
+# ------------------------------------------------------------------------------------------------
+# Missing prerequisites fail (or, for a developer who opts out, skip), and are listed at the end
+
+MISSING = {}
+_MISSING_LOCK = threading.Lock()
+
+
+def unavailable(what, why):
+    """``what`` cannot be tested here: fail, or skip under VGPU_ALLOW_MISSING_INTERPRETERS=1;
+    either way it is listed in the terminal summary."""
+    with _MISSING_LOCK:
+        MISSING[what] = why
+    if ALLOW_MISSING:
+        pytest.skip("SKIPPED: %s (%s)" % (what, why))
+    pytest.fail("%s is unavailable: %s (VGPU_ALLOW_MISSING_INTERPRETERS=1 skips instead, for development only)"
+                % (what, why), pytrace=False)
 
 
 # ------------------------------------------------------------------------------------------------
-# Skips that must be seen
+# The core's function table: `vgpu-admin functions --format json`
 
-_LOUD_SKIPS = {}
-_LOUD_LOCK = threading.Lock()
+_TABLE = {}
 
 
-def loud_skip(what, why):
-    """Skip (or, with VGPU_REQUIRE_ALL_INTERPRETERS=1, fail) and report it in the summary."""
-    with _LOUD_LOCK:
-        _LOUD_SKIPS[what] = why
-    if REQUIRE_ALL:
-        pytest.fail("%s is required (VGPU_REQUIRE_ALL_INTERPRETERS=1) but unavailable: %s" % (what, why))
-    pytest.skip("SKIPPED: %s (%s)" % (what, why))
+def function_table():
+    """The core's function table, its shape checked; fails the calling test when unavailable."""
+    if "doc" not in _TABLE:
+        _TABLE["doc"], _TABLE["error"] = _read_function_table()
+    if _TABLE["error"]:
+        pytest.fail(_TABLE["error"], pytrace=False)
+    return _TABLE["doc"]
+
+
+def function_names():
+    """The dashed function names of the core's table, in its order."""
+    return [f["name"] for f in function_table()["functions"]]
+
+
+def function_names_or_placeholder():
+    """For parametrizing at collection time: the names, or one placeholder whose test then fails
+    with the reason (a missing table must fail, not collect zero tests)."""
+    if "doc" not in _TABLE:
+        _TABLE["doc"], _TABLE["error"] = _read_function_table()
+    if _TABLE["error"]:
+        return ["<no function table>"]
+    return [f["name"] for f in _TABLE["doc"]["functions"]]
+
+
+def _read_function_table():
+    admin = admin_binary()
+    cmd = [admin, "functions", "--format", "json"]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=60, env={"PATH": os.environ.get("PATH", "")})
+    except OSError as e:
+        return None, "cannot run %s: %s" % (" ".join(cmd), e)
+    if proc.returncode != 0:
+        return None, "%s exited with status %d: %s" % (" ".join(cmd), proc.returncode,
+                                                        proc.stderr.decode("utf-8", "replace")[-1000:])
+    try:
+        doc = json.loads(proc.stdout.decode("utf-8"))
+        problems = _table_problems(doc)
+    except ValueError as e:
+        return None, "%s did not print JSON: %s" % (" ".join(cmd), e)
+    if problems:
+        return None, "%s printed a table of an unexpected shape: %s" % (" ".join(cmd), "; ".join(problems))
+    return doc, None
+
+
+def _table_problems(doc):
+    keys = {"name", "command", "mutating", "result", "vm", "required", "optional", "flags"}
+    problems = []
+    if not isinstance(doc, dict) or not isinstance(doc.get("functions"), list) or not doc["functions"]:
+        return ["no non-empty list under \"functions\""]
+    if not isinstance(doc.get("error_codes"), list) or not doc["error_codes"]:
+        problems.append("no non-empty list under \"error_codes\"")
+    for f in doc["functions"]:
+        if not isinstance(f, dict) or set(f) != keys:
+            problems.append("entry %r: keys are not %s" % (f, sorted(keys)))
+            continue
+        if not re.match(r"^[a-z]+(-[a-z]+)*$", f["name"]):
+            problems.append("entry %r: name is not lower-case words joined by dashes" % f["name"])
+        if f["vm"] not in ("required", "optional", "none") or not isinstance(f["mutating"], bool):
+            problems.append("entry %r: vm or mutating of an unexpected value" % f["name"])
+        for k in ("required", "optional", "flags"):
+            if not isinstance(f[k], list) or not all(isinstance(a, str) and "_" not in a for a in f[k]):
+                problems.append("entry %r: %s is not a list of dashed keys" % (f["name"], k))
+    names = [f.get("name") for f in doc["functions"] if isinstance(f, dict)]
+    if len(set(names)) != len(names):
+        problems.append("duplicate names: %s" % names)
+    return problems
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,6 +324,66 @@ def wheel_target(python, tmp_root):
 
 
 # ------------------------------------------------------------------------------------------------
+# XenAPIPlugin for each interpreter, as on the XCP-ng release it stands for
+
+_PY27_SITES = {}
+
+
+def py27_site(python, tmp_root):
+    """A directory with XenAPI and six (requirements-py27.txt) installed by ``python``'s pip (2.7),
+    or (None, why)."""
+    with _WHEEL_LOCK:
+        if python in _PY27_SITES:
+            return _PY27_SITES[python]
+        target = tempfile.mkdtemp(prefix="py27-site-", dir=tmp_root)
+        cmd = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location",
+               "--target", target, "-r", PY27_REQUIREMENTS]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+                              env={"PATH": os.environ.get("PATH", ""), "PYTHONWARNINGS": "ignore"})
+        if proc.returncode != 0:
+            result = (None, "CPython 2.7's pip could not install %s: %s" % (
+                os.path.basename(PY27_REQUIREMENTS), proc.stdout.decode("utf-8", "replace")[-500:]))
+        else:
+            result = (target, None)
+        _PY27_SITES[python] = result
+        return result
+
+
+def xenapiplugin_path(python, version, tmp_root):
+    """The PYTHONPATH that gives ``python`` its release's XenAPIPlugin stand-in: XCP-ng 8.2's (with
+    XenAPI and six) for 2.7, xapi >= 24's for Python 3; or (None, why)."""
+    if not version.startswith("2."):
+        return STANDIN_DIR, None
+    site, why = py27_site(python, tmp_root)
+    if not site:
+        return None, why
+    return STANDIN_82_DIR + os.pathsep + site, None
+
+
+class Dom0Python(object):
+    """An interpreter of a dom0 ("2.7", "3.6", or "modern" for 3.12 / 3.11) with the PYTHONPATH that
+    gives it its release's XenAPIPlugin (``standin``), for running the plugin file directly."""
+
+    def __init__(self, which):
+        self.which = which
+        self.python = self.version = self.standin = None
+
+    def resolve(self, tmp_root):
+        exe, version = find_modern_python() if self.which == "modern" else find_python(self.which)
+        if not exe:
+            unavailable("CPython %s" % self.which, version)
+        standin, why = xenapiplugin_path(exe, version, tmp_root)
+        if not standin:
+            unavailable("XenAPIPlugin of XCP-ng 8.2 under CPython %s" % version, why)
+        self.python, self.version, self.standin = exe, version, standin
+        return self
+
+    @property
+    def major_minor(self):
+        return "python" + ".".join(self.version.split(".")[:2])
+
+
+# ------------------------------------------------------------------------------------------------
 # Variants
 
 
@@ -238,23 +395,27 @@ class Variant(object):
         self.python = None
         self.version = None
         self.pythonpath = None
+        self.standin = None
 
     def __repr__(self):
         return self.name
 
     def resolve(self, tmp_root):
-        """Fill in python / pythonpath, or loud-skip."""
+        """Fill in python / pythonpath / standin, or fail (see ``unavailable``)."""
         if self.minor == "modern":
             exe, version = find_modern_python()
         else:
             exe, version = find_python(self.minor)
         if not exe:
-            loud_skip("%s (CPython %s, %s path)" % (self.name, self.minor, self.backend), version)
+            unavailable("%s (CPython %s, %s path)" % (self.name, self.minor, self.backend), version)
         self.python, self.version = exe, version
+        self.standin, why = xenapiplugin_path(exe, version, tmp_root)
+        if not self.standin:
+            unavailable("%s (XenAPIPlugin of XCP-ng 8.2 under CPython %s)" % (self.name, version), why)
         if self.backend == "native":
             target, why = wheel_target(exe, tmp_root)
             if not target:
-                loud_skip("%s (native path under CPython %s)" % (self.name, version), why)
+                unavailable("%s (native path under CPython %s)" % (self.name, version), why)
             self.pythonpath = target
         return self
 
@@ -268,7 +429,8 @@ VARIANTS = [
 
 
 def all_variants(tmp_root):
-    """Every variant that can run here (the others are loud-skipped, or failed when required)."""
+    """Every variant that can run here; a missing one fails the caller (or, when developers opt
+    out, is left out and named in ``missing``)."""
     out, missing = [], []
     for v in VARIANTS:
         try:
@@ -316,11 +478,11 @@ class Pool(object):
         return os.path.join(self.workdir, "plugin-%s.log" % (host or self.master)[:8])
 
     def host_env(self, host):
-        """What the simulator adds to this host's plugin environment (besides PATH, VGPU_HOST_UUID
-        and VGPU_XAPI, which it always sets)."""
+        """This suite's variables for a host's plugin (the simulator adds them to xapi's PATH, with
+        VGPU_HOST_UUID and VGPU_XAPI): dom0's XenAPIPlugin, the registry, the config file, the CLI,
+        the backend, the extension and the log of that host."""
         return {
-            "PYTHONPATH": PLUGIN_TESTS_DIR,  # the XenAPIPlugin stand-in
-            "PYTHONDONTWRITEBYTECODE": "1",  # keep the work tree clean
+            "PYTHONPATH": self.variant.standin,
             "VGPU_DB": self.db(host),
             "VGPU_CONFIG": self.config,
             "VGPU_ADMIN": self.admin,
@@ -389,18 +551,13 @@ def check_failure(description):
 # Running the plugin file directly, as xapi would, to see its raw stdout
 
 
-def method_call(fn, session, args):
-    import xmlrpc.client
-
-    return xmlrpc.client.dumps((session, dict(args)), methodname=fn)
-
-
 def run_plugin_direct(python, fn, args, env, session="OpaqueRef:direct-run", argv0=None, timeout=120):
-    """Exec plugin/vgpu (with ``python``, or through its own first line when None) with exactly the
-    environment given (plus nothing): (exit status, stdout bytes, stderr bytes)."""
+    """Exec plugin/vgpu (with ``python``, or through its own first line when None) as xapi does:
+    xapi's methodCall as the one argument, exactly the environment given, stdin /dev/null, cwd /,
+    a session of its own. (exit status, stdout bytes, stderr bytes)."""
     cmd = ([python] if python else []) + [argv0 or PLUGIN_FILE, method_call(fn, session, args)]
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=env, cwd="/", timeout=timeout)
+                          env=env, cwd="/", timeout=timeout, start_new_session=True)
     return proc.returncode, proc.stdout, proc.stderr
 
 

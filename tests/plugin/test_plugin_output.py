@@ -2,47 +2,29 @@
 ASCII, whatever the core prints; arguments reach the core untouched (no shell); errors keep the
 Failure shape; logs go to the log, never stdout.
 
-Most tests here run plugin/vgpu directly, as xapi execs it (one argv word, environment of PATH plus
-the plugin's variables, no LANG), to see its raw stdout. The native path is driven with the test
-doubles in fakes/ where the real extension cannot be made to misbehave."""
+Most tests here run plugin/vgpu directly, as xapi execs it (one argv word, an environment of xapi's
+PATH plus the plugin's variables, no LANG), to see its raw stdout. The native path is driven with
+the test doubles in fakes/ where the real extension cannot be made to misbehave."""
 
 import json
 import os
-import stat
+import shutil
 import subprocess
 
 import pytest
 
-from plugin_support import (FAKES_DIR, PLUGIN_FILE, PLUGIN_TESTS_DIR, RENDER_01, REPO_DIR, check_failure,
-                            find_modern_python, find_python, loud_skip, parse_response, run_plugin_direct)
+from plugin_support import (FAKES_DIR, HELPER_FILE, PLUGIN_DIR, PLUGIN_FILE, PLUGIN_TESTS_DIR, RENDER_01, REPO_DIR,
+                            SAMPLE_MEMBER, XAPI_PLUGIN_PATH, Dom0Python, check_failure, parse_response,
+                            run_plugin_direct)
 
 UNICODE_VM = "6b1f1e0c-0c8a-4f57-9d0e-7d3c2a1b0e99"
 UNICODE_NAME = u"Caf\u00e9-\u00dcbung \u2713 \u65e5\u672c \U0001F600"
 
 
-def _python(which):
-    exe, version = find_modern_python() if which == "modern" else find_python(which)
-    if not exe:
-        loud_skip("CPython %s for the direct plugin runs" % which, version)
-    return exe
-
-
-@pytest.fixture(params=["2.7", "3.6", "modern"], ids=lambda p: "py" + p)
-def python(request):
-    return _python(request.param)
-
-
-@pytest.fixture(params=["3.6", "modern"], ids=lambda p: "py" + p)
-def python3(request):
-    """An interpreter that runs the native path."""
-    return _python(request.param)
-
-
-def direct_env(workdir, **extra):
+def direct_env(workdir, dom0, **extra):
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": PLUGIN_TESTS_DIR,
-        "PYTHONDONTWRITEBYTECODE": "1",
+        "PATH": XAPI_PLUGIN_PATH,
+        "PYTHONPATH": dom0.standin,
         "VGPU_CONFIG": os.path.join(workdir, "vgpu.conf"),
         "VGPU_DB": os.path.join(workdir, "registry.db"),
         "VGPU_XAPI": "unix:" + os.path.join(workdir, "no-xapi.sock"),
@@ -77,16 +59,16 @@ def executable(path, text):
 
 ODD_ARGS = {
     "vm-uuid": RENDER_01,
-    "forwarded-by": "88b4df3d-b12e-4b82-8b5c-e4d2eb98580c",
+    "forwarded-by": SAMPLE_MEMBER,
     "odd key": "$(touch pwned); echo 'quoted' \"double\" `x` | cat > y",
     "vm_name": u"n\u00e4me \u2713",
     "empty": "",
 }
 
 
-def test_native_junk_on_stdout_goes_to_stderr(python3, workdir):
-    env = direct_env(workdir, VGPU_PLUGIN_BACKEND="native", VGPU_PYTHONPATH=os.path.join(FAKES_DIR, "echo"))
-    rc, out, err = run_plugin_direct(python3, "set_vm_id", ODD_ARGS, env, session="OpaqueRef:abc-123")
+def test_native_junk_on_stdout_goes_to_stderr(dom0_py3, workdir):
+    env = direct_env(workdir, dom0_py3, VGPU_PLUGIN_BACKEND="native", VGPU_PYTHONPATH=os.path.join(FAKES_DIR, "echo"))
+    rc, out, err = run_plugin_direct(dom0_py3.python, "set_vm_id", ODD_ARGS, env, session="OpaqueRef:abc-123")
     assert rc == 0, err
     value = answer(out)  # parse_response: ASCII, one document, nothing before or after
     assert value.isascii()
@@ -101,8 +83,9 @@ def test_native_junk_on_stdout_goes_to_stderr(python3, workdir):
     assert "set-vm-id" in read_log(workdir) and "native" in read_log(workdir)
 
 
-def test_native_errors_become_failures(python3, workdir):
-    env = direct_env(workdir, VGPU_PLUGIN_BACKEND="native", VGPU_PYTHONPATH=os.path.join(FAKES_DIR, "echo"))
+def test_native_errors_become_failures(dom0_py3, workdir):
+    python3 = dom0_py3.python
+    env = direct_env(workdir, dom0_py3, VGPU_PLUGIN_BACKEND="native", VGPU_PYTHONPATH=os.path.join(FAKES_DIR, "echo"))
     rc, out, err = run_plugin_direct(python3, "register", {"raise": "vgpu"}, env)
     assert rc == 0
     code, message, details = check_failure(answer(out))
@@ -122,9 +105,10 @@ def test_native_errors_become_failures(python3, workdir):
     assert "Traceback" in read_log(workdir)  # the traceback is logged, not answered
 
 
-def test_broken_extension_falls_back_to_the_cli_unless_native_is_forced(python3, workdir, admin):
+def test_broken_extension_falls_back_to_the_cli_unless_native_is_forced(dom0_py3, workdir, admin):
+    python3 = dom0_py3.python
     broken = os.path.join(FAKES_DIR, "broken")
-    env = direct_env(workdir, VGPU_PYTHONPATH=broken, VGPU_ADMIN=admin)
+    env = direct_env(workdir, dom0_py3, VGPU_PYTHONPATH=broken, VGPU_ADMIN=admin)
     rc, out, err = run_plugin_direct(python3, "list-pools", {}, env)
     pools = json.loads(answer(out))
     assert [p["pool_id"] for p in pools] == ["A", "B"]
@@ -138,9 +122,10 @@ def test_broken_extension_falls_back_to_the_cli_unless_native_is_forced(python3,
     assert details == {"python_path": broken}
 
 
-def test_python2_never_loads_an_extension(workdir, admin):
-    python = _python("2.7")
-    env = direct_env(workdir, VGPU_PYTHONPATH=os.path.join(FAKES_DIR, "echo"), VGPU_ADMIN=admin)
+def test_python2_never_loads_an_extension(workdir, admin, tmp_root):
+    py2 = Dom0Python("2.7").resolve(tmp_root)
+    python = py2.python
+    env = direct_env(workdir, py2, VGPU_PYTHONPATH=os.path.join(FAKES_DIR, "echo"), VGPU_ADMIN=admin)
     rc, out, err = run_plugin_direct(python, "list-pools", {}, env)
     assert [p["pool_id"] for p in json.loads(answer(out))] == ["A", "B"]  # the real core, not the echo
     env["VGPU_PLUGIN_BACKEND"] = "native"
@@ -153,17 +138,20 @@ def test_python2_never_loads_an_extension(workdir, admin):
 # CLI path
 
 
-def test_cli_gets_arguments_verbatim_without_a_shell(python, workdir):
-    """A stand-in vgpu-admin that answers with what it received: argv word for word, xapi's session
-    and the config path in its environment."""
-    modern = _python("modern")
-    echo = executable(os.path.join(workdir, "echo-admin"), """#!%s
+def echo_admin(workdir, tmp_root):
+    """A stand-in vgpu-admin that answers with what it received: argv word for word, xapi's session,
+    the config path and LANG from its environment."""
+    modern = Dom0Python("modern").resolve(tmp_root).python
+    return executable(os.path.join(workdir, "echo-admin"), """#!%s
 import json, os, sys
 sys.stdout.write(json.dumps({"argv": sys.argv[1:], "session": os.environ.get("VGPU_XAPI_SESSION"),
                              "config": os.environ.get("VGPU_CONFIG"), "lang": os.environ.get("LANG")}) + "\\n")
 """ % modern)
-    env = direct_env(workdir, VGPU_PLUGIN_BACKEND="cli", VGPU_ADMIN=echo)
-    rc, out, err = run_plugin_direct(python, "set_vm_id", ODD_ARGS, env, session="OpaqueRef:s-1")
+
+
+def test_cli_gets_arguments_verbatim_without_a_shell(dom0, workdir, tmp_root):
+    env = direct_env(workdir, dom0, VGPU_PLUGIN_BACKEND="cli", VGPU_ADMIN=echo_admin(workdir, tmp_root))
+    rc, out, err = run_plugin_direct(dom0.python, "set_vm_id", ODD_ARGS, env, session="OpaqueRef:s-1")
     assert rc == 0, err
     value = answer(out)
     assert value.isascii()
@@ -174,11 +162,11 @@ sys.stdout.write(json.dumps({"argv": sys.argv[1:], "session": os.environ.get("VG
     assert not os.path.exists(os.path.join("/", "pwned"))
 
 
-def test_cli_stderr_chatter_is_logged_and_stdout_junk_is_refused(python, workdir, admin):
+def test_cli_stderr_chatter_is_logged_and_stdout_junk_is_refused(dom0, workdir, admin):
     chatty = executable(os.path.join(workdir, "chatty-admin"),
                         '#!/bin/sh\necho "note: something the core wanted to say" >&2\nexec "%s" "$@"\n' % admin)
-    env = direct_env(workdir, VGPU_PLUGIN_BACKEND="cli", VGPU_ADMIN=chatty)
-    rc, out, err = run_plugin_direct(python, "list-pools", {}, env)
+    env = direct_env(workdir, dom0, VGPU_PLUGIN_BACKEND="cli", VGPU_ADMIN=chatty)
+    rc, out, err = run_plugin_direct(dom0.python, "list-pools", {}, env)
     assert rc == 0
     assert [p["pool_id"] for p in json.loads(answer(out))] == ["A", "B"]
     assert "note: something the core wanted to say" in read_log(workdir)
@@ -186,20 +174,34 @@ def test_cli_stderr_chatter_is_logged_and_stdout_junk_is_refused(python, workdir
     noisy = executable(os.path.join(workdir, "noisy-admin"),
                        '#!/bin/sh\necho "junk on stdout"\nexec "%s" "$@"\n' % admin)
     env["VGPU_ADMIN"] = noisy
-    rc, out, err = run_plugin_direct(python, "list-pools", {}, env)
+    rc, out, err = run_plugin_direct(dom0.python, "list-pools", {}, env)
     assert rc == 0
     code, message, details = check_failure(answer(out))  # still exactly one XML-RPC answer
     assert code == "VGPU_INTERNAL" and "without a JSON answer" in message
     assert "junk on stdout" in details["stdout"] and details["exit_status"] == 0
 
 
-def test_cli_crash_without_a_report_is_internal(python, workdir):
+def test_cli_crash_without_a_report_is_internal(dom0, workdir):
     crash = executable(os.path.join(workdir, "crash-admin"),
                        "#!/bin/sh\necho \"thread 'main' panicked at src/main.rs:1:1\" >&2\nexit 101\n")
-    env = direct_env(workdir, VGPU_PLUGIN_BACKEND="cli", VGPU_ADMIN=crash)
-    rc, out, err = run_plugin_direct(python, "scan", {}, env)
+    env = direct_env(workdir, dom0, VGPU_PLUGIN_BACKEND="cli", VGPU_ADMIN=crash)
+    rc, out, err = run_plugin_direct(dom0.python, "scan", {}, env)
     code, message, details = check_failure(answer(out))
     assert code == "VGPU_INTERNAL" and details["exit_status"] == 101 and "panicked" in details["stderr"]
+
+
+def test_missing_cli_is_named_as_text(dom0, workdir):
+    """Python 3.6 appends repr(executable) to the error of a failed exec, and the plugin hands
+    subprocess bytes: the message must name the path, not b'...'."""
+    missing = os.path.join(workdir, "no-such-vgpu-admin")
+    env = direct_env(workdir, dom0, VGPU_PLUGIN_BACKEND="cli", VGPU_ADMIN=missing)
+    rc, out, err = run_plugin_direct(dom0.python, "list", {}, env)
+    assert rc == 0, err
+    code, message, details = check_failure(answer(out))
+    assert code == "VGPU_INTERNAL"
+    assert message == "internal error: cannot run vgpu-admin %s: No such file or directory (set admin_path in %s)" % (
+        missing, env["VGPU_CONFIG"])
+    assert details == {"admin_path": missing, "reason": "No such file or directory"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,6 +209,8 @@ def test_cli_crash_without_a_report_is_internal(python, workdir):
 
 
 def test_non_ascii_vm_name_gives_ascii_output(pool):
+    from xapi_sim.plugins import plugin_environment
+
     pool.sim.add_vm(uuid=UNICODE_VM, name_label=UNICODE_NAME, power_state="Halted")
     raw = pool.call_raw("register", {"vm-uuid": UNICODE_VM, "pool": "A", "priority": "low"})
     assert raw.isascii() and "\\u00e9" in raw
@@ -218,8 +222,9 @@ def test_non_ascii_vm_name_gives_ascii_output(pool):
     assert pool.call("show", {"vm-name": UNICODE_NAME})["vm_uuid"] == UNICODE_VM
 
     # the raw bytes on the plugin's stdout, with the environment xapi gives (no LANG)
-    env = {"PATH": os.environ.get("PATH", ""), "VGPU_HOST_UUID": pool.master, "VGPU_XAPI": pool.sim.url}
-    env.update(dict((k, v) for k, v in pool.host_env(pool.master).items()))
+    simulator_vars = {"VGPU_HOST_UUID": pool.master, "VGPU_XAPI": pool.sim.url}
+    simulator_vars.update(pool.host_env(pool.master))
+    env = plugin_environment(simulator_vars)
     session = pool.sim.login()
     for fn, args in (("show", {"vm-name": UNICODE_NAME}), ("list", {}),
                      ("register", {"vm-uuid": UNICODE_VM, "pool": "B", "priority": "low"})):
@@ -229,6 +234,24 @@ def test_non_ascii_vm_name_gives_ascii_output(pool):
         assert UNICODE_NAME.encode("utf-8") not in out
         result = answer(out)
         assert (fn == "register") == isinstance(result, list), result
+
+
+@pytest.mark.parametrize("name", [u"caf\u00e9", u"\u65e5\u672c-\U0001F600"])
+def test_unknown_non_ascii_function_is_unknown(pool, name):
+    """XenAPIPlugin answers an unknown name with its own print, which Python 3.6 cannot do on the
+    ASCII stdout xapi gives it when the name is not ASCII: the plugin's stdout takes it."""
+    import XenAPI
+
+    with pytest.raises(XenAPI.Failure) as e:
+        pool.call_raw(name)
+    assert e.value.details == ["UNKNOWN_XENAPI_PLUGIN_FUNCTION", name]
+
+
+def test_unknown_non_ascii_function_answer_is_ascii(dom0, workdir):
+    rc, out, err = run_plugin_direct(dom0.python, u"caf\u00e9", {}, direct_env(workdir, dom0))
+    assert rc == 0, err
+    assert answer(out) == ["UNKNOWN_XENAPI_PLUGIN_FUNCTION", u"caf\u00e9"]  # parse_response: ASCII only
+    assert b"caf&#233;" in out
 
 
 def test_calls_are_logged(pool):
@@ -241,23 +264,41 @@ def test_calls_are_logged(pool):
 
 
 # ------------------------------------------------------------------------------------------------
-# The file itself
+# The files themselves
 
 
-def test_plugin_file_is_executable_ascii_and_starts_with_the_trampoline():
-    mode = stat.S_IMODE(os.stat(PLUGIN_FILE).st_mode)
-    assert mode == 0o755, oct(mode)
-    data = open(PLUGIN_FILE, "rb").read()
-    data.decode("ascii")
-    assert data.startswith(b"#!/bin/sh\n")
+def test_git_records_the_plugin_executable_and_its_helper_not():
+    """The mode git records is the one a checkout, a tarball and the RPM get (xapi runs only
+    executable files; the helper is imported, never run)."""
+    try:
+        out = subprocess.check_output(["git", "-C", REPO_DIR, "ls-files", "-s", "--", "plugin/vgpu",
+                                       "plugin/vgpu_plugin.py"])
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.fail("cannot read the modes git records (git ls-files): %s" % e)
+    modes = dict((line.split("\t")[1], line.split()[0]) for line in out.decode().splitlines())
+    assert modes == {"plugin/vgpu": "100755", "plugin/vgpu_plugin.py": "100644"}, modes
+
+
+def test_plugin_files_are_ascii_and_the_plugin_starts_with_the_trampoline():
+    for path in (PLUGIN_FILE, HELPER_FILE):
+        open(path, "rb").read().decode("ascii")
+    assert open(PLUGIN_FILE, "rb").read().startswith(b"#!/bin/sh\n")
+
+
+def test_the_plugin_is_glue():
+    """The plugin file keeps to its functions and dispatch; the machinery lives in the helper."""
+    lines = open(PLUGIN_FILE).read().splitlines()
+    assert len(lines) < 300, len(lines)
+    code = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    assert not any(line.startswith(("import subprocess", "import json", "class ")) for line in code), code
 
 
 def test_no_path_of_this_machine_in_the_committed_files():
     forbidden = [REPO_DIR, os.path.expanduser("~"), os.environ.get("PYENV_ROOT")]
     forbidden = [p.rstrip("/") for p in forbidden if p and len(p.rstrip("/")) > 1]
-    files = [PLUGIN_FILE, os.path.join(os.path.dirname(PLUGIN_FILE), "README.md")]
+    files = [PLUGIN_FILE, HELPER_FILE, os.path.join(PLUGIN_DIR, "README.md")]
     for d, _, names in os.walk(PLUGIN_TESTS_DIR):
-        files += [os.path.join(d, n) for n in names if n.endswith((".py", ".sh", ".md"))]
+        files += [os.path.join(d, n) for n in names if n.endswith((".py", ".sh", ".md", ".txt"))]
     for name in files:
         if os.path.exists(name):
             text = open(name, "rb").read().decode("utf-8")
@@ -265,6 +306,18 @@ def test_no_path_of_this_machine_in_the_committed_files():
                 assert p + "/" not in text and p + '"' not in text, (name, p)
 
 
-def test_plugin_source_compiles_everywhere(python):
-    code = "import sys; compile(open(sys.argv[1]).read(), 'vgpu', 'exec')"
-    assert subprocess.call([python, "-c", code, PLUGIN_FILE]) == 0
+def test_plugin_source_compiles_everywhere(dom0):
+    code = "import sys\nfor f in sys.argv[1:]: compile(open(f).read(), f, 'exec')"
+    assert subprocess.call([dom0.python, "-c", code, PLUGIN_FILE, HELPER_FILE]) == 0
+
+
+def test_the_plugin_without_its_helper_still_answers(dom0, workdir):
+    """An install that left vgpu_plugin.py out: one proper Failure that says so."""
+    alone = os.path.join(workdir, "plugins")
+    os.mkdir(alone)
+    shutil.copy2(PLUGIN_FILE, os.path.join(alone, "vgpu"))
+    env = direct_env(workdir, dom0)
+    rc, out, err = run_plugin_direct(dom0.python, "list", {}, env, argv0=os.path.join(alone, "vgpu"))
+    assert rc == 0, err
+    code, message, details = check_failure(answer(out))
+    assert code == "VGPU_INTERNAL" and "vgpu_plugin.py" in message and details == {}

@@ -25,7 +25,6 @@ from xapi_sim.records import (
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PLUGIN_DIR = os.path.normpath(os.path.join(PACKAGE_DIR, "..", "..", "plugin"))
 DEFAULT_FIXTURE = os.path.join(PACKAGE_DIR, "fixtures", "sample_pool.json")
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_USERS = {"root": "password"}
 
 
@@ -590,11 +589,10 @@ class SimCore(object):
             args = _require_str_map(args, "args")
             path = plugins.find_plugin(self.plugin_dir, plugin)
             # The host's identity first, so a test can override it (a misconfigured host).
-            env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH,
-                   "VGPU_HOST_UUID": host["uuid"], "VGPU_XAPI": self.url}
-            env.update({k: str(v) for k, v in (host.get("plugin_env") or {}).items()})
-            env.update(self.plugin_env_overrides.get(host["uuid"], {}))
-            env = {k: v for k, v in env.items() if v is not None}
+            extra = {"VGPU_HOST_UUID": host["uuid"], "VGPU_XAPI": self.url}
+            extra.update({k: str(v) for k, v in (host.get("plugin_env") or {}).items()})
+            extra.update(self.plugin_env_overrides.get(host["uuid"], {}))
+            env = plugins.plugin_environment(extra)
             plugin_session = self._new_session("root", "xapi-plugin:%s" % plugin, "internal")
             python = self.plugin_python
             self.plugin_calls += 1
