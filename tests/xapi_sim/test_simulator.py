@@ -810,7 +810,7 @@ def test_call_plugin_success_argv_env_session(psim):
     assert set(out["env"]) == {"PATH", "VGPU_HOST_UUID", "VGPU_XAPI"}
     assert out["env"]["VGPU_HOST_UUID"] == HOST1
     assert out["env"]["VGPU_XAPI"] == psim.url
-    assert out["env"]["PATH"] == os.environ.get("PATH")
+    assert out["env"]["PATH"] == "/sbin:/usr/sbin:/bin:/usr/bin"  # xapi's, not the caller's
     # the session handed to the plugin is a fresh, valid session of the simulator
     assert out["session"].startswith("OpaqueRef:") and out["session"] != psim.session
     assert psim.call("VM.get_all", out["session"])
