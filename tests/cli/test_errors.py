@@ -289,7 +289,10 @@ def test_not_registered(seeded):
         r = cli.run(*argv)
         assert r.code == 1, (argv, r)
         assert r.err.splitlines()[0] == "error: VM %s (render-01) is not registered" % RENDER_01
-        assert r.err.splitlines()[1] == "hint: register it first with: vgpu-admin register-vm"
+        # removing what is not registered is not a reason to register it
+        hint = ("hint: nothing to remove; the registered VMs: vgpu-admin list-vms" if argv[0] == "remove-vm"
+                else "hint: register it first with: vgpu-admin register-vm")
+        assert r.err.splitlines()[1] == hint
         code, err = cli.json_error(*argv, expect_code="NOT_REGISTERED")
         assert err["details"] == {"vm_uuid": RENDER_01, "vm_name": "render-01"}
     assert_nothing_changed(cli, dump, plats)

@@ -2,6 +2,7 @@
 locked by another process."""
 
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import CUDA_DEV, RENDER_01
+from conftest import CUDA_DEV, RENDER_01, parse_error_doc
 
 NOBODY = 65534
 
@@ -124,3 +125,98 @@ def test_the_lock_timeout_says_who_holds_it_and_changes_nothing(cli, sim, tmp_pa
     assert err["details"] == {"path": cli.db, "locked": True, "waited_s": 2}
     assert cli.dump() == before
     assert "pool_id=A" in sim.get_vm(RENDER_01)["platform"]["device-model-args"]
+
+
+# Words of the plugin API that a command-line user never typed.
+API_WORDS = re.compile(r"=true|=false|plugin and API|(?<![-\w])(vm-uuid|vm-name|vm-id|dry-run)(?![-\w])")
+
+
+def error_paths(table):
+    """(argv, expected exit status) for every command of the function table: missing and
+    conflicting options, bad values, a VM that does not exist, a VM that is not registered."""
+    values = {"pool": ["C", "ab"], "priority": ["urgent", "3"], "vm-id": ["-1", "0", "x", "4294967296"],
+              "vm-uuid": ["not-a-uuid"], "vm-name": ["tab\there"]}
+    good = {"pool": "A", "priority": "low", "vm-id": "77"}
+    for f in table["functions"]:
+        cmd = [f["command"]]
+        base = list(cmd)
+        if f["vm"] == "required":
+            base += ["--vm-uuid", RENDER_01]
+        for key in f["required"]:
+            base += ["--" + key, good[key]]
+        fields = [k for k in f["optional"] if k in good]
+        if f["vm"] == "required" and not f["required"] and fields:
+            base += ["--" + fields[0], good[fields[0]]]  # update-vm: at least one field
+        yield base, None  # render-01 is not registered (update-vm also lacks a field)
+        yield cmd, None
+        for key in f["required"] + f["optional"]:
+            for bad in values.get(key, []):
+                argv = [a for a in base]
+                if "--" + key in argv:
+                    argv[argv.index("--" + key) + 1] = bad
+                else:
+                    argv += ["--" + key, bad]
+                yield argv, 2
+        if f["vm"] != "none":
+            yield cmd + ["--vm-uuid", "00000000-0000-4000-8000-000000000000"] + base[3:], 1
+            yield cmd + ["--vm-name", "no such vm"] + base[3:], 1
+        if f["name"] == "sync":
+            yield ["sync", "--all", "--vm-uuid", RENDER_01], 2
+
+
+def test_no_error_of_any_command_speaks_the_plugin_api(cli, sim):
+    table = cli.run_json("functions")
+    checked = 0
+    for argv, status in error_paths(table):
+        for fmt in ([], ["--format", "json"]):
+            r = cli.run(*(argv + fmt))
+            if r.code == 0:
+                continue
+            if status is not None:
+                assert r.code == status, (argv, r)
+            text = r.err
+            if fmt:
+                text = parse_error_doc(r.err)["message"]
+            assert text.strip(), (argv, r)
+            assert not API_WORDS.search(text), (argv, text)
+            checked += 1
+    assert checked > 100, checked
+    # the messages that used to speak the API's words, now in options
+    r = cli.run("sync")
+    assert r.code == 2 and "--all, --vm-uuid or --vm-name" in r.err, r
+    r = cli.run("update-vm", "--vm-uuid", RENDER_01)
+    assert r.code == 2 and "--pool, --priority or --vm-id" in r.err, r
+    r = cli.run("set-vm-id", "--vm-uuid", RENDER_01, "--vm-id=-1")
+    assert r.code == 2 and "out of range" in r.err and '"-1"' in r.err, r
+    # `call` is the plugin API: it keeps the API's words
+    code, err = cli.json_error("call", "sync", expect_code="INVALID_ARGUMENT")
+    assert "all=true" in err["message"], err
+
+
+def test_a_registry_only_command_needs_no_xapi_password(cli, tmp_path):
+    env = {"VGPU_XAPI": "https://192.0.2.1:443", "VGPU_XAPI_PASSWORD": None}
+    for args in (["list-vms"], ["list-pools"], ["show-pool", "--pool", "A"]):
+        r = cli.run(*args, env=env)
+        assert r.code == 0, (args, r)
+    r = cli.run("scan-vms", env=env)
+    assert r.code == 2 and "needs a password" in r.err, r
+    assert "hint: give it with --xapi-password-file" in r.err, r
+
+
+def test_an_unreadable_config_is_exit_1_and_says_what_to_do(cli, tmp_path):
+    d = tmp_path / "conf-dir"
+    d.mkdir()
+    r = cli.run("list-vms", "--config", str(d))
+    assert r.code == 1 and "cannot read the configuration file" in r.err, r
+    code, err = cli.json_error("list-vms", "--config", str(d), expect_code="CONFIG_ERROR")
+    assert code == 1 and err["details"]["path"] == str(d)
+    # a missing one is the defaults, not an error
+    assert cli.run("list-vms", "--config", str(tmp_path / "absent.conf")).code == 0
+
+
+def test_off_dom0_the_default_socket_points_to_https(cli):
+    if os.path.exists("/var/lib/xcp/xapi"):
+        pytest.skip("this machine is a dom0")
+    r = cli.run("scan-vms", env={"VGPU_XAPI": None})
+    assert r.code == 1, r
+    assert "hint: this is not a dom0" in r.err and "--xapi https://" in r.err and "--remote" in r.err, r

@@ -6,6 +6,7 @@ mod render;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use cli::{Cli, Command, Format};
+use registry::error::KeyStyle;
 use registry::report::ascii_json;
 use registry::{Call, Error, ErrorCode, FunctionSpec, Service, Settings};
 use std::collections::BTreeMap;
@@ -21,12 +22,17 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return clap_failure(e, &raw),
     };
-    // `call` is for programs: its errors are always JSON.
-    let json = cli.format == Format::Json || matches!(cli.command, Command::Call { .. });
+    // `call` is the plugin API from the shell: its errors are JSON in the API's words.
+    let is_call = matches!(cli.command, Command::Call { .. });
+    let json = cli.format == Format::Json || is_call;
+    let command = (!is_call)
+        .then(|| matches.subcommand_name())
+        .flatten()
+        .and_then(FunctionSpec::for_command);
     match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
-            report_error(&e, json);
+            report_error(&e, json, command);
             ExitCode::from(e.code().exit_status())
         }
     }
@@ -74,22 +80,69 @@ fn clap_failure(e: clap::Error, raw: &[String]) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn report_error(e: &Error, json: bool) {
+/// `command`: the subcommand that failed, when it is a function of the table; its errors speak
+/// of options (`--vm-uuid`), not of the plugin API's keys.
+fn report_error(e: &Error, json: bool, command: Option<&FunctionSpec>) {
+    let message = match command {
+        Some(spec) => message(e, spec),
+        None => e.to_string(),
+    };
     if json {
-        eprintln!("{}", ascii_json(&e.to_json().to_string()));
+        let mut doc = e.to_json();
+        doc["error"]["message"] = message.into();
+        eprintln!("{}", ascii_json(&doc.to_string()));
     } else {
-        eprintln!("error: {e}");
-        if let Some(h) = hint(e.code(), &e.details()) {
+        eprintln!("error: {message}");
+        if let Some(h) = hint(e.code(), &e.details(), command) {
             eprintln!("hint: {h}");
         }
     }
 }
 
+/// The core's message, with argument keys spelled as this command's options.
+fn message(e: &Error, spec: &FunctionSpec) -> String {
+    match e {
+        Error::Usage(u) => u.render_as(KeyStyle::Cli, spec.command),
+        Error::InvalidArgument {
+            what,
+            value,
+            reason,
+        } if registry::functions::arg(what).is_some() => {
+            format!("invalid value {value:?} for --{what}: {reason}")
+        }
+        _ => e.to_string(),
+    }
+}
+
+const XAPI_SOCKET: &str = "/var/lib/xcp/xapi";
+
 /// A second line for people, in this front end's words: what to do next.
-fn hint(code: ErrorCode, details: &serde_json::Value) -> Option<String> {
+fn hint(
+    code: ErrorCode,
+    details: &serde_json::Value,
+    command: Option<&FunctionSpec>,
+) -> Option<String> {
+    let permission = details["permission_denied"] == true;
     Some(match code {
         ErrorCode::AmbiguousVmName => "select the VM with --vm-uuid".into(),
+        ErrorCode::NotRegistered if command.is_some_and(|c| c.name == "remove") => {
+            "nothing to remove; the registered VMs: vgpu-admin list-vms".into()
+        }
         ErrorCode::NotRegistered => "register it first with: vgpu-admin register-vm".into(),
+        ErrorCode::DatabaseError | ErrorCode::ConfigError if permission => {
+            "run as root on dom0, or pass --db/--config with files you may use".into()
+        }
+        ErrorCode::XapiError
+            if details["endpoint"] == format!("unix:{XAPI_SOCKET}")
+                && !std::path::Path::new(XAPI_SOCKET).exists() =>
+        {
+            "this is not a dom0 (no local xapi socket): use --xapi https://POOL-MASTER \
+             --xapi-password-file FILE, and --remote to use the pool's registry"
+                .into()
+        }
+        ErrorCode::InvalidArgument if details["setting"] == "xapi_password_file" => {
+            "give it with --xapi-password-file FILE (or VGPU_XAPI_PASSWORD)".into()
+        }
         ErrorCode::AlreadyRegistered => {
             "change it with update-vm, set-pool, set-priority or set-vm-id".into()
         }
@@ -105,11 +158,8 @@ fn hint(code: ErrorCode, details: &serde_json::Value) -> Option<String> {
              when it ends",
             details["path"].as_str().unwrap_or("the registry")
         ),
-        ErrorCode::InvalidArgument if details["argument"] == "stored vm-id" => {
+        ErrorCode::InvalidArgument if details["argument"] == "stored vm_id" => {
             "give the VM a new id with --vm-id (update-vm or set-vm-id)".into()
-        }
-        ErrorCode::InvalidArgument if details["argument"] == "xapi password" => {
-            "give it with --xapi-password-file PATH (or VGPU_XAPI_PASSWORD)".into()
         }
         _ => return None,
     })

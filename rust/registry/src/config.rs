@@ -101,11 +101,10 @@ impl Config {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(Error::invalid(
-                "config file",
-                &path.display().to_string(),
-                e.to_string(),
-            )),
+            Err(e) => Err(Error::ConfigUnreadable {
+                path: path.to_path_buf(),
+                source: e,
+            }),
         }
     }
 

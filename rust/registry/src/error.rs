@@ -45,6 +45,7 @@ error_codes! {
     ConfirmationRequired => "CONFIRMATION_REQUIRED",
     VmState => "VM_STATE",
     Internal => "INTERNAL",
+    ConfigError => "CONFIG_ERROR",
 }
 
 impl ErrorCode {
@@ -82,6 +83,91 @@ impl std::fmt::Display for VmRef {
         match &self.vm_name {
             Some(n) => write!(f, "{} ({})", uuid, crate::model::printable(n)),
             None => f.write_str(&uuid),
+        }
+    }
+}
+
+/// How a front end names an argument key in its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStyle {
+    /// The plugin API's `key` / `key=true` (the plugin, Python, `vgpu-admin call`).
+    Api,
+    /// The command line's `--key`.
+    Cli,
+}
+
+impl KeyStyle {
+    pub fn key(self, key: &str) -> String {
+        let flag = crate::functions::arg(key).is_some_and(|a| a.flag);
+        match (self, flag) {
+            (KeyStyle::Api, true) => format!("{key}=true"),
+            (KeyStyle::Api, false) => key.to_string(),
+            (KeyStyle::Cli, _) => format!("--{key}"),
+        }
+    }
+
+    fn list(self, keys: &[&str], last: &str) -> String {
+        let named: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        match named.split_last() {
+            Some((tail, head)) if !head.is_empty() => format!("{} {last} {tail}", head.join(", ")),
+            Some((only, _)) => only.clone(),
+            None => String::new(),
+        }
+    }
+}
+
+/// A call that is missing arguments or combines arguments that exclude each other: about
+/// argument keys, which each front end spells its own way ([`KeyStyle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Usage {
+    /// `function` needs one of `keys` (all of them when there is one).
+    Missing {
+        function: &'static str,
+        keys: Vec<&'static str>,
+        /// What the keys are for, e.g. "the VM".
+        what: Option<&'static str>,
+    },
+    /// `function` takes only one of `keys`.
+    Conflict {
+        function: &'static str,
+        keys: Vec<&'static str>,
+    },
+}
+
+impl Usage {
+    pub fn render(&self, style: KeyStyle) -> String {
+        let function = match self {
+            Usage::Missing { function, .. } | Usage::Conflict { function, .. } => function,
+        };
+        self.render_as(style, function)
+    }
+
+    /// The message with the function called `function` (a front end's own command name).
+    pub fn render_as(&self, style: KeyStyle, function: &str) -> String {
+        match self {
+            Usage::Missing { keys, what, .. } => {
+                let keys_text = style.list(keys, "or");
+                match (what, keys.len()) {
+                    (Some(w), _) => format!("{function} needs {w}: {keys_text}"),
+                    (None, 1) => {
+                        let expects = crate::functions::arg(keys[0]).map_or("", |a| a.expects);
+                        format!("{function} needs {keys_text} ({expects})")
+                    }
+                    (None, _) => format!("{function} needs at least one of {keys_text}"),
+                }
+            }
+            Usage::Conflict { keys, .. } if keys.len() == 2 => {
+                format!("{function} takes {}, not both", style.list(keys, "or"))
+            }
+            Usage::Conflict { keys, .. } => {
+                format!("{function} takes only one of {}", style.list(keys, "or"))
+            }
+        }
+    }
+
+    fn keys(&self) -> &[&'static str] {
+        match self {
+            Usage::Missing { keys, .. } | Usage::Conflict { keys, .. } => keys,
         }
     }
 }
@@ -136,8 +222,22 @@ pub enum Error {
         reason: String,
     },
     /// Bad usage that is not about one value (missing or conflicting arguments).
-    #[error("{0}")]
-    Usage(String),
+    #[error("{}", .0.render(KeyStyle::Api))]
+    Usage(Usage),
+    /// Bad settings of this front end or host, not of the call (e.g. no XAPI password).
+    #[error("{message}")]
+    Setting {
+        /// The setting that is missing or wrong, as the config file names it.
+        setting: &'static str,
+        message: String,
+    },
+    /// The configuration file exists but cannot be read.
+    #[error("cannot read the configuration file {}: {source}", .path.display())]
+    ConfigUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no VM {selector} in the pool")]
     VmNotFound { selector: Selector },
     #[error("{} VMs are named {name:?}: {}", .candidates.len(), list_vms(.candidates))]
@@ -280,7 +380,10 @@ impl Error {
 
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::InvalidArgument { .. } | Error::Usage(_) => ErrorCode::InvalidArgument,
+            Error::InvalidArgument { .. } | Error::Usage(_) | Error::Setting { .. } => {
+                ErrorCode::InvalidArgument
+            }
+            Error::ConfigUnreadable { .. } => ErrorCode::ConfigError,
             Error::VmNotFound { .. } => ErrorCode::VmNotFound,
             Error::AmbiguousVmName { .. } => ErrorCode::AmbiguousVmName,
             Error::NotRegistered { .. } => ErrorCode::NotRegistered,
@@ -313,6 +416,12 @@ impl Error {
             } => {
                 json!({"argument": what, "value": value, "reason": reason})
             }
+            Error::Usage(u) => json!({ "arguments": u.keys() }),
+            Error::ConfigUnreadable { path, source } => json!({
+                "path": path.display().to_string(),
+                "reason": source.to_string(),
+                "permission_denied": source.kind() == std::io::ErrorKind::PermissionDenied,
+            }),
             Error::VmNotFound { selector } => json!({ "selector": selector.to_string() }),
             Error::AmbiguousVmName { name, candidates } => {
                 json!({"vm_name": name, "candidates": candidates})
@@ -339,6 +448,9 @@ impl Error {
                 } => {
                     json!({"xapi_method": method, "xapi_code": code, "xapi_params": params})
                 }
+                XapiError::Transport { endpoint, .. } => {
+                    json!({ "reason": source.to_string(), "endpoint": endpoint })
+                }
                 other => json!({ "reason": other.to_string() }),
             },
             Error::XapiUnrestored {
@@ -349,9 +461,22 @@ impl Error {
                 ..
             } => json!({"xapi_error": source.to_string(), "restore_error": restore.to_string(),
                         "vm_uuid": vm.vm_uuid, "repair_command": repair_command}),
-            Error::Database { path, .. }
-            | Error::Migration { path, .. }
-            | Error::DatabaseDir { path, .. }
+            Error::Database { path, source } => json!({
+                "path": path.display().to_string(),
+                "permission_denied": matches!(
+                    source.sqlite_error_code(),
+                    Some(
+                        rusqlite::ErrorCode::ReadOnly
+                            | rusqlite::ErrorCode::CannotOpen
+                            | rusqlite::ErrorCode::PermissionDenied
+                    )
+                ),
+            }),
+            Error::DatabaseDir { path, source, .. } => json!({
+                "path": path.display().to_string(),
+                "permission_denied": source.kind() == std::io::ErrorKind::PermissionDenied,
+            }),
+            Error::Migration { path, .. }
             | Error::NotADirectory { path, .. }
             | Error::NewerSchema { path, .. }
             | Error::NotWal { path, .. } => json!({ "path": path.display().to_string() }),
@@ -375,7 +500,8 @@ impl Error {
             } => json!({"vm_uuid": vm.vm_uuid, "vm_name": vm.vm_name,
                         "power_state": power_state.to_string()}),
             Error::Forwarded { details, .. } => details.clone(),
-            Error::Usage(_) | Error::NoFreeVmId | Error::Internal(_) => json!({}),
+            Error::Setting { setting, .. } => json!({ "setting": setting }),
+            Error::NoFreeVmId | Error::Internal(_) => json!({}),
         }
     }
 

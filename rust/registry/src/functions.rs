@@ -103,6 +103,8 @@ pub struct FunctionSpec {
     pub command: &'static str,
     /// Changes the registry (and so must run where the registry lives).
     pub mutating: bool,
+    /// Talks to XAPI (the others read the registry alone).
+    pub xapi: bool,
     pub result: ResultKind,
     pub vm: VmArg,
     pub required: &'static [&'static str],
@@ -119,6 +121,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "scan",
         command: "scan-vms",
         mutating: false,
+        xapi: true,
         result: ResultKind::Scan,
         vm: VmArg::None,
         required: &[],
@@ -130,6 +133,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "register",
         command: "register-vm",
         mutating: true,
+        xapi: true,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &["pool", "priority"],
@@ -141,6 +145,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "set-vm-id",
         command: "set-vm-id",
         mutating: true,
+        xapi: true,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &["vm-id"],
@@ -152,6 +157,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "set-pool",
         command: "set-pool",
         mutating: true,
+        xapi: true,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &["pool"],
@@ -163,6 +169,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "set-priority",
         command: "set-priority",
         mutating: true,
+        xapi: true,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &["priority"],
@@ -174,6 +181,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "update",
         command: "update-vm",
         mutating: true,
+        xapi: true,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &[],
@@ -185,6 +193,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "show",
         command: "show-vm",
         mutating: false,
+        xapi: true,
         result: ResultKind::Show,
         vm: VmArg::Required,
         required: &[],
@@ -196,6 +205,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "list",
         command: "list-vms",
         mutating: false,
+        xapi: false,
         result: ResultKind::List,
         vm: VmArg::None,
         required: &[],
@@ -207,6 +217,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "list-pools",
         command: "list-pools",
         mutating: false,
+        xapi: false,
         result: ResultKind::Pools,
         vm: VmArg::None,
         required: &[],
@@ -218,6 +229,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "show-pool",
         command: "show-pool",
         mutating: false,
+        xapi: false,
         result: ResultKind::Pool,
         vm: VmArg::None,
         required: &["pool"],
@@ -229,6 +241,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "remove",
         command: "remove-vm",
         mutating: true,
+        xapi: true,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &[],
@@ -240,6 +253,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "status",
         command: "status",
         mutating: false,
+        xapi: true,
         result: ResultKind::Status,
         vm: VmArg::None,
         required: &[],
@@ -251,6 +265,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         name: "sync",
         command: "sync",
         mutating: true,
+        xapi: true,
         result: ResultKind::Sync,
         vm: VmArg::Optional,
         required: &[],
@@ -313,10 +328,11 @@ impl Serialize for FunctionSpec {
             .chain(self.optional)
             .copied()
             .collect();
-        let mut st = s.serialize_struct("FunctionSpec", 8)?;
+        let mut st = s.serialize_struct("FunctionSpec", 9)?;
         st.serialize_field("name", self.name)?;
         st.serialize_field("command", self.command)?;
         st.serialize_field("mutating", &self.mutating)?;
+        st.serialize_field("xapi", &self.xapi)?;
         st.serialize_field("result", &self.result)?;
         st.serialize_field("vm", &self.vm)?;
         st.serialize_field("required", self.required)?;

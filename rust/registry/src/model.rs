@@ -113,13 +113,28 @@ pub const VM_ID_MAX: u32 = u32::MAX;
 
 /// Decimal digits only (no sign, no exponent, no spaces), 1 ..= 4294967295.
 pub fn parse_vm_id(s: &str) -> Result<u32> {
-    let reason = "expected a whole number from 1 to 4294967295";
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::invalid("vm-id", s, reason));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if s.strip_prefix('-').is_some_and(digits) {
+        return Err(Error::invalid(
+            "vm-id",
+            s,
+            "out of range: a vm_id is from 1 to 4294967295",
+        ));
+    }
+    if !digits(s) {
+        return Err(Error::invalid(
+            "vm-id",
+            s,
+            "expected a whole number from 1 to 4294967295",
+        ));
     }
     match s.parse::<u64>() {
         Ok(n) if n >= u64::from(VM_ID_MIN) && n <= u64::from(VM_ID_MAX) => Ok(n as u32),
-        _ => Err(Error::invalid("vm-id", s, reason)),
+        _ => Err(Error::invalid(
+            "vm-id",
+            s,
+            "out of range: a vm_id is from 1 to 4294967295",
+        )),
     }
 }
 

@@ -2,8 +2,8 @@
 //! outcome. The CLI, `vgpu-admin call`, the Python extension and the xapi plugin all come through
 //! here (by way of the service), so they accept, refuse and answer identically.
 
-use crate::error::{Error, Result};
-use crate::functions::{arg, FunctionSpec};
+use crate::error::{Error, Result, Usage};
+use crate::functions::{FunctionSpec, VM_KEYS};
 use crate::model::{
     parse_bool, parse_vm_id, parse_vm_name, parse_vm_uuid, Pool, Priority, Selector,
 };
@@ -145,11 +145,11 @@ impl<'a> Args<'a> {
         }
         for key in spec.required {
             if !map.contains_key(*key) {
-                let expects = arg(key).map_or("", |a| a.expects);
-                return Err(Error::Usage(format!(
-                    "{} needs {key} ({expects})",
-                    spec.name
-                )));
+                return Err(Error::Usage(Usage::Missing {
+                    function: spec.name,
+                    keys: vec![key],
+                    what: None,
+                }));
             }
         }
         Ok(Args { spec, map })
@@ -190,18 +190,24 @@ impl<'a> Args<'a> {
         self.get("vm-uuid").is_some() || self.get("vm-name").is_some()
     }
 
+    fn missing_vm(&self) -> Error {
+        Error::Usage(Usage::Missing {
+            function: self.spec.name,
+            keys: VM_KEYS.to_vec(),
+            what: Some("the VM"),
+        })
+    }
+
     /// Exactly one of vm-uuid / vm-name.
     fn selector(&self) -> Result<Selector> {
-        let name = self.spec.name;
         match (self.get("vm-uuid"), self.get("vm-name")) {
             (Some(u), None) => Ok(Selector::Uuid(parse_vm_uuid(u)?)),
             (None, Some(n)) => Ok(Selector::Name(parse_vm_name(n)?)),
-            (Some(u), Some(n)) => Err(Error::Usage(format!(
-                "{name} takes either vm-uuid ({u:?}) or vm-name ({n:?}), not both"
-            ))),
-            (None, None) => Err(Error::Usage(format!(
-                "{name} needs the VM: vm-uuid or vm-name"
-            ))),
+            (Some(_), Some(_)) => Err(Error::Usage(Usage::Conflict {
+                function: self.spec.name,
+                keys: VM_KEYS.to_vec(),
+            })),
+            (None, None) => Err(self.missing_vm()),
         }
     }
 }
@@ -217,11 +223,7 @@ pub(crate) fn register(a: &Args<'_>) -> Result<Request> {
             let n = parse_vm_name(n)?;
             (Selector::Name(n.clone()), Some(n))
         }
-        (None, None) => {
-            return Err(Error::Usage(
-                "register needs the VM: vm-uuid or vm-name".into(),
-            ))
-        }
+        (None, None) => return Err(a.missing_vm()),
     };
     Ok(Request::Register(RegisterReq {
         selector,
@@ -249,10 +251,11 @@ pub(crate) fn update(a: &Args<'_>) -> Result<Request> {
         restart: a.restart()?,
     };
     if req.pool.is_none() && req.priority.is_none() && req.vm_id.is_none() {
-        return Err(Error::Usage(format!(
-            "{} needs at least one of pool, priority, vm-id",
-            a.spec.name
-        )));
+        return Err(Error::Usage(Usage::Missing {
+            function: a.spec.name,
+            keys: a.spec.optional.to_vec(),
+            what: None,
+        }));
     }
     Ok(Request::Update(req))
 }
@@ -289,14 +292,17 @@ pub(crate) fn sync(a: &Args<'_>) -> Result<Request> {
         (true, false) => SyncTarget::All,
         (false, true) => SyncTarget::One(a.selector()?),
         (true, true) => {
-            return Err(Error::Usage(
-                "sync takes either all=true or one VM (vm-uuid or vm-name), not both".into(),
-            ))
+            return Err(Error::Usage(Usage::Conflict {
+                function: a.spec.name,
+                keys: vec!["all", "vm-uuid", "vm-name"],
+            }))
         }
         (false, false) => {
-            return Err(Error::Usage(
-                "sync needs all=true or one VM (vm-uuid or vm-name)".into(),
-            ))
+            return Err(Error::Usage(Usage::Missing {
+                function: a.spec.name,
+                keys: vec!["all", "vm-uuid", "vm-name"],
+                what: Some("the VMs to sync"),
+            }))
         }
     };
     Ok(Request::Sync {

@@ -53,7 +53,9 @@ pub struct Settings {
 pub struct Service {
     config: Config,
     db: PathBuf,
-    client: Client,
+    /// `Err`: why there is no XAPI connection (a setting is missing); only calls that need
+    /// XAPI fail with it.
+    client: std::result::Result<Client, (&'static str, String)>,
     remote: bool,
     /// This host's uuid, when this is a pool host (`VGPU_HOST_UUID` or the inventory).
     host_uuid: Option<String>,
@@ -103,8 +105,8 @@ impl Service {
             Endpoint::parse(&url).map_err(|e| Error::invalid("xapi", &url, e.to_string()))?;
         let session = s.session.clone().or_else(|| env("VGPU_XAPI_SESSION"));
         let auth = match session {
-            Some(r) => Auth::Session(r),
-            None if endpoint.is_unix() => Auth::LocalRoot,
+            Some(r) => Ok(Auth::Session(r)),
+            None if endpoint.is_unix() => Ok(Auth::LocalRoot),
             None => password_auth(s, &config, &url)?,
         };
         let options = ClientOptions {
@@ -119,7 +121,7 @@ impl Service {
         Ok(Service {
             remote: s.remote || config.mode == Mode::Remote,
             db,
-            client: Client::new(endpoint, auth, options),
+            client: auth.map(|auth| Client::new(endpoint, auth, options)),
             config,
             host_uuid: local_host_uuid(),
             on_wait: s.on_wait,
@@ -136,9 +138,26 @@ impl Service {
         self.run(Call::parse(function, args)?)
     }
 
+    /// The XAPI connection, or the setting it lacks.
+    fn client(&self) -> Result<&Client> {
+        self.client
+            .as_ref()
+            .map_err(|(setting, message)| Error::Setting {
+                setting,
+                message: message.clone(),
+            })
+    }
+
     /// Runs a validated call where the registry lives: here, or on the pool master's plugin.
     pub fn run(&self, call: Call) -> Result<Answer> {
-        match self.route(call.forwarded_by.as_deref())? {
+        let offline = Offline;
+        let xapi: &dyn Xapi = match self.client() {
+            Ok(client) => client,
+            // A call that reads only the registry here needs no XAPI, so no password either.
+            Err(_) if !call.spec.xapi && !self.remote && self.host_uuid.is_none() => &offline,
+            Err(e) => return Err(e),
+        };
+        match self.route(xapi, call.forwarded_by.as_deref())? {
             Route::Local => {
                 // Reading needs no write access and creates nothing.
                 let mut store = if call.spec.mutating {
@@ -151,7 +170,7 @@ impl Service {
                 let migration_backup = store.migration_backup().map(Path::to_path_buf);
                 let mut ctx = Ctx {
                     store: &mut store,
-                    xapi: &self.client,
+                    xapi,
                     config: &self.config,
                 };
                 Ok(Answer {
@@ -160,17 +179,17 @@ impl Service {
                 })
             }
             Route::Forward(master) => Ok(Answer {
-                outcome: self.forward(&master, &call)?,
+                outcome: self.forward(xapi, &master, &call)?,
                 migration_backup: None,
             }),
         }
     }
 
-    fn route(&self, forwarded_by: Option<&str>) -> Result<Route> {
+    fn route(&self, xapi: &dyn Xapi, forwarded_by: Option<&str>) -> Result<Route> {
         if let Some(from) = forwarded_by {
             // Forwarded to us: run here, but only if we are the master — never forward again.
             if let Some(me) = &self.host_uuid {
-                let master = self.master()?;
+                let master = master(xapi)?;
                 if &master.uuid != me {
                     return Err(Error::Internal(format!(
                         "host {me} received a call forwarded by host {from}, but it is not the \
@@ -183,12 +202,12 @@ impl Service {
             return Ok(Route::Local);
         }
         if self.remote {
-            return Ok(Route::Forward(self.master()?));
+            return Ok(Route::Forward(master(xapi)?));
         }
         match &self.host_uuid {
             None => Ok(Route::Local),
             Some(me) => {
-                let master = self.master()?;
+                let master = master(xapi)?;
                 if &master.uuid == me {
                     Ok(Route::Local)
                 } else {
@@ -198,13 +217,7 @@ impl Service {
         }
     }
 
-    fn master(&self) -> Result<xapi::HostRecord> {
-        self.client
-            .pool_master()
-            .map_err(|e| Error::xapi("finding the pool master", e))
-    }
-
-    fn forward(&self, master: &xapi::HostRecord, call: &Call) -> Result<Outcome> {
+    fn forward(&self, xapi: &dyn Xapi, master: &xapi::HostRecord, call: &Call) -> Result<Outcome> {
         let mut args = call.args.clone();
         args.insert(
             FORWARDED_BY.to_string(),
@@ -213,8 +226,7 @@ impl Service {
                 .unwrap_or_else(|| "remote-client".into()),
         );
         let function = call.function();
-        let answer = self
-            .client
+        let answer = xapi
             .call_plugin(&master.opaque_ref, PLUGIN, function.name, &args)
             .map_err(|e| from_plugin_error(e, master))?;
         Outcome::from_json(function.result, &answer).map_err(|e| {
@@ -232,7 +244,76 @@ enum Route {
     Forward(xapi::HostRecord),
 }
 
-fn password_auth(s: &Settings, config: &Config, url: &str) -> Result<Auth> {
+fn master(xapi: &dyn Xapi) -> Result<xapi::HostRecord> {
+    xapi.pool_master()
+        .map_err(|e| Error::xapi("finding the pool master", e))
+}
+
+/// Stands in for XAPI where a call must not need it (reads of the registry alone): any use is
+/// a bug, reported as such.
+struct Offline;
+
+impl Offline {
+    fn unused<T>(&self, method: &str) -> xapi::Result<T> {
+        Err(XapiError::Protocol {
+            method: method.to_string(),
+            reason: "internal error: XAPI used by a call that needs none".into(),
+        })
+    }
+}
+
+impl Xapi for Offline {
+    fn list_vms(&self) -> xapi::Result<Vec<xapi::VmRecord>> {
+        self.unused("VM.get_all_records_where")
+    }
+    fn vm_by_uuid(&self, _: &str) -> xapi::Result<Option<xapi::VmRecord>> {
+        self.unused("VM.get_by_uuid")
+    }
+    fn vms_by_name(&self, _: &str) -> xapi::Result<Vec<xapi::VmRecord>> {
+        self.unused("VM.get_by_name_label")
+    }
+    fn get_platform(&self, _: &str) -> xapi::Result<BTreeMap<String, String>> {
+        self.unused("VM.get_platform")
+    }
+    fn add_to_platform(&self, _: &str, _: &str, _: &str) -> xapi::Result<()> {
+        self.unused("VM.add_to_platform")
+    }
+    fn remove_from_platform(&self, _: &str, _: &str) -> xapi::Result<()> {
+        self.unused("VM.remove_from_platform")
+    }
+    fn power_state(&self, _: &str) -> xapi::Result<String> {
+        self.unused("VM.get_power_state")
+    }
+    fn clean_shutdown(&self, _: &str, _: u64) -> xapi::Result<()> {
+        self.unused("VM.clean_shutdown")
+    }
+    fn start(&self, _: &str) -> xapi::Result<()> {
+        self.unused("VM.start")
+    }
+    fn pool_master(&self) -> xapi::Result<xapi::HostRecord> {
+        self.unused("pool.get_master")
+    }
+    fn host_by_uuid(&self, _: &str) -> xapi::Result<Option<xapi::HostRecord>> {
+        self.unused("host.get_by_uuid")
+    }
+    fn call_plugin(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: &BTreeMap<String, String>,
+    ) -> xapi::Result<String> {
+        self.unused("host.call_plugin")
+    }
+}
+
+/// The password login for `url`; `Ok(Err(why))` when no password is given, which matters only
+/// to a call that needs XAPI. An unreadable password file is an error at once.
+fn password_auth(
+    s: &Settings,
+    config: &Config,
+    url: &str,
+) -> Result<std::result::Result<Auth, (&'static str, String)>> {
     let user = s
         .xapi_user
         .clone()
@@ -245,16 +326,21 @@ fn password_auth(s: &Settings, config: &Config, url: &str) -> Result<Auth> {
         .or_else(|| config.xapi_password_file.clone());
     let password = match file {
         Some(path) => read_password(&path)?,
-        None => env("VGPU_XAPI_PASSWORD").ok_or_else(|| {
-            Error::invalid(
-                "xapi password",
-                url,
-                "no password given: set a password file (config xapi_password_file) or \
-                 VGPU_XAPI_PASSWORD, or pass an existing session in VGPU_XAPI_SESSION",
-            )
-        })?,
+        None => match env("VGPU_XAPI_PASSWORD") {
+            Some(p) => p,
+            None => {
+                return Ok(Err((
+                    "xapi_password_file",
+                    format!(
+                        "XAPI at {url} needs a password for {user}: a password file (config \
+                         xapi_password_file) or VGPU_XAPI_PASSWORD, or an existing session in \
+                         VGPU_XAPI_SESSION"
+                    ),
+                )))
+            }
+        },
     };
-    Ok(Auth::Password { user, password })
+    Ok(Ok(Auth::Password { user, password }))
 }
 
 fn read_password(path: &Path) -> Result<String> {

@@ -48,6 +48,7 @@ __all__ = [
     "ConfirmationRequiredError",
     "VmStateError",
     "InternalError",
+    "ConfigError",
 ]
 
 # Each plugin function has the convenience of its name with "-" spelled "_", except these

@@ -22,6 +22,7 @@ __all__ = [
     "ConfirmationRequiredError",
     "VmStateError",
     "InternalError",
+    "ConfigError",
 ]
 
 
@@ -119,6 +120,12 @@ class InternalError(VgpuError):
     """A bug or an unexpected answer."""
 
     code = "INTERNAL"
+
+
+class ConfigError(VgpuError):
+    """The configuration file exists but cannot be read (permissions, a directory...)."""
+
+    code = "CONFIG_ERROR"
 
 
 # The class of each error code: what the native module raises.

@@ -282,7 +282,7 @@ impl Ctx<'_> {
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| {
                         Error::invalid(
-                            "stored vm-id",
+                            "stored vm_id",
                             &cur.vm_id.to_string(),
                             "it cannot be written to the device; give the VM a new vm_id",
                         )
@@ -614,7 +614,7 @@ impl Ctx<'_> {
                 .filter(|n| *n >= 1)
                 .ok_or_else(|| {
                     Error::invalid(
-                        "stored vm-id",
+                        "stored vm_id",
                         &cur.vm_id.to_string(),
                         "it cannot be written to the device; fix it with set-vm-id",
                     )
