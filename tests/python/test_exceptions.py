@@ -94,7 +94,8 @@ def test_xapi_and_database_errors(pkg, pool):
     details = check_vgpu_error(xapi, "XapiError", "XAPI_ERROR")
     assert (details["xapi_method"], details["xapi_code"], details["xapi_params"]) == (
         "VM.get_all_records_where", "HOST_OFFLINE", ["OpaqueRef:h"])
-    assert check_vgpu_error(db, "DatabaseError", "DATABASE_ERROR") == {"path": not_a_database}
+    assert check_vgpu_error(db, "DatabaseError", "DATABASE_ERROR") == {"path": not_a_database,
+                                                                        "permission_denied": False}
 
 
 def test_a_code_python_lacks_raises_vgpu_error_with_that_code(pkg, pool):

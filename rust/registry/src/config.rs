@@ -101,6 +101,12 @@ impl Config {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            // Text that is not UTF-8 is a bad file, as a syntax error is.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::invalid(
+                "config file",
+                &path.display().to_string(),
+                e.to_string(),
+            )),
             Err(e) => Err(Error::ConfigUnreadable {
                 path: path.to_path_buf(),
                 source: e,
