@@ -1,11 +1,19 @@
-//! Table output for people. JSON output is the serialised outcome itself; this renders the same
-//! typed values as aligned text.
+//! Output for people. JSON output is the serialised outcome itself; this renders the same typed
+//! values as aligned text.
 //!
 //! Every string from XAPI or the registry (names, uuids the old tools stored unchecked,
-//! device-model-args, messages quoting them) reaches the terminal through [`cell`] or [`line`],
-//! so its control characters are shown escaped and never act as escape sequences.
+//! device-model-args, messages quoting them) reaches the terminal through [`cell`] — table cells
+//! by [`Rows::row`] and [`Rows::below`], other text by [`Page::line`] — so its control characters
+//! are shown escaped and never act as escape sequences.
+//!
+//! Everything is laid out for one width ([`out_width`]), and no line ends in spaces. A table whose
+//! rows fit whole is one line per row. When they do not, the uuid leaves the row for a line of its
+//! own under it (a uuid is never cut or wrapped: people copy it), which leaves the name the room
+//! it needs; a name longer than even that is cut with `…` (`--format json` has it whole). Values
+//! that are read rather than scanned (show-vm's fields, argument lists, pool descriptions) wrap,
+//! and details (drift, problems, errors) go on lines of their own under their VM.
 
-use comfy_table::{presets, Table};
+use comfy_table::{presets, Cell, ColumnConstraint, Row, Table, Width};
 use registry::functions::FUNCTIONS;
 use registry::model::{printable, Registration};
 use registry::report::{
@@ -13,37 +21,43 @@ use registry::report::{
     VmStatus,
 };
 use registry::{FunctionSpec, Outcome};
-use std::fmt::Write;
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
 
 const OK: &str = "✓";
 const WARN: &str = "⚠";
+/// Spaces between two columns.
+const GAP: usize = 2;
+/// Indent of a uuid moved under its row.
+const UUID_INDENT: usize = 2;
+/// Indent of the details under a row.
+const DETAIL_INDENT: usize = 4;
+/// Width of a uuid (and so the least width of a column that shows one whole).
+const UUID_WIDTH: usize = 36;
 
-/// A table whose rows go through [`Rows::row`].
-struct Rows(Table);
-
-impl Rows {
-    fn new(header: &[&str]) -> Rows {
-        let mut t = Table::new();
-        t.load_style(presets::NOTHING);
-        if !header.is_empty() {
-            t.set_header(header.to_vec());
-        }
-        Rows(t)
-    }
-
-    fn row<S: AsRef<str>>(&mut self, cells: impl IntoIterator<Item = S>) {
-        self.0.add_row(
-            cells
-                .into_iter()
-                .map(|c| cell(c.as_ref()))
-                .collect::<Vec<_>>(),
-        );
-    }
+/// The width output for people is laid out for.
+///
+/// On a terminal: its width (`COLUMNS`, else 80, when it does not tell). Elsewhere: `COLUMNS`
+/// when it holds a width, so `COLUMNS=100 vgpu-admin scan-vms | less` looks as on a terminal of
+/// 100 columns; otherwise no limit, so a file or a pipe gets every row on one line with nothing
+/// cut — `grep` sees whole rows, and programs should read `--format json` anyway.
+fn out_width() -> Option<usize> {
+    let stdout = std::io::stdout();
+    let terminal = stdout
+        .is_terminal()
+        .then(|| terminal_size::terminal_size_of(stdout.as_fd()).map(|(w, _)| usize::from(w.0)));
+    width_for(terminal, std::env::var("COLUMNS").ok().as_deref())
 }
 
-impl std::fmt::Display for Rows {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+/// [`out_width`] from what it found: `terminal` is `Some` when stdout is a terminal, holding its
+/// width when it tells one; `columns` is `COLUMNS`.
+fn width_for(terminal: Option<Option<usize>>, columns: Option<&str>) -> Option<usize> {
+    let columns = columns
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&c| c > 0);
+    match terminal {
+        Some(size) => Some(size.filter(|&w| w > 0).or(columns).unwrap_or(80)),
+        None => columns,
     }
 }
 
@@ -52,10 +66,301 @@ fn cell(s: &str) -> String {
     printable(s).into_owned()
 }
 
-/// A line of text outside a table, escaped the same way.
-fn line(out: &mut String, text: &str) {
-    out.push_str(&cell(text));
-    out.push('\n');
+/// How a cell wider than its column is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fit {
+    /// Never cut or wrapped: uuids, which people copy, and short words and numbers.
+    Whole,
+    /// Cut with `…`: names in listings, which stay one line per VM.
+    Cut,
+    /// Wrapped onto more lines: values read rather than scanned.
+    Wrap,
+}
+
+/// Display width of escaped text: `✓` is one column, a CJK character two.
+fn measure(text: &str) -> usize {
+    if text.is_empty() {
+        return 0;
+    }
+    let mut t = Table::new();
+    t.add_row(vec![text]);
+    t.column_max_content_widths()
+        .first()
+        .map_or(0, |w| usize::from(*w))
+}
+
+/// Escaped text in a column `width` wide: its lines, each padded to `width`.
+fn fit(text: &str, width: usize, how: Fit) -> Vec<String> {
+    let mut c = Cell::new(text);
+    let mut row = Row::new();
+    if how == Fit::Cut {
+        // One piece (escaped text has no NUL): cut where the width ends, not at a space before.
+        c = c.set_delimiter('\0');
+        row.max_height(1);
+    }
+    row.add_cell(c);
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING);
+    t.add_row(row);
+    if let Some(col) = t.column_mut(0) {
+        let width = u16::try_from(width.max(1)).unwrap_or(u16::MAX);
+        col.set_padding((0, 0))
+            .set_constraint(ColumnConstraint::Absolute(Width::Fixed(width)));
+    }
+    t.lines().collect()
+}
+
+/// Escaped text broken at spaces into lines of at most `width` columns, the first indented by
+/// `first` spaces, the others by `rest` (a word longer than a line is split).
+fn wrapped(text: &str, width: Option<usize>, first: usize, rest: usize) -> Vec<String> {
+    let Some(width) = width else {
+        return vec![format!("{:first$}{text}", "")];
+    };
+    let mut lines = Vec::new();
+    let mut line = " ".repeat(first);
+    let mut used = first;
+    let mut fresh = true;
+    for word in text.split(' ') {
+        let w = measure(word);
+        if !fresh && used + 1 + w > width {
+            lines.push(std::mem::replace(&mut line, " ".repeat(rest)));
+            used = rest;
+            fresh = true;
+        }
+        if fresh && used + w > width {
+            let mut pieces = fit(word, width.saturating_sub(rest).max(1), Fit::Wrap);
+            let last = pieces.pop().unwrap_or_default();
+            for p in pieces {
+                line.push_str(&p);
+                lines.push(std::mem::replace(&mut line, " ".repeat(rest)));
+            }
+            let last = last.trim_end_matches(' ');
+            line.push_str(last);
+            used = measure(&line);
+            fresh = false;
+            continue;
+        }
+        if !fresh {
+            line.push(' ');
+            used += 1;
+        }
+        line.push_str(word);
+        used += w;
+        fresh = false;
+    }
+    lines.push(line);
+    lines
+        .into_iter()
+        .map(|l| l.trim_end_matches(' ').to_string())
+        .collect()
+}
+
+/// Output for people at one width: text through [`Page::line`], tables through [`Page::table`].
+struct Page {
+    width: Option<usize>,
+    out: String,
+}
+
+impl Page {
+    fn new(width: Option<usize>) -> Page {
+        Page {
+            width,
+            out: String::new(),
+        }
+    }
+
+    /// A line of text outside a table, escaped like a cell and broken at spaces to the page's
+    /// width; its continuation lines are indented two more than it.
+    fn line(&mut self, text: &str) {
+        let text = cell(text);
+        let body = text.trim_start_matches(' ');
+        let lead = text.len() - body.len();
+        for l in wrapped(body, self.width, lead, lead + 2) {
+            self.out.push_str(&l);
+            self.out.push('\n');
+        }
+    }
+
+    fn blank(&mut self) {
+        self.out.push('\n');
+    }
+
+    fn table(&mut self, t: &Rows) {
+        for l in t.render(self.width) {
+            self.out.push_str(&l);
+            self.out.push('\n');
+        }
+    }
+}
+
+/// One row of a [`Rows`]: its cells and the lines under it, all escaped.
+struct Entry {
+    cells: Vec<String>,
+    below: Vec<String>,
+}
+
+/// A table whose cells go through [`Rows::row`] and details through [`Rows::below`].
+struct Rows {
+    /// Column titles; none for a table without a header.
+    titles: Vec<&'static str>,
+    fits: Vec<Fit>,
+    /// Least width of each column (at least its title's).
+    mins: Vec<usize>,
+    /// The column holding the uuid, which moves under its row when the rows do not fit whole.
+    uuid: Option<usize>,
+    rows: Vec<Entry>,
+}
+
+impl Rows {
+    fn new(columns: &[(&'static str, Fit)]) -> Rows {
+        Rows {
+            titles: columns.iter().map(|c| c.0).collect(),
+            fits: columns.iter().map(|c| c.1).collect(),
+            mins: columns.iter().map(|c| measure(c.0).max(1)).collect(),
+            uuid: None,
+            rows: Vec::new(),
+        }
+    }
+
+    /// A table without a header.
+    fn plain(fits: &[Fit]) -> Rows {
+        Rows {
+            titles: Vec::new(),
+            fits: fits.to_vec(),
+            mins: vec![1; fits.len()],
+            uuid: None,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Column `i` holds the VM's uuid.
+    fn uuid_column(mut self, i: usize) -> Rows {
+        self.uuid = Some(i);
+        self
+    }
+
+    /// Column `i` is never narrower than `width`.
+    fn min_width(mut self, i: usize, width: usize) -> Rows {
+        self.mins[i] = self.mins[i].max(width);
+        self
+    }
+
+    fn row<S: AsRef<str>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        let mut cells: Vec<String> = cells.into_iter().map(|c| cell(c.as_ref())).collect();
+        cells.resize(self.fits.len(), String::new());
+        self.rows.push(Entry {
+            cells,
+            below: Vec::new(),
+        });
+    }
+
+    /// A line of detail under the last row.
+    fn below(&mut self, text: &str) {
+        if let Some(e) = self.rows.last_mut() {
+            e.below.push(cell(text));
+        }
+    }
+
+    /// The table's lines for a page `width` wide (no limit: every row on one line, whole).
+    fn render(&self, width: Option<usize>) -> Vec<String> {
+        let n = self.fits.len();
+        let mut natural: Vec<usize> = (0..n)
+            .map(|c| self.titles.get(c).map_or(0, |t| measure(t)).max(1))
+            .collect();
+        for e in &self.rows {
+            for (c, text) in e.cells.iter().enumerate() {
+                natural[c] = natural[c].max(measure(text));
+            }
+        }
+        let inline = natural.iter().sum::<usize>() + GAP * n.saturating_sub(1);
+        let moved = match (width, self.uuid) {
+            (Some(w), Some(u)) if inline > w && n > 1 => Some(u),
+            _ => None,
+        };
+        let shown: Vec<usize> = (0..n).filter(|&c| Some(c) != moved).collect();
+        let widths = self.allocate(&shown, &natural, width);
+        let mut out = Vec::new();
+        if !self.titles.is_empty() {
+            out.extend(compose(
+                shown
+                    .iter()
+                    .zip(&widths)
+                    .map(|(&c, &w)| (self.titles[c], w, Fit::Wrap)),
+            ));
+            if let Some(u) = moved {
+                out.push(format!("{:UUID_INDENT$}{}", "", self.titles[u]));
+            }
+        }
+        for e in &self.rows {
+            out.extend(compose(
+                shown
+                    .iter()
+                    .zip(&widths)
+                    .map(|(&c, &w)| (e.cells[c].as_str(), w, self.fits[c])),
+            ));
+            if let Some(u) = moved {
+                out.push(format!("{:UUID_INDENT$}{}", "", e.cells[u]));
+            }
+            for b in &e.below {
+                out.extend(wrapped(b, width, DETAIL_INDENT, DETAIL_INDENT + 2));
+            }
+        }
+        out
+    }
+
+    /// Widths of the `shown` columns within `width`: whole columns get their content's width,
+    /// cut and wrapped ones share the rest, the narrowest content served first, none below its
+    /// least width (so a page narrower than the whole columns overflows rather than cut a uuid).
+    fn allocate(&self, shown: &[usize], natural: &[usize], width: Option<usize>) -> Vec<usize> {
+        let want: Vec<usize> = shown
+            .iter()
+            .map(|&c| natural[c].max(self.mins[c]))
+            .collect();
+        let gaps = GAP * shown.len().saturating_sub(1);
+        let Some(width) = width else { return want };
+        if want.iter().sum::<usize>() + gaps <= width {
+            return want;
+        }
+        let mut flex: Vec<usize> = (0..shown.len())
+            .filter(|&i| self.fits[shown[i]] != Fit::Whole)
+            .collect();
+        let fixed: usize = (0..shown.len())
+            .filter(|i| !flex.contains(i))
+            .map(|i| want[i])
+            .sum();
+        let mut room = width.saturating_sub(fixed + gaps);
+        flex.sort_by_key(|&i| want[i]);
+        let mut got = want.clone();
+        let mut left = flex.len();
+        for i in flex {
+            let share = room / left;
+            got[i] = want[i].min(share).max(self.mins[shown[i]]);
+            room = room.saturating_sub(got[i]);
+            left -= 1;
+        }
+        got
+    }
+}
+
+/// One row's lines: its cells side by side, `GAP` apart, without trailing spaces.
+fn compose<'a>(cells: impl Iterator<Item = (&'a str, usize, Fit)>) -> Vec<String> {
+    let pieces: Vec<(Vec<String>, usize)> = cells.map(|(t, w, f)| (fit(t, w, f), w)).collect();
+    let height = pieces.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+    (0..height)
+        .map(|i| {
+            let mut line = String::new();
+            for (k, (p, w)) in pieces.iter().enumerate() {
+                if k > 0 {
+                    line.push_str(&" ".repeat(GAP));
+                }
+                match p.get(i) {
+                    Some(s) => line.push_str(s),
+                    None => line.push_str(&" ".repeat(*w)),
+                }
+            }
+            line.trim_end_matches(' ').to_string()
+        })
+        .collect()
 }
 
 fn name(n: &Option<String>) -> String {
@@ -73,41 +378,43 @@ fn status_mark(s: VmStatus) -> String {
     }
 }
 
-fn drift_text(d: &[Drift]) -> String {
-    d.iter()
-        .map(|d| {
-            format!(
-                "{}: registry {} / device {}",
-                d.field.as_str(),
-                d.registry,
-                d.device.as_deref().unwrap_or("(missing)")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+fn drift_text(d: &Drift) -> String {
+    format!(
+        "{}: registry {} / device {}",
+        d.field.as_str(),
+        d.registry,
+        d.device.as_deref().unwrap_or("(missing)")
+    )
 }
 
 pub fn render(outcome: &Outcome, function: &FunctionSpec) -> String {
+    let mut page = Page::new(out_width());
     match outcome {
-        Outcome::Scan(s) => scan(s),
-        Outcome::Applied(a) => applied(a, function.name),
-        Outcome::Show(s) => show(s),
-        Outcome::List(l) => list(l),
-        Outcome::Pools(p) => pools(p),
+        Outcome::Scan(s) => scan(&mut page, s),
+        Outcome::Applied(a) => applied(&mut page, a, function.name),
+        Outcome::Show(s) => show(&mut page, s),
+        Outcome::List(l) => list(&mut page, l),
+        Outcome::Pools(p) => pools(&mut page, p),
         Outcome::Pool(p) => {
-            let mut out = pools(std::slice::from_ref(&p.pool));
-            out.push('\n');
-            out.push_str(&list(&p.vms));
-            out
+            pools(&mut page, std::slice::from_ref(&p.pool));
+            page.blank();
+            list(&mut page, &p.vms);
         }
-        Outcome::Status(s) => status(s),
-        Outcome::Sync(s) => sync(s),
+        Outcome::Status(s) => status(&mut page, s),
+        Outcome::Sync(s) => sync(&mut page, s),
     }
+    page.out
 }
 
 /// `vgpu-admin functions`: the function table.
 pub fn functions() -> String {
-    let mut t = Rows::new(&["FUNCTION", "COMMAND", "CHANGES", "ARGUMENTS"]);
+    use Fit::*;
+    let mut t = Rows::new(&[
+        ("FUNCTION", Whole),
+        ("COMMAND", Whole),
+        ("CHANGES", Whole),
+        ("ARGUMENTS", Wrap),
+    ]);
     for f in FUNCTIONS {
         let mut args: Vec<String> = Vec::new();
         if !f.vm_keys().is_empty() {
@@ -128,25 +435,27 @@ pub fn functions() -> String {
             &args.join(" "),
         ]);
     }
-    format!("{t}\n")
+    let mut page = Page::new(out_width());
+    page.table(&t);
+    page.out
 }
 
-fn scan(s: &ScanReport) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "=== Registered VMs ({}) ===", s.registered.len());
+fn scan(page: &mut Page, s: &ScanReport) {
+    use Fit::*;
+    page.line(&format!("=== Registered VMs ({}) ===", s.registered.len()));
     if !s.registered.is_empty() {
         let mut t = Rows::new(&[
-            "UUID", "NAME", "POOL", "PRIORITY", "VM ID", "POWER", "STATUS",
-        ]);
+            ("UUID", Whole),
+            ("NAME", Cut),
+            ("POOL", Whole),
+            ("PRIORITY", Whole),
+            ("VM ID", Whole),
+            ("POWER", Whole),
+            ("STATUS", Whole),
+        ])
+        .uuid_column(0);
         for r in &s.registered {
             let reg = &r.registration;
-            let mut status = status_mark(r.status);
-            if !r.drift.is_empty() {
-                status = format!("{status} ({})", drift_text(&r.drift));
-            }
-            for p in &r.problems {
-                status = format!("{status}; {WARN} {p}");
-            }
             t.row([
                 reg.vm_uuid.clone(),
                 name(&reg.vm_name),
@@ -154,14 +463,30 @@ fn scan(s: &ScanReport) -> String {
                 priority(reg),
                 reg.vm_id.to_string(),
                 r.power_state.to_string(),
-                status,
+                status_mark(r.status),
             ]);
+            for d in &r.drift {
+                t.below(&drift_text(d));
+            }
+            for p in &r.problems {
+                t.below(&format!("{WARN} {p}"));
+            }
         }
-        let _ = writeln!(out, "{t}");
+        page.table(&t);
     }
-    let _ = writeln!(out, "\n=== Unregistered VMs ({}) ===", s.unregistered.len());
+    page.blank();
+    page.line(&format!(
+        "=== Unregistered VMs ({}) ===",
+        s.unregistered.len()
+    ));
     if !s.unregistered.is_empty() {
-        let mut t = Rows::new(&["UUID", "NAME", "POWER", "STATUS"]);
+        let mut t = Rows::new(&[
+            ("UUID", Whole),
+            ("NAME", Cut),
+            ("POWER", Whole),
+            ("STATUS", Whole),
+        ])
+        .uuid_column(0);
         for u in &s.unregistered {
             t.row([
                 u.vm_uuid.clone(),
@@ -170,15 +495,23 @@ fn scan(s: &ScanReport) -> String {
                 format!("{WARN} not registered"),
             ]);
         }
-        let _ = writeln!(out, "{t}");
-        let _ = writeln!(
-            out,
-            "Register one with: vgpu-admin register-vm --vm-uuid UUID --pool A|B --priority low|medium|high [--vm-id ID]"
-        );
+        page.table(&t);
+        // The command on a line of its own, short enough not to wrap at 80 columns.
+        page.line("Register one with (add --vm-id ID to choose its id):");
+        page.line("  vgpu-admin register-vm --vm-uuid UUID --pool A|B --priority low|medium|high");
     }
     if !s.stale.is_empty() {
-        let _ = writeln!(out, "\n=== Stale registrations ({}) ===", s.stale.len());
-        let mut t = Rows::new(&["UUID", "NAME", "POOL", "PRIORITY", "VM ID", "STATUS"]);
+        page.blank();
+        page.line(&format!("=== Stale registrations ({}) ===", s.stale.len()));
+        let mut t = Rows::new(&[
+            ("UUID", Whole),
+            ("NAME", Cut),
+            ("POOL", Whole),
+            ("PRIORITY", Whole),
+            ("VM ID", Whole),
+            ("STATUS", Whole),
+        ])
+        .uuid_column(0);
         for st in &s.stale {
             let reg = &st.registration;
             t.row([
@@ -189,71 +522,61 @@ fn scan(s: &ScanReport) -> String {
                 reg.vm_id.to_string(),
                 format!("{WARN} VM no longer exists"),
             ]);
+            for p in &st.problems {
+                t.below(&format!("{WARN} {p}"));
+            }
         }
-        let _ = writeln!(out, "{t}");
-        let _ = writeln!(out, "Remove one with: vgpu-admin remove-vm --vm-uuid UUID");
+        page.table(&t);
+        page.line("Remove one with: vgpu-admin remove-vm --vm-uuid UUID");
     }
     let m = &s.summary;
-    let _ = writeln!(
-        out,
-        "\nSummary: {} VMs, {} registered ({} configured, {} drift, {} not applied), {} unregistered, {} stale",
+    page.blank();
+    page.line(&format!(
+        "Summary: {} VMs, {} registered ({} configured, {} drift, {} not applied), {} unregistered, {} stale",
         m.total_vms, m.registered, m.configured, m.drift, m.not_applied, m.unregistered, m.stale
-    );
-    out
+    ));
 }
 
-fn applied(a: &Applied, function: &str) -> String {
+fn applied(page: &mut Page, a: &Applied, function: &str) {
     let r = &a.registration;
     let verb = match function {
         "register" => "Registered",
         "remove" => "Removed",
         _ => "Updated",
     };
-    let mut out = String::new();
-    line(
-        &mut out,
-        &format!(
-            "{OK} {verb} VM {} ({}): pool {}, priority {}, vm_id {}",
-            r.vm_uuid,
-            name(&r.vm_name),
-            r.pool,
-            r.priority,
-            r.vm_id
-        ),
-    );
+    page.line(&format!(
+        "{OK} {verb} VM {} ({}): pool {}, priority {}, vm_id {}",
+        r.vm_uuid,
+        name(&r.vm_name),
+        r.pool,
+        r.priority,
+        r.vm_id
+    ));
     match &a.power_state {
-        None => line(
-            &mut out,
-            "  the VM no longer exists: removed from the registry only",
-        ),
-        Some(_) => line(
-            &mut out,
-            &format!(
-                "  device-model-args: {}",
-                a.device_model_args.as_deref().unwrap_or("(none)")
-            ),
-        ),
+        None => page.line("  the VM no longer exists: removed from the registry only"),
+        Some(_) => page.line(&format!(
+            "  device-model-args: {}",
+            a.device_model_args.as_deref().unwrap_or("(none)")
+        )),
     }
     if a.restarted {
-        let _ = writeln!(out, "  {OK} VM restarted: the change is active");
+        page.line(&format!("  {OK} VM restarted: the change is active"));
     } else if a.pending_restart {
         let state = a
             .power_state
             .as_ref()
             .map_or_else(|| "?".to_string(), |p| p.to_string());
-        line(
-            &mut out,
-            &format!(
-                "  {WARN} the VM is {state}: the change takes effect at its next start (or use --restart)"
-            ),
-        );
+        page.line(&format!(
+            "  {WARN} the VM is {state}: the change takes effect at its next start (or use --restart)"
+        ));
     }
-    out
 }
 
-fn show(s: &ShowReport) -> String {
+fn show(page: &mut Page, s: &ShowReport) {
     let r = &s.registration;
-    let mut t = Rows::new(&[]);
+    // Read one at a time, so values wrap whole rather than being cut; the column keeps room
+    // for a uuid on one line.
+    let mut t = Rows::plain(&[Fit::Whole, Fit::Wrap]).min_width(1, UUID_WIDTH);
     let rows: Vec<(&str, String)> = vec![
         ("VM UUID", r.vm_uuid.clone()),
         ("Name", name(&r.vm_name)),
@@ -286,19 +609,29 @@ fn show(s: &ShowReport) -> String {
         t.row([format!("{k}:"), v]);
     }
     for d in &s.drift {
-        t.row(["Drift:".to_string(), drift_text(std::slice::from_ref(d))]);
+        t.row(["Drift:".to_string(), drift_text(d)]);
     }
     for p in &s.problems {
         t.row(["Problem:".to_string(), format!("{WARN} {p}")]);
     }
-    format!("{t}\n")
+    page.table(&t);
 }
 
-fn list(l: &[Registration]) -> String {
+fn list(page: &mut Page, l: &[Registration]) {
+    use Fit::*;
     if l.is_empty() {
-        return "No registered VMs.\n".into();
+        page.line("No registered VMs.");
+        return;
     }
-    let mut t = Rows::new(&["UUID", "NAME", "POOL", "PRIORITY", "VM ID", "UPDATED"]);
+    let mut t = Rows::new(&[
+        ("UUID", Whole),
+        ("NAME", Cut),
+        ("POOL", Whole),
+        ("PRIORITY", Whole),
+        ("VM ID", Whole),
+        ("UPDATED", Whole),
+    ])
+    .uuid_column(0);
     for r in l {
         t.row([
             r.vm_uuid.clone(),
@@ -309,19 +642,21 @@ fn list(l: &[Registration]) -> String {
             r.updated_at.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    format!("{t}\n")
+    page.table(&t);
 }
 
-fn pools(p: &[PoolInfo]) -> String {
+fn pools(page: &mut Page, p: &[PoolInfo]) {
+    use Fit::*;
+    // Two pools: names and descriptions wrap, shown whole.
     let mut t = Rows::new(&[
-        "POOL",
-        "NAME",
-        "ENABLED",
-        "VMS",
-        "HIGH",
-        "MEDIUM",
-        "LOW",
-        "DESCRIPTION",
+        ("POOL", Whole),
+        ("NAME", Wrap),
+        ("ENABLED", Whole),
+        ("VMS", Whole),
+        ("HIGH", Whole),
+        ("MEDIUM", Whole),
+        ("LOW", Whole),
+        ("DESCRIPTION", Wrap),
     ]);
     for i in p {
         t.row([
@@ -335,30 +670,29 @@ fn pools(p: &[PoolInfo]) -> String {
             i.description.clone().unwrap_or_default(),
         ]);
     }
-    format!("{t}\n")
+    page.table(&t);
 }
 
-fn status(s: &StatusReport) -> String {
-    let mut out = String::from("=== Pools ===\n");
-    out.push_str(&pools(&s.pools));
+fn status(page: &mut Page, s: &StatusReport) {
+    page.line("=== Pools ===");
+    pools(page, &s.pools);
     let m = &s.summary;
-    let _ = writeln!(out, "\n=== VMs ===");
-    let _ = writeln!(out, "  in the pool:   {}", m.total_vms);
-    let _ = writeln!(
-        out,
+    page.blank();
+    page.line("=== VMs ===");
+    page.line(&format!("  in the pool:   {}", m.total_vms));
+    page.line(&format!(
         "  registered:    {} ({} configured)",
         m.registered, m.configured
-    );
-    let _ = writeln!(out, "  unregistered:  {}", m.unregistered);
+    ));
+    page.line(&format!("  unregistered:  {}", m.unregistered));
     let mark = |n: usize| if n == 0 { OK } else { WARN };
-    let _ = writeln!(out, "  {} drift:       {}", mark(m.drift), m.drift);
-    let _ = writeln!(
-        out,
+    page.line(&format!("  {} drift:       {}", mark(m.drift), m.drift));
+    page.line(&format!(
         "  {} not applied: {}",
         mark(m.not_applied),
         m.not_applied
-    );
-    let _ = writeln!(out, "  {} stale:       {}", mark(m.stale), m.stale);
+    ));
+    page.line(&format!("  {} stale:       {}", mark(m.stale), m.stale));
     for (title, list) in [
         ("Drift", &s.drift),
         ("Not applied", &s.not_applied),
@@ -366,37 +700,48 @@ fn status(s: &StatusReport) -> String {
         ("Stale", &s.stale),
     ] {
         if !list.is_empty() {
-            let _ = writeln!(out, "\n{title}:");
+            page.blank();
+            page.line(&format!("{title}:"));
             for v in list {
-                line(&mut out, &format!("  {v}"));
+                page.line(&format!("  {v}"));
             }
         }
     }
     if !s.problems.is_empty() {
-        let _ = writeln!(out, "\nProblems:");
+        page.blank();
+        page.line("Problems:");
         for p in &s.problems {
             for msg in &p.problems {
-                line(
-                    &mut out,
-                    &format!("  {WARN} {} ({}): {msg}", p.vm_uuid, name(&p.vm_name)),
-                );
+                page.line(&format!(
+                    "  {WARN} {} ({}): {msg}",
+                    p.vm_uuid,
+                    name(&p.vm_name)
+                ));
             }
         }
     }
     if m.drift + m.not_applied > 0 {
-        let _ = writeln!(out, "\nRe-apply the registry with: vgpu-admin sync --all");
+        page.blank();
+        page.line("Re-apply the registry with: vgpu-admin sync --all");
     }
-    out
 }
 
-fn sync(s: &SyncReport) -> String {
-    let mut t = Rows::new(&["UUID", "NAME", "BEFORE", "ACTION", "NOTE"]);
+fn sync(page: &mut Page, s: &SyncReport) {
+    use Fit::*;
+    let mut t = Rows::new(&[
+        ("UUID", Whole),
+        ("NAME", Cut),
+        ("BEFORE", Whole),
+        ("ACTION", Whole),
+        ("NOTE", Whole),
+    ])
+    .uuid_column(0);
     for r in &s.results {
-        let note = match (&r.error, r.restarted, r.pending_restart) {
-            (Some(e), _, _) => e["message"].as_str().unwrap_or("failed").to_string(),
-            (None, true, _) => "restarted".into(),
-            (None, false, true) => "takes effect at next start".into(),
-            _ => String::new(),
+        let note = match (r.restarted, r.pending_restart) {
+            _ if r.error.is_some() => "",
+            (true, _) => "restarted",
+            (false, true) => "takes effect at next start",
+            _ => "",
         };
         let action = match r.action {
             SyncAction::Unchanged => format!("{OK} unchanged"),
@@ -412,32 +757,161 @@ fn sync(s: &SyncReport) -> String {
             name(&r.vm_name),
             r.status_before.as_str().to_string(),
             action,
-            note,
+            note.to_string(),
         ]);
+        if let Some(e) = &r.error {
+            t.below(&format!(
+                "{WARN} {}",
+                e["message"].as_str().unwrap_or("failed")
+            ));
+        }
     }
-    let mut out = format!("{t}\n");
+    page.table(&t);
     if s.dry_run {
-        out.push_str("Dry run: nothing was changed.\n");
+        page.line("Dry run: nothing was changed.");
     }
     if s.failed > 0 {
-        let _ = writeln!(out, "{WARN} {} VM(s) failed", s.failed);
+        page.line(&format!("{WARN} {} VM(s) failed", s.failed));
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const U1: &str = "48df46e9-31b9-4aea-b4b8-678e9a3c70d6";
+    const U2: &str = "828a3951-c823-442c-b4b2-6d14384ca337";
+
+    fn listing() -> Rows {
+        Rows::new(&[
+            ("UUID", Fit::Whole),
+            ("NAME", Fit::Cut),
+            ("POWER", Fit::Whole),
+            ("STATUS", Fit::Whole),
+        ])
+        .uuid_column(0)
+    }
+
+    fn assert_fits(lines: &[String], width: usize) {
+        for l in lines {
+            assert!(measure(l) <= width, "{} > {width}: {l:?}", measure(l));
+            assert!(!l.ends_with(' '), "trailing space: {l:?}");
+        }
+    }
+
     #[test]
     fn cells_and_lines_escape_control_characters() {
-        let mut t = Rows::new(&["A"]);
+        let mut t = Rows::new(&[("A", Fit::Whole)]);
         t.row(["\u{1b}[2Jx\ty"]);
-        let text = t.to_string();
-        assert!(!text.contains('\u{1b}') && !text.contains('\t'), "{text:?}");
-        assert!(text.contains("\\u{1b}[2Jx\\ty"), "{text:?}");
-        let mut out = String::new();
-        line(&mut out, "a\u{7}b");
-        assert_eq!(out, "a\\u{7}b\n");
+        t.below("b\u{1b}[31m");
+        for width in [None, Some(8)] {
+            let text = t.render(width).join("\n");
+            assert!(!text.contains('\u{1b}') && !text.contains('\t'), "{text:?}");
+            assert!(text.contains("\\u{1b}"), "{text:?}");
+        }
+        assert!(t.render(None).join("\n").contains("\\u{1b}[2Jx\\ty"));
+        let mut page = Page::new(Some(80));
+        page.line("a\u{7}b");
+        assert_eq!(page.out, "a\\u{7}b\n");
+    }
+
+    #[test]
+    fn rows_that_fit_are_one_line_each_without_trailing_spaces() {
+        let mut t = listing();
+        t.row([U1, "web 01", "running", "✓ configured"]);
+        t.row([U2, "db", "halted", ""]);
+        let lines = t.render(Some(80));
+        assert_eq!(
+            lines,
+            [
+                format!("UUID{}NAME    POWER    STATUS", " ".repeat(34)),
+                format!("{U1}  web 01  running  ✓ configured"),
+                format!("{U2}  db      halted"),
+            ]
+        );
+        assert_eq!(t.render(None), lines);
+    }
+
+    #[test]
+    fn a_row_too_wide_puts_the_uuid_under_it_and_cuts_only_what_still_does_not_fit() {
+        let long = "a VM whose name-label goes on and on and on and on and on and on";
+        let mut t = listing();
+        t.row([U1, long, "suspended", "✓ configured"]);
+        t.below("pool: registry A / device B");
+        let lines = t.render(Some(80));
+        assert_fits(&lines, 80);
+        assert_eq!(lines[1], "  UUID");
+        assert_eq!(lines[3], format!("  {U1}"));
+        assert_eq!(lines[4], "    pool: registry A / device B");
+        assert!(
+            lines[2].starts_with("a VM whose name-label goes on"),
+            "{lines:?}"
+        );
+        assert!(lines[2].contains("…  suspended  ✓ configured"), "{lines:?}");
+        // Wide enough for all but the uuid: the name whole.
+        let lines = t.render(Some(100));
+        assert_fits(&lines, 100);
+        assert!(lines[2].starts_with(long), "{lines:?}");
+        // Unlimited: one line, whole.
+        assert_eq!(t.render(None).len(), 3);
+        assert!(t.render(None)[1].contains(long));
+    }
+
+    #[test]
+    fn widths_are_display_columns() {
+        let mut t = listing();
+        t.row([U1, "渲染节点-第一台", "running", "⚠ drift"]);
+        t.row([U2, "x", "halted", "⚠ drift"]);
+        let lines = t.render(Some(80));
+        assert_fits(&lines, 80);
+        // The same column where STATUS starts on every line.
+        let at: Vec<usize> = lines
+            .iter()
+            .map(|l| measure(&l[..l.find(['S', '⚠']).unwrap()]))
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] == w[1]), "{lines:#?}");
+    }
+
+    #[test]
+    fn wrapped_columns_and_lines_break_at_spaces_and_keep_a_uuid_whole() {
+        let mut t = Rows::plain(&[Fit::Whole, Fit::Wrap]).min_width(1, UUID_WIDTH);
+        t.row(["VM UUID:", U1]);
+        let args = "-device vgpu-cuda,addr=5,pool_id=A,priority=high,vm_id=1 -global PIIX4_PM.disable_s3=1 -rtc base=localtime";
+        t.row(["device-model-args:", args]);
+        let lines = t.render(Some(60));
+        assert_fits(&lines, 60);
+        assert!(lines.len() > 2 && lines[0].ends_with(U1), "{lines:#?}");
+        // Nothing lost: the value's characters, in order, after the key's column.
+        let value: String = lines[1..].iter().flat_map(|l| l[20..].chars()).collect();
+        let unspaced = |s: &str| s.replace(' ', "");
+        assert_eq!(unspaced(&value), unspaced(args));
+        assert!(lines[1..].iter().all(|l| l.len() > 20), "{lines:#?}");
+        // A narrower page overflows rather than breaking the uuid.
+        assert!(t.render(Some(40))[0].ends_with(U1));
+
+        let mut page = Page::new(Some(44));
+        page.line(&format!(
+            "  {WARN} {U2} (render-01): the vgpu device is missing from device-model-args"
+        ));
+        let lines: Vec<String> = page.out.lines().map(str::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                format!("  ⚠ {U2}"),
+                "    (render-01): the vgpu device is missing".into(),
+                "    from device-model-args".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_page_is_laid_out_for_the_terminal_else_for_columns_else_without_limit() {
+        assert_eq!(width_for(Some(Some(120)), Some("80")), Some(120));
+        assert_eq!(width_for(Some(Some(0)), Some("100")), Some(100));
+        assert_eq!(width_for(Some(None), None), Some(80));
+        assert_eq!(width_for(None, Some(" 100 ")), Some(100));
+        assert_eq!(width_for(None, Some("wide")), None);
+        assert_eq!(width_for(None, Some("0")), None);
+        assert_eq!(width_for(None, None), None);
     }
 }
