@@ -220,3 +220,72 @@ def test_off_dom0_the_default_socket_points_to_https(cli):
     r = cli.run("scan-vms", env={"VGPU_XAPI": None})
     assert r.code == 1, r
     assert "hint: this is not a dom0" in r.err and "--xapi https://" in r.err and "--remote" in r.err, r
+
+
+def test_a_unique_uuid_prefix_selects_a_vm(cli, sim):
+    cli.register(RENDER_01, "A", "high", 3)
+    for prefix in (RENDER_01[:8], RENDER_01[:13], RENDER_01[:-1]):
+        assert cli.run_json("show-vm", "--vm-uuid", prefix)["vm_uuid"] == RENDER_01
+    doc = cli.run_json("set-priority", "--vm-uuid", RENDER_01[:8], "--priority", "low")
+    assert doc["vm_uuid"] == RENDER_01 and doc["priority"] == "low"
+    # two VMs share a prefix: both are named, nothing changes
+    sim.add_vm(uuid=RENDER_01[:9] + "0000-4000-8000-000000000000", name_label="lookalike")
+    before = cli.dump()
+    code, err = cli.json_error("set-pool", "--vm-uuid", RENDER_01[:8], "--pool", "B",
+                               expect_code="AMBIGUOUS_VM_NAME")
+    assert code == 1 and RENDER_01 in err["message"] and len(err["details"]["candidates"]) == 2
+    assert cli.dump() == before
+    # too short to be a prefix: invalid
+    code, err = cli.json_error("show-vm", "--vm-uuid", RENDER_01[:7], expect_code="INVALID_ARGUMENT")
+    assert code == 2
+
+
+def test_names_users_chose_are_names_they_can_use_and_sync_keeps(cli, sim):
+    """register-vm --vm-uuid U --vm-name "VM-2" stores VM-2; --vm-name VM-2 finds the VM; sync
+    keeps the chosen name while it refreshes a stored name-label; --dry-run says old -> new."""
+    cli.ok("register-vm", "--vm-uuid", RENDER_01, "--vm-name", "VM-2", "--pool", "A", "--priority", "high")
+    cli.register(CUDA_DEV, "B", "low", 9)
+    assert cli.run_json("show-vm", "--vm-name", "VM-2")["vm_uuid"] == RENDER_01
+    sim.set_vm(RENDER_01, name_label="render-01-renamed")
+    sim.set_vm(CUDA_DEV, name_label="cuda-dev-renamed")
+    dry = cli.run_json("sync", "--all", "--dry-run")
+    items = {i["vm_uuid"]: i for i in dry["results"]}
+    assert items[RENDER_01]["changes"] == [] and items[RENDER_01]["action"] == "unchanged"
+    assert items[CUDA_DEV]["changes"] == [{"field": "vm_name", "old": "cuda-dev", "new": "cuda-dev-renamed"}]
+    table = cli.ok("sync", "--all", "--dry-run").out
+    assert 'vm-name: cuda-dev → cuda-dev-renamed' in table, table
+    cli.ok("sync", "--all")
+    names = {row[1]: row[2] for row in cli.dump()}
+    assert names[RENDER_01] == "VM-2" and names[CUDA_DEV] == "cuda-dev-renamed", names
+    # the name-label finds it too; a name shared by a label and a stored name is ambiguous
+    assert cli.run_json("show-vm", "--vm-name", "render-01-renamed")["vm_uuid"] == RENDER_01
+    sim.set_vm(CUDA_DEV, name_label="VM-2")
+    code, err = cli.json_error("show-vm", "--vm-name", "VM-2", expect_code="AMBIGUOUS_VM_NAME")
+    assert {c["vm_uuid"] for c in err["details"]["candidates"]} == {RENDER_01, CUDA_DEV}
+
+
+def test_a_name_label_the_registry_cannot_store_is_refused_like_a_typed_one(cli, sim):
+    sim.set_vm(RENDER_01, name_label="tab\there")
+    r = cli.run("register-vm", "--vm-uuid", RENDER_01, "--pool", "A", "--priority", "high")
+    assert r.code == 2 and "cannot store it" in r.err, r
+    r = cli.run("register-vm", "--vm-uuid", RENDER_01, "--vm-name", "tab\there", "--pool", "A", "--priority", "high")
+    assert r.code == 2 and "control character" in r.err, r
+    assert not cli.dump()
+    cli.ok("register-vm", "--vm-uuid", RENDER_01, "--vm-name", "tab-here", "--pool", "A", "--priority", "high")
+
+
+def test_a_paused_vm_is_not_told_to_use_restart(cli, sim):
+    from conftest import DB_PRIMARY
+    out = cli.ok("register-vm", "--vm-uuid", DB_PRIMARY, "--pool", "A", "--priority", "high").out
+    assert "the VM is paused" in out and "--restart" not in out, out
+    out = cli.ok("register-vm", "--vm-uuid", RENDER_01, "--pool", "A", "--priority", "high").out
+    assert "(or use --restart)" in out, out
+
+
+def test_status_says_how_to_clear_stale_rows(cli, sim):
+    cli.register(RENDER_01, "A", "high", 3)
+    sim.destroy_vm(RENDER_01)
+    out = cli.ok("status").out
+    assert "vgpu-admin remove-vm --vm-uuid" in out, out
+    out = cli.ok("scan-vms").out
+    assert "vgpu-admin remove-vm --vm-uuid" in out, out

@@ -265,14 +265,14 @@ def test_migration_keeps_every_row_and_column(cli, design):
     r = cli.run("list-vms", "--format", "json")
     assert r.code == 0, r
     assert json.loads(r.out) == expected_list(OLD_ROWS)
-    backups = glob.glob(glob.escape(cli.db) + ".pre-v1-*.bak")
+    backups = glob.glob(glob.escape(cli.db) + ".pre-v2-*.bak")
     assert len(backups) == 1, os.listdir(os.path.dirname(cli.db))
     assert "migrated" in r.err and backups[0] in r.err
 
     # every column value survived, under the same names; the schema is the current one
     assert set(cols) <= set(columns_of(cli.db))
     assert select(cli.db, cols) == before
-    assert user_version(cli.db) == 1
+    assert user_version(cli.db) == 2
     conn = sqlite3.connect(cli.db)
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'vms'").fetchone()[0]
     conn.close()
@@ -297,7 +297,7 @@ def test_migration_keeps_every_row_and_column(cli, design):
     # opening again does not migrate again
     r = cli.run("list-pools", "--format", "json")
     assert r.code == 0 and "migrated" not in r.err
-    assert len(glob.glob(glob.escape(cli.db) + ".pre-v1-*.bak")) == 1
+    assert len(glob.glob(glob.escape(cli.db) + ".pre-v2-*.bak")) == 1
     if design.startswith("later"):
         pools = {p["pool_id"]: p for p in json.loads(r.out)}
         assert pools["A"]["description"] == "fast GPUs"
@@ -306,7 +306,7 @@ def test_migration_keeps_every_row_and_column(cli, design):
 def test_sql_file_design_keeps_real_weight_and_check(cli):
     build_old_db(cli.db, "later-sql-file")
     cli.ok("list-vms")
-    assert user_version(cli.db) == 1
+    assert user_version(cli.db) == 2
     rows = {r[0]: r[1:] for r in select(cli.db, ["vm_uuid", "weight", "typeof(weight)"])}
     assert rows[CUDA_DEV] == (2.5, "real") and rows[RENDER_02] == (0.25, "real")
     assert rows[RENDER_01] == (1.0, "real")  # the column default
@@ -364,8 +364,8 @@ def test_concurrent_first_opens_of_an_old_database(cli):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert json.loads(out) == expected_list(OLD_ROWS)
-    assert len(glob.glob(glob.escape(cli.db) + ".pre-v1-*.bak")) == 1
-    assert select(cli.db, cols) == before and user_version(cli.db) == 1
+    assert len(glob.glob(glob.escape(cli.db) + ".pre-v2-*.bak")) == 1
+    assert select(cli.db, cols) == before and user_version(cli.db) == 2
 
 
 def test_concurrent_registrations_on_a_new_registry(cli, sim):

@@ -17,8 +17,8 @@ use comfy_table::{presets, Cell, ColumnConstraint, Row, Table, Width};
 use registry::functions::FUNCTIONS;
 use registry::model::{printable, Registration};
 use registry::report::{
-    Applied, Drift, PoolInfo, ScanReport, ShowReport, StatusReport, SyncAction, SyncReport,
-    VmStatus,
+    Applied, Drift, PoolInfo, PowerState, ScanReport, ShowReport, StatusReport, SyncAction,
+    SyncReport, VmStatus,
 };
 use registry::{FunctionSpec, Outcome};
 use std::io::IsTerminal;
@@ -566,8 +566,14 @@ fn applied(page: &mut Page, a: &Applied, function: &str) {
             .power_state
             .as_ref()
             .map_or_else(|| "?".to_string(), |p| p.to_string());
+        // Only a running VM can be restarted: a paused or suspended one is refused.
+        let restart = if a.power_state == Some(PowerState::Running) {
+            " (or use --restart)"
+        } else {
+            ""
+        };
         page.line(&format!(
-            "  {WARN} the VM is {state}: the change takes effect at its next start (or use --restart)"
+            "  {WARN} the VM is {state}: the change takes effect at its next start{restart}"
         ));
     }
 }
@@ -724,6 +730,10 @@ fn status(page: &mut Page, s: &StatusReport) {
         page.blank();
         page.line("Re-apply the registry with: vgpu-admin sync --all");
     }
+    if m.stale > 0 {
+        page.blank();
+        page.line("Remove a stale registration with: vgpu-admin remove-vm --vm-uuid UUID");
+    }
 }
 
 fn sync(page: &mut Page, s: &SyncReport) {
@@ -764,6 +774,11 @@ fn sync(page: &mut Page, s: &SyncReport) {
                 "{WARN} {}",
                 e["message"].as_str().unwrap_or("failed")
             ));
+        }
+        for c in &r.changes {
+            let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+            let field = c.field.replace('_', "-");
+            t.below(&format!("{field}: {} → {}", shown(&c.old), shown(&c.new)));
         }
     }
     page.table(&t);

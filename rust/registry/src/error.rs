@@ -245,6 +245,11 @@ pub enum Error {
         name: String,
         candidates: Vec<VmRef>,
     },
+    #[error("{} VMs have a uuid starting {prefix}: {}", .candidates.len(), list_vms(.candidates))]
+    AmbiguousUuidPrefix {
+        prefix: String,
+        candidates: Vec<VmRef>,
+    },
     #[error("VM {vm} is not registered")]
     NotRegistered { vm: VmRef },
     #[error("VM {vm} is already registered (pool {pool}, priority {priority}, vm_id {vm_id})")]
@@ -385,7 +390,9 @@ impl Error {
             }
             Error::ConfigUnreadable { .. } => ErrorCode::ConfigError,
             Error::VmNotFound { .. } => ErrorCode::VmNotFound,
-            Error::AmbiguousVmName { .. } => ErrorCode::AmbiguousVmName,
+            Error::AmbiguousVmName { .. } | Error::AmbiguousUuidPrefix { .. } => {
+                ErrorCode::AmbiguousVmName
+            }
             Error::NotRegistered { .. } => ErrorCode::NotRegistered,
             Error::AlreadyRegistered { .. } => ErrorCode::AlreadyRegistered,
             Error::VmIdInUse { .. } => ErrorCode::VmIdInUse,
@@ -425,6 +432,9 @@ impl Error {
             Error::VmNotFound { selector } => json!({ "selector": selector.to_string() }),
             Error::AmbiguousVmName { name, candidates } => {
                 json!({"vm_name": name, "candidates": candidates})
+            }
+            Error::AmbiguousUuidPrefix { prefix, candidates } => {
+                json!({"vm_uuid_prefix": prefix, "candidates": candidates})
             }
             Error::NotRegistered { vm } | Error::ConfirmationRequired { vm } => json!(vm),
             Error::AlreadyRegistered {

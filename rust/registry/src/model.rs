@@ -203,6 +203,10 @@ pub fn parse_bool(what: &str, s: &str) -> Result<bool> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
     Uuid(String),
+    /// The first characters of a uuid (at least [`UUID_PREFIX_MIN`] hex digits, lower case), as
+    /// people copy them from narrow tables; it must name one VM.
+    UuidPrefix(String),
+    /// A VM's XAPI name-label, or the name stored in the registry.
     Name(String),
 }
 
@@ -210,9 +214,35 @@ impl std::fmt::Display for Selector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Selector::Uuid(u) => write!(f, "with uuid {u}"),
+            Selector::UuidPrefix(p) => write!(f, "with a uuid starting {p}"),
             Selector::Name(n) => write!(f, "named {n:?}"),
         }
     }
+}
+
+/// The fewest hex digits of a uuid prefix that selects a VM.
+pub const UUID_PREFIX_MIN: usize = 8;
+
+/// A full uuid, or a prefix of at least 8 hex digits shaped like the start of one.
+pub fn parse_vm_selector_uuid(s: &str) -> Result<Selector> {
+    if is_canonical_uuid(s) {
+        return Ok(Selector::Uuid(s.to_ascii_lowercase()));
+    }
+    let shaped = s.len() < 36
+        && s.bytes().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    let digits = s.bytes().filter(u8::is_ascii_hexdigit).count();
+    if shaped && digits >= UUID_PREFIX_MIN {
+        return Ok(Selector::UuidPrefix(s.to_ascii_lowercase()));
+    }
+    Err(Error::invalid(
+        "vm-uuid",
+        s,
+        "expected a UUID like 0f8fad5b-d9cb-469f-a165-70867728950e, or its first 8 or more \
+         characters",
+    ))
 }
 
 /// A row of the `vms` table. Fields are kept as stored so rows the old tools wrote without
@@ -227,6 +257,10 @@ pub struct Registration {
     /// RFC 3339 UTC, or null when the old tool stored none.
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
+    /// The user chose `vm_name` (rather than it being the VM's name-label when registered):
+    /// `sync` keeps it.
+    #[serde(skip)]
+    pub name_chosen: bool,
 }
 
 impl Registration {
@@ -377,6 +411,38 @@ mod tests {
     }
 
     #[test]
+    fn uuid_prefixes_of_eight_digits_or_more() {
+        let full = "48DF46E9-31b9-4aea-b4b8-678e9a3c70d6";
+        assert_eq!(
+            parse_vm_selector_uuid(full).unwrap(),
+            Selector::Uuid(full.to_ascii_lowercase())
+        );
+        for ok in [
+            "48df46e9",
+            "48DF46E9-",
+            "48df46e9-31",
+            "48df46e9-31b9-4aea-b4b8-678e9a3c70d",
+        ] {
+            assert_eq!(
+                parse_vm_selector_uuid(ok).unwrap(),
+                Selector::UuidPrefix(ok.to_ascii_lowercase()),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "48df46e",
+            "48df46e931b9",
+            "48df46e9-31b9x",
+            "",
+            "not-a-uuid",
+            "48df46e9 ",
+        ] {
+            let e = parse_vm_selector_uuid(bad).unwrap_err();
+            assert!(e.to_string().contains("first 8 or more"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn problems_of_old_rows() {
         let mut r = Registration {
             vm_uuid: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
@@ -386,6 +452,7 @@ mod tests {
             priority: Priority::High,
             created_at: None,
             updated_at: None,
+            name_chosen: false,
         };
         assert!(r.problems().is_empty());
         r.vm_id = 0;

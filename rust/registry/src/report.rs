@@ -241,6 +241,15 @@ pub enum SyncAction {
     Failed,
 }
 
+/// One value a sync changes (or, in a dry run, would change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncChange {
+    /// `vm_name` or `device_model_args`.
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncItem {
     pub vm_uuid: String,
@@ -249,6 +258,9 @@ pub struct SyncItem {
     pub action: SyncAction,
     pub pending_restart: bool,
     pub restarted: bool,
+    /// Old and new value of everything the sync changes, or would change.
+    #[serde(default)]
+    pub changes: Vec<SyncChange>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<serde_json::Value>,
 }

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result, Usage};
 use crate::functions::{FunctionSpec, VM_KEYS};
 use crate::model::{
-    parse_bool, parse_vm_id, parse_vm_name, parse_vm_uuid, Pool, Priority, Selector,
+    parse_bool, parse_vm_id, parse_vm_name, parse_vm_selector_uuid, Pool, Priority, Selector,
 };
 use crate::ops::{Ctx, ListFilter, RegisterReq, Restart, SyncTarget, UpdateReq};
 use crate::report::Outcome;
@@ -201,7 +201,7 @@ impl<'a> Args<'a> {
     /// Exactly one of vm-uuid / vm-name.
     fn selector(&self) -> Result<Selector> {
         match (self.get("vm-uuid"), self.get("vm-name")) {
-            (Some(u), None) => Ok(Selector::Uuid(parse_vm_uuid(u)?)),
+            (Some(u), None) => parse_vm_selector_uuid(u),
             (None, Some(n)) => Ok(Selector::Name(parse_vm_name(n)?)),
             (Some(_), Some(_)) => Err(Error::Usage(Usage::Conflict {
                 function: self.spec.name,
@@ -216,7 +216,7 @@ pub(crate) fn register(a: &Args<'_>) -> Result<Request> {
     // With a uuid, vm-name is the name to store; alone, it selects the VM by name-label.
     let (selector, name) = match (a.get("vm-uuid"), a.get("vm-name")) {
         (Some(u), n) => (
-            Selector::Uuid(parse_vm_uuid(u)?),
+            parse_vm_selector_uuid(u)?,
             n.map(parse_vm_name).transpose()?,
         ),
         (None, Some(n)) => {
@@ -280,7 +280,7 @@ pub(crate) fn show_pool(a: &Args<'_>) -> Result<Request> {
 pub(crate) fn remove(a: &Args<'_>) -> Result<Request> {
     let restart = a.restart()?;
     Ok(match (a.get("vm-uuid"), a.get("vm-name")) {
-        (Some(u), None) if parse_vm_uuid(u).is_err() => Request::RemoveInvalidRow {
+        (Some(u), None) if parse_vm_selector_uuid(u).is_err() => Request::RemoveInvalidRow {
             raw_uuid: u.to_string(),
         },
         _ => Request::Remove(a.selector()?, restart),
@@ -324,7 +324,7 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, req: Request) -> Result<Outcome> {
         Request::ShowPool(p) => Outcome::Pool(ctx.show_pool(p)?),
         Request::Remove(s, r) => Outcome::Applied(ctx.remove(&s, r)?),
         Request::RemoveInvalidRow { raw_uuid } => {
-            let invalid = match parse_vm_uuid(&raw_uuid) {
+            let invalid = match parse_vm_selector_uuid(&raw_uuid) {
                 Err(e) => e,
                 Ok(_) => Error::Internal("remove of a valid uuid routed as invalid".into()),
             };

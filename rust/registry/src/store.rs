@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `PRAGMA user_version` of the schema this code writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Long enough to queue behind other writers that are waiting on XAPI.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,8 +39,15 @@ const CREATE_VMS: &str = "CREATE TABLE IF NOT EXISTS vms (
     pool_id CHAR(1) NOT NULL CHECK(pool_id IN ('A','B')) REFERENCES pools(pool_id),
     priority INTEGER NOT NULL CHECK(priority IN (0,1,2)),
     created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    name_chosen INTEGER NOT NULL DEFAULT 0 CHECK(name_chosen IN (0,1))
 )";
+
+/// Schema 2: whether the user chose the stored name (sync then keeps it).
+const NAME_CHOSEN: (&str, &str) = (
+    "name_chosen",
+    "INTEGER NOT NULL DEFAULT 0 CHECK(name_chosen IN (0,1))",
+);
 
 const SEED_POOLS: &str =
     "INSERT OR IGNORE INTO pools (pool_id, pool_name) VALUES ('A', 'Pool A'), ('B', 'Pool B')";
@@ -264,7 +271,7 @@ impl Store {
         if backup && (has_vms || has_pools) {
             self.backup = Some(write_backup(&tx, &path)?);
         }
-        migrate_v0_to_v1(&tx).map_err(|e| Error::Migration {
+        migrate_to_current(&tx, version).map_err(|e| Error::Migration {
             path: path.clone(),
             version: SCHEMA_VERSION,
             source: e,
@@ -486,6 +493,17 @@ impl WriteTx<'_> {
         self.must_get(&vm_uuid.to_ascii_lowercase())
     }
 
+    /// Marks the stored name as the user's choice.
+    pub fn set_name_chosen(&self, vm_uuid: &str) -> Result<()> {
+        self.tx
+            .execute(
+                "UPDATE vms SET name_chosen = 1 WHERE vm_uuid = ?1",
+                [vm_uuid],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     pub fn set_name(&self, vm_uuid: &str, name: &str) -> Result<()> {
         self.tx
             .execute(
@@ -516,8 +534,8 @@ impl WriteTx<'_> {
     }
 }
 
-const SELECT_REG: &str =
-    "SELECT vm_uuid, vm_name, vm_id, pool_id, priority, created_at, updated_at FROM vms";
+const SELECT_REG: &str = "SELECT vm_uuid, vm_name, vm_id, pool_id, priority, created_at, \
+     updated_at, name_chosen FROM vms";
 
 fn row_to_registration(r: &rusqlite::Row<'_>) -> rusqlite::Result<Registration> {
     let pool: String = r.get(3)?;
@@ -534,6 +552,7 @@ fn row_to_registration(r: &rusqlite::Row<'_>) -> rusqlite::Result<Registration> 
             .ok_or_else(|| bad(4, format!("stored priority {priority}")))?,
         created_at: time_col(r, 5)?,
         updated_at: time_col(r, 6)?,
+        name_chosen: r.get::<_, Option<i64>>(7)?.unwrap_or(0) != 0,
     })
 }
 
@@ -685,6 +704,16 @@ fn write_backup(conn: &Connection, path: &Path) -> Result<PathBuf> {
 
 /// Brings a database of the older tools (no `user_version`) to schema 1, inside the caller's
 /// transaction. Every row and every column the registry does not own is kept.
+fn migrate_to_current(conn: &Connection, from: i64) -> rusqlite::Result<()> {
+    if from < 1 {
+        migrate_v0_to_v1(conn)?;
+    }
+    // 1 -> 2: names chosen by the user are marked. Rows from before are not: their names were
+    // refreshed by every sync until now, and stay so.
+    add_column_if_missing(conn, "vms", NAME_CHOSEN.0, NAME_CHOSEN.1)?;
+    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+}
+
 fn migrate_v0_to_v1(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(CREATE_POOLS)?;
     for (col, decl) in [
@@ -716,9 +745,7 @@ fn migrate_v0_to_v1(conn: &Connection) -> rusqlite::Result<()> {
     } else {
         conn.execute_batch(CREATE_VMS)?;
     }
-    conn.execute_batch(INDEXES)?;
-    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
-    Ok(())
+    conn.execute_batch(INDEXES)
 }
 
 fn add_column_if_missing(

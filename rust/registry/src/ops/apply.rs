@@ -70,7 +70,7 @@ pub(crate) fn apply_to_vm(
 }
 
 /// The device-model-args value after `change`; `None` means the key should not exist.
-fn new_dma(
+pub(crate) fn new_dma(
     old: Option<&str>,
     change: &DeviceChange,
     device_type: &str,

@@ -10,11 +10,11 @@ use crate::error::{Error, Result, VmRef};
 use crate::model::{parse_vm_name, Pool, Priority, Registration, Selector};
 use crate::report::{
     Applied, PoolDetail, PoolInfo, PowerState, Problem, ScanReport, ShowReport, StatusReport,
-    SyncAction, SyncItem, SyncReport, VmStatus,
+    SyncAction, SyncChange, SyncItem, SyncReport, VmStatus,
 };
 use crate::status::{build_scan, device_status, dma_of, is_real_vm, vm_ref, DeviceStatus};
 use crate::store::{NewValues, Store, WriteTx};
-use apply::{apply_to_vm, DeviceChange};
+use apply::{apply_to_vm, new_dma, DeviceChange};
 use std::collections::BTreeMap;
 use xapi::{VmRecord, Xapi};
 
@@ -72,6 +72,45 @@ struct SyncStep {
     rename: Option<String>,
     reapply: bool,
     will_restart: bool,
+    changes: Vec<SyncChange>,
+}
+
+/// The VM's name-label as the registry stores it: `None` for an empty one; a label the registry
+/// cannot store (a control character, too long) is refused, as it is when typed as a name.
+fn storable_label(vm: &VmRecord) -> Result<Option<String>> {
+    if vm.name_label.is_empty() {
+        return Ok(None);
+    }
+    parse_vm_name(&vm.name_label)
+        .map(Some)
+        .map_err(|e| match e {
+            Error::InvalidArgument { reason, .. } => Error::InvalidArgument {
+                what: "VM name-label".into(),
+                value: vm.name_label.clone(),
+                reason: format!("{reason}: the registry cannot store it; give the name to store"),
+            },
+            other => other,
+        })
+}
+
+/// The device a registration should have, when its stored vm_id can be written.
+fn vm_spec(cfg: &Config, reg: &Registration) -> Option<DeviceSpec> {
+    let vm_id = u32::try_from(reg.vm_id).ok().filter(|n| *n >= 1)?;
+    Some(spec_of(cfg, reg.pool, reg.priority, vm_id))
+}
+
+/// Several VMs answer to `selector`.
+fn ambiguous(selector: &Selector, candidates: Vec<VmRef>) -> Error {
+    match selector {
+        Selector::Name(name) => Error::AmbiguousVmName {
+            name: name.clone(),
+            candidates,
+        },
+        Selector::Uuid(p) | Selector::UuidPrefix(p) => Error::AmbiguousUuidPrefix {
+            prefix: p.clone(),
+            candidates,
+        },
+    }
 }
 
 fn spec_of(cfg: &Config, pool: Pool, priority: Priority, vm_id: u32) -> DeviceSpec {
@@ -93,37 +132,49 @@ impl Ctx<'_> {
     }
 
     /// The live VM a selector names. Templates, snapshots and control domains are not VMs here.
+    /// A name is a VM's XAPI name-label or the name stored for it in the registry.
     pub fn resolve(&self, selector: &Selector) -> Result<VmRecord> {
-        match selector {
-            Selector::Uuid(uuid) => match self
+        let not_found = || Error::VmNotFound {
+            selector: selector.clone(),
+        };
+        let mut vms: Vec<VmRecord> = match selector {
+            Selector::Uuid(uuid) => self
                 .xapi
                 .vm_by_uuid(uuid)
                 .map_err(|e| Error::xapi(format!("looking up VM {uuid}"), e))?
-            {
-                Some(vm) if is_real_vm(&vm) => Ok(vm),
-                _ => Err(Error::VmNotFound {
-                    selector: selector.clone(),
-                }),
-            },
+                .into_iter()
+                .collect(),
+            Selector::UuidPrefix(prefix) => self
+                .xapi
+                .list_vms()
+                .map_err(|e| Error::xapi("listing the pool's VMs", e))?
+                .into_iter()
+                .filter(|v| v.uuid.starts_with(prefix.as_str()))
+                .collect(),
             Selector::Name(name) => {
-                let mut vms: Vec<VmRecord> = self
+                let mut vms = self
                     .xapi
                     .vms_by_name(name)
-                    .map_err(|e| Error::xapi(format!("looking up VMs named {name:?}"), e))?
-                    .into_iter()
-                    .filter(is_real_vm)
-                    .collect();
-                match vms.len() {
-                    0 => Err(Error::VmNotFound {
-                        selector: selector.clone(),
-                    }),
-                    1 => Ok(vms.remove(0)),
-                    _ => Err(Error::AmbiguousVmName {
-                        name: name.clone(),
-                        candidates: vms.iter().map(vm_ref).collect(),
-                    }),
+                    .map_err(|e| Error::xapi(format!("looking up VMs named {name:?}"), e))?;
+                for reg in self.store.find_by_name(name)? {
+                    let uuid = reg.vm_uuid.to_ascii_lowercase();
+                    if vms.iter().any(|v| v.uuid == uuid) {
+                        continue;
+                    }
+                    let vm = self
+                        .xapi
+                        .vm_by_uuid(&uuid)
+                        .map_err(|e| Error::xapi(format!("looking up VM {uuid}"), e))?;
+                    vms.extend(vm);
                 }
+                vms
             }
+        };
+        vms.retain(is_real_vm);
+        match vms.len() {
+            0 => Err(not_found()),
+            1 => Ok(vms.remove(0)),
+            _ => Err(ambiguous(selector, vms.iter().map(vm_ref).collect())),
         }
     }
 
@@ -140,25 +191,26 @@ impl Ctx<'_> {
                 None => Err(Error::NotRegistered { vm: vm_ref(&vm) }),
             };
         }
-        let not_found = || Error::VmNotFound {
-            selector: selector.clone(),
+        // No such VM any more: a stale registration, found by what the registry stored.
+        let mut regs = match selector {
+            Selector::Uuid(uuid) => self.store.get(uuid)?.into_iter().collect(),
+            Selector::UuidPrefix(prefix) => self
+                .store
+                .list(&ListFilter::default())?
+                .into_iter()
+                .filter(|r| r.vm_uuid.to_ascii_lowercase().starts_with(prefix.as_str()))
+                .collect(),
+            Selector::Name(name) => self.store.find_by_name(name)?,
         };
-        match selector {
-            Selector::Uuid(uuid) => match self.store.get(uuid)? {
-                Some(reg) => Ok((reg, None)),
-                None => Err(not_found()),
-            },
-            Selector::Name(name) => {
-                let mut regs = self.store.find_by_name(name)?;
-                match regs.len() {
-                    0 => Err(not_found()),
-                    1 => Ok((regs.remove(0), None)),
-                    _ => Err(Error::AmbiguousVmName {
-                        name: name.clone(),
-                        candidates: regs.iter().map(Registration::vm_ref).collect(),
-                    }),
-                }
-            }
+        match regs.len() {
+            0 => Err(Error::VmNotFound {
+                selector: selector.clone(),
+            }),
+            1 => Ok((regs.remove(0), None)),
+            _ => Err(ambiguous(
+                selector,
+                regs.iter().map(Registration::vm_ref).collect(),
+            )),
         }
     }
 
@@ -225,10 +277,13 @@ impl Ctx<'_> {
     pub fn register(&mut self, req: RegisterReq) -> Result<Applied> {
         let vm = self.resolve(&req.selector)?;
         let will_restart = self.plan_restart(&vm, req.restart)?;
-        let name = req
-            .name
-            .clone()
-            .or_else(|| parse_vm_name(&vm.name_label).ok());
+        // A name given with the uuid is the user's choice, kept by sync; otherwise the VM's
+        // name-label is stored, and refreshed by sync when it changes.
+        let chosen = req.name.is_some() && !matches!(req.selector, Selector::Name(_));
+        let name = match &req.name {
+            Some(n) => Some(n.clone()),
+            None => storable_label(&vm)?,
+        };
         let uuid = vm.uuid.clone();
         let cfg = self.config;
         let (reg, dma) = self.apply(&vm, |tx| {
@@ -256,6 +311,15 @@ impl Ctx<'_> {
                     vm_id,
                 },
             )?;
+            let reg = if chosen {
+                tx.set_name_chosen(&uuid)?;
+                Registration {
+                    name_chosen: true,
+                    ..reg
+                }
+            } else {
+                reg
+            };
             let spec = spec_of(cfg, req.pool, req.priority, vm_id);
             Ok((reg, DeviceChange::Set(spec)))
         })?;
@@ -506,15 +570,43 @@ impl Ctx<'_> {
                     rename: None,
                     reapply: false,
                     will_restart: false,
+                    changes: Vec::new(),
                 });
                 continue;
             };
-            let status = device_status(&reg, dma_of(&vm).as_deref(), self.device_type()).status;
-            let rename = parse_vm_name(&vm.name_label)
-                .ok()
-                .filter(|n| reg.vm_name.as_ref() != Some(n));
+            let dma = dma_of(&vm);
+            let status = device_status(&reg, dma.as_deref(), self.device_type()).status;
+            // A name the user chose is kept; a stored name-label follows the VM's.
+            let rename = if reg.name_chosen {
+                None
+            } else {
+                storable_label(&vm)
+                    .ok()
+                    .flatten()
+                    .filter(|n| reg.vm_name.as_ref() != Some(n))
+            };
             let reapply = status != VmStatus::Configured;
             let will_restart = reapply && !dry_run && self.plan_restart(&vm, restart)?;
+            let mut changes = Vec::new();
+            if let Some(new) = &rename {
+                changes.push(SyncChange {
+                    field: "vm_name".into(),
+                    old: reg.vm_name.clone(),
+                    new: Some(new.clone()),
+                });
+            }
+            if reapply {
+                if let Some(spec) = vm_spec(self.config, &reg) {
+                    let change = DeviceChange::Set(spec);
+                    if let Ok(new) = new_dma(dma.as_deref(), &change, self.device_type()) {
+                        changes.push(SyncChange {
+                            field: "device_model_args".into(),
+                            old: dma.clone(),
+                            new,
+                        });
+                    }
+                }
+            }
             plan.push(SyncStep {
                 reg,
                 vm: Some(vm),
@@ -522,6 +614,7 @@ impl Ctx<'_> {
                 rename,
                 reapply,
                 will_restart,
+                changes,
             });
         }
         let mut results = Vec::new();
@@ -549,6 +642,7 @@ impl Ctx<'_> {
             action: SyncAction::Unchanged,
             pending_restart: false,
             restarted: false,
+            changes: step.changes,
             error: None,
         };
         let Some(vm) = step.vm else {

@@ -564,3 +564,128 @@ fn failed_commit_of_an_unchanged_device_touches_nothing() {
     assert_eq!(x.count("VM.remove_from_platform"), 0);
     assert_eq!(x.count("VM.add_to_platform"), 0);
 }
+
+#[test]
+fn a_chosen_name_is_kept_by_sync_and_finds_the_vm() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    let mut r = reg(1, Pool::A, Priority::High, None);
+    r.name = Some("VM-2".into());
+    assert_eq!(
+        ctx.register(r).unwrap().registration.vm_name.as_deref(),
+        Some("VM-2")
+    );
+    ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    // The chosen name selects the VM; so does its name-label.
+    let named = Selector::Name("VM-2".into());
+    assert_eq!(ctx.show(&named).unwrap().registration.vm_uuid, uuid(1));
+    assert_eq!(
+        ctx.resolve(&Selector::Name("one".into())).unwrap().uuid,
+        uuid(1)
+    );
+
+    // Both VMs are renamed in XAPI: sync refreshes the name-label it stored, keeps the chosen one.
+    x.edit("OpaqueRef:1", |v| v.name_label = "renamed-one".into());
+    x.edit("OpaqueRef:2", |v| v.name_label = "renamed-two".into());
+    let dry = ctx
+        .sync(&SyncTarget::All, true, Restart::default())
+        .unwrap();
+    let by = |u: &str| dry.results.iter().find(|i| i.vm_uuid == u).unwrap().clone();
+    assert_eq!(by(&uuid(1)).action, SyncAction::Unchanged);
+    assert!(by(&uuid(1)).changes.is_empty());
+    let two = by(&uuid(2));
+    assert_eq!(two.action, SyncAction::WouldRename);
+    assert_eq!(
+        two.changes,
+        vec![SyncChange {
+            field: "vm_name".into(),
+            old: Some("two".into()),
+            new: Some("renamed-two".into()),
+        }]
+    );
+    ctx.sync(&SyncTarget::All, false, Restart::default())
+        .unwrap();
+    let names: Vec<_> = dump(ctx.store).into_iter().map(|r| r.vm_name).collect();
+    assert_eq!(names, [Some("VM-2".into()), Some("renamed-two".into())]);
+}
+
+#[test]
+fn a_dry_run_shows_the_device_model_args_it_would_write() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    ctx.register(reg(1, Pool::A, Priority::High, Some(4)))
+        .unwrap();
+    x.edit("OpaqueRef:1", |v| {
+        v.platform.insert(PLATFORM_KEY.into(), "-m 1".into());
+    });
+    let dry = ctx
+        .sync(&SyncTarget::All, true, Restart::default())
+        .unwrap();
+    assert_eq!(
+        dry.results[0].changes,
+        vec![SyncChange {
+            field: "device_model_args".into(),
+            old: Some("-m 1".into()),
+            new: Some("-m 1 -device vgpu-cuda,addr=5,pool_id=A,priority=high,vm_id=4".into()),
+        }]
+    );
+    assert_eq!(
+        x.dma("OpaqueRef:1").as_deref(),
+        Some("-m 1"),
+        "a dry run changes nothing"
+    );
+}
+
+#[test]
+fn a_label_the_registry_cannot_store_is_refused_as_a_typed_name_would_be() {
+    let (mut w, x) = (world(), pool());
+    x.edit("OpaqueRef:2", |v| v.name_label = "tab\there".into());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    let e = ctx
+        .register(reg(2, Pool::A, Priority::Low, None))
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert!(e.to_string().contains("cannot store it"), "{e}");
+    assert!(dump(ctx.store).is_empty());
+    let mut r = reg(2, Pool::A, Priority::Low, None);
+    r.name = Some("two".into());
+    assert!(ctx.register(r).is_ok(), "a chosen name is the way out");
+}
+
+#[test]
+fn a_uuid_prefix_selects_one_vm_or_lists_the_candidates() {
+    let (mut w, x) = (world(), pool());
+    let ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+    };
+    // The fake pool's uuids differ in their last digit only.
+    let one = Selector::UuidPrefix(uuid(1));
+    assert_eq!(ctx.resolve(&one).unwrap().uuid, uuid(1));
+    let many = Selector::UuidPrefix("00000000-0000".into());
+    let e = ctx.resolve(&many).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AmbiguousVmName);
+    assert!(
+        e.to_string()
+            .starts_with("4 VMs have a uuid starting 00000000-0000"),
+        "{e}"
+    );
+    let none = Selector::UuidPrefix("ffffffff".into());
+    assert_eq!(
+        ctx.resolve(&none).unwrap_err().code(),
+        ErrorCode::VmNotFound
+    );
+}

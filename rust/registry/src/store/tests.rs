@@ -10,6 +10,18 @@ fn rows(conn: &Connection, sql: &str) -> Vec<Vec<Value>> {
         .collect()
 }
 
+/// The rows of a migrated `vms`, less the `name_chosen` column schema 2 appends (checked 0:
+/// rows from before had their names refreshed by sync, and still do).
+fn rows_before_schema_2(conn: &Connection, sql: &str) -> Vec<Vec<Value>> {
+    rows(conn, sql)
+        .into_iter()
+        .map(|mut r| {
+            assert_eq!(r.pop(), Some(Value::Integer(0)));
+            r
+        })
+        .collect()
+}
+
 fn user_version(path: &Path) -> i64 {
     Connection::open(path)
         .unwrap()
@@ -125,7 +137,10 @@ fn first_design_with_mediator_columns_migrates_keeping_every_row() {
     drop(store);
 
     let conn = Connection::open(&path).unwrap();
-    assert_eq!(rows(&conn, "SELECT * FROM vms ORDER BY vm_uuid"), before);
+    assert_eq!(
+        rows_before_schema_2(&conn, "SELECT * FROM vms ORDER BY vm_uuid"),
+        before
+    );
     let sql: String = conn
         .query_row(
             "SELECT sql FROM sqlite_master WHERE name = 'vms'",
@@ -189,7 +204,10 @@ fn later_design_from_sql_file_keeps_types_checks_and_values() {
     assert!(store.migration_backup().is_some());
     drop(store);
     let conn = Connection::open(&path).unwrap();
-    assert_eq!(rows(&conn, "SELECT * FROM vms ORDER BY vm_id"), before);
+    assert_eq!(
+        rows_before_schema_2(&conn, "SELECT * FROM vms ORDER BY vm_id"),
+        before
+    );
     assert_eq!(before[0][7], Value::Real(2.5));
     assert!(conn
         .execute("UPDATE vms SET quarantined = 5 WHERE vm_id = 1", [])
@@ -481,4 +499,40 @@ fn reading_creates_nothing_and_changes_nothing() {
         .list(&ListFilter::default())
         .unwrap()
         .is_empty());
+}
+
+#[test]
+fn schema_1_gains_the_chosen_name_mark_keeping_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "{}; {}; {}; {SEED_POOLS};
+             INSERT INTO vms (vm_id, vm_uuid, vm_name, pool_id, priority)
+               VALUES (7, '11111111-1111-1111-1111-111111111111', 'seven', 'B', 2);
+             PRAGMA user_version = 1;",
+            CREATE_POOLS,
+            CREATE_VMS.replace(
+                ",\n    name_chosen INTEGER NOT NULL DEFAULT 0 CHECK(name_chosen IN (0,1))",
+                ""
+            ),
+            INDEXES.trim_end_matches(';'),
+        ))
+        .unwrap();
+        assert!(!column_names(&conn, "vms")
+            .unwrap()
+            .contains(&"name_chosen".to_string()));
+    }
+    let store = Store::open(&path).unwrap();
+    assert!(store.migration_backup().is_some());
+    let regs = store.list(&ListFilter::default()).unwrap();
+    assert_eq!(regs.len(), 1);
+    assert_eq!(
+        (regs[0].vm_id, regs[0].vm_name.as_deref()),
+        (7, Some("seven"))
+    );
+    assert!(!regs[0].name_chosen);
+    drop(store);
+    assert_eq!(user_version(&path), 2);
 }
