@@ -10,7 +10,8 @@ BIN := target/debug/vgpu-admin
 DIST := dist
 WHEEL_TOOLS := $(VENV)/.wheel-tools
 
-.PHONY: help build demo test test-rust test-python test-python-pkg test-plugin lint venv wheel dom0-bin clean FORCE
+.PHONY: help build demo test test-rust test-python test-python-pkg test-plugin lint venv wheel dom0-bin clean FORCE \
+	shells
 
 help:
 	@echo "make demo   build and walk the main workflow on the bundled XAPI simulator"
@@ -76,7 +77,18 @@ lint:
 test-rust:
 	$(CARGO) test --workspace
 
-test-python: build venv
+# The completion and manual suites run zsh and fish (to parse their completion scripts) and groff
+# (to check the manual pages): Debian's packages, installed when missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+shells:
+	@if ! command -v zsh >/dev/null || ! command -v fish >/dev/null || ! command -v groff >/dev/null; then \
+		command -v apt-get >/dev/null || { echo "install zsh, fish and groff: tests/cli needs them"; exit 1; }; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			zsh fish groff-base; \
+	fi
+
+test-python: build venv shells
 	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) $(VPY) -m pytest -q tests/xapi_sim tests/cli
 
 # The vgpu_registry package from the wheel in dist/, installed into a venv of CPython 3.6 and of

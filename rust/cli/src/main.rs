@@ -2,6 +2,8 @@
 //! answer. No rule lives here.
 
 mod cli;
+mod complete;
+mod man;
 mod render;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
@@ -169,14 +171,26 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Error> {
     let (function, args) = match &cli.command {
         // Generators and the table need nothing else.
         Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(*shell, &mut cmd, "vgpu-admin", &mut std::io::stdout());
+            write_out(&complete::script(*shell));
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map_err(|e| Error::Internal(format!("writing the man page: {e}")))?;
+        Command::Complete { what, words } => {
+            let found = complete::vm_candidates(*what, words);
+            write_out(&found.iter().map(|c| format!("{c}\n")).collect::<String>());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { page, out_dir } => {
+            match out_dir {
+                Some(dir) => {
+                    let written = man::write_all(dir)?;
+                    let list: String = written
+                        .iter()
+                        .map(|p| format!("{}\n", p.display()))
+                        .collect();
+                    write_out(&list);
+                }
+                None => man::print(page.as_deref())?,
+            }
             return Ok(ExitCode::SUCCESS);
         }
         Command::Functions => {
