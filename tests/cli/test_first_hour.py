@@ -186,8 +186,9 @@ def test_no_error_of_any_command_speaks_the_plugin_api(cli, sim):
     assert r.code == 2 and "--all, --vm-uuid or --vm-name" in r.err, r
     r = cli.run("update-vm", "--vm-uuid", RENDER_01)
     assert r.code == 2 and "--pool, --priority or --vm-id" in r.err, r
-    r = cli.run("set-vm-id", "--vm-uuid", RENDER_01, "--vm-id=-1")
-    assert r.code == 2 and "out of range" in r.err and '"-1"' in r.err, r
+    for argv in (["--vm-id=-1"], ["--vm-id", "-1"]):
+        r = cli.run("set-vm-id", "--vm-uuid", RENDER_01, *argv)
+        assert r.code == 2 and "out of range" in r.err and '"-1"' in r.err, r
     # `call` is the plugin API: it keeps the API's words
     code, err = cli.json_error("call", "sync", expect_code="INVALID_ARGUMENT")
     assert "all=true" in err["message"], err

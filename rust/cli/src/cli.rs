@@ -125,7 +125,7 @@ Example: vgpu-admin register-vm --pool A --priority high --vm-id 1 \\
         #[arg(long, value_parser = priority_values())]
         priority: String,
         /// vm_id, 1 to 4294967295 [default: the lowest free id].
-        #[arg(long, value_name = "ID", value_hint = ValueHint::Other)]
+        #[arg(long, value_name = "ID", value_hint = ValueHint::Other, allow_negative_numbers = true)]
         vm_id: Option<String>,
         #[command(flatten)]
         restart: RestartArg,
@@ -140,7 +140,7 @@ Example: vgpu-admin register-vm --pool A --priority high --vm-id 1 \\
         #[command(flatten)]
         vm: VmSelector,
         /// New vm_id, 1 to 4294967295.
-        #[arg(long, value_name = "ID", value_hint = ValueHint::Other)]
+        #[arg(long, value_name = "ID", value_hint = ValueHint::Other, allow_negative_numbers = true)]
         vm_id: String,
         #[command(flatten)]
         restart: RestartArg,
@@ -191,7 +191,7 @@ Example: vgpu-admin register-vm --pool A --priority high --vm-id 1 \\
         #[arg(long, value_parser = priority_values())]
         priority: Option<String>,
         /// vm_id, 1 to 4294967295.
-        #[arg(long, value_name = "ID", value_hint = ValueHint::Other)]
+        #[arg(long, value_name = "ID", value_hint = ValueHint::Other, allow_negative_numbers = true)]
         vm_id: Option<String>,
         #[command(flatten)]
         restart: RestartArg,
