@@ -290,3 +290,35 @@ def test_status_says_how_to_clear_stale_rows(cli, sim):
     assert "vgpu-admin remove-vm --vm-uuid" in out, out
     out = cli.ok("scan-vms").out
     assert "vgpu-admin remove-vm --vm-uuid" in out, out
+
+
+def test_registry_files_are_private_whatever_the_umask(cli, tmp_path):
+    """The registry, its WAL and SHM files and its backups are 0600, its directory 0700, even
+    under umask 000 (the mediator runs as root and still reads them)."""
+    def loose():
+        os.umask(0)
+    db = tmp_path / "etc" / "vgpu" / "vgpu_config.db"
+    cli.use_db(db)
+    r = cli.run("register-vm", "--vm-uuid", RENDER_01, "--pool", "A", "--priority", "high", preexec_fn=loose)
+    assert r.code == 0, r
+    mode = lambda p: stat.S_IMODE(os.stat(str(p)).st_mode)  # noqa: E731
+    assert mode(db) == 0o600 and mode(db.parent) == 0o700, (oct(mode(db)), oct(mode(db.parent)))
+    holder = sqlite3.connect(str(db))  # keeps -wal and -shm in place
+    try:
+        holder.execute("SELECT count(*) FROM vms").fetchone()
+        for side in ("-wal", "-shm"):
+            assert mode(str(db) + side) == 0o600, side
+    finally:
+        holder.close()
+    # a backup written by a migration is private too
+    old = tmp_path / "old" / "vgpu_config.db"
+    old.parent.mkdir()
+    conn = sqlite3.connect(str(old))
+    conn.executescript("CREATE TABLE vms (vm_id INTEGER NOT NULL UNIQUE, vm_uuid TEXT UNIQUE NOT NULL, "
+                       "vm_name TEXT, pool_id CHAR(1) NOT NULL, priority INTEGER NOT NULL);")
+    conn.close()
+    cli.use_db(old)
+    r = cli.run("set-pool", "--vm-uuid", RENDER_01, "--pool", "B", preexec_fn=loose)
+    backups = [p for p in os.listdir(str(old.parent)) if ".pre-v" in p]
+    assert len(backups) == 1, (os.listdir(str(old.parent)), r)
+    assert mode(old.parent / backups[0]) == 0o600

@@ -301,6 +301,14 @@ pub enum Error {
         source: rusqlite::Error,
     },
     /// The registry's directory could not be created.
+    /// The registry or its backup could not be created.
+    #[error("database {}: cannot create {}: {source}", .path.display(), .file.display())]
+    CreateFile {
+        path: PathBuf,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("database {}: cannot create directory {}: {source}", .path.display(), .dir.display())]
     DatabaseDir {
         path: PathBuf,
@@ -401,6 +409,7 @@ impl Error {
             Error::Database { .. }
             | Error::Migration { .. }
             | Error::DatabaseDir { .. }
+            | Error::CreateFile { .. }
             | Error::NotADirectory { .. }
             | Error::NewerSchema { .. }
             | Error::NotWal { .. }
@@ -482,10 +491,12 @@ impl Error {
                     )
                 ),
             }),
-            Error::DatabaseDir { path, source, .. } => json!({
-                "path": path.display().to_string(),
-                "permission_denied": source.kind() == std::io::ErrorKind::PermissionDenied,
-            }),
+            Error::DatabaseDir { path, source, .. } | Error::CreateFile { path, source, .. } => {
+                json!({
+                    "path": path.display().to_string(),
+                    "permission_denied": source.kind() == std::io::ErrorKind::PermissionDenied,
+                })
+            }
             Error::Migration { path, .. }
             | Error::NotADirectory { path, .. }
             | Error::NewerSchema { path, .. }

@@ -95,6 +95,11 @@ impl Store {
                 })?;
             }
         }
+        create_private_file(path).map_err(|e| Error::CreateFile {
+            path: path.to_path_buf(),
+            file: path.to_path_buf(),
+            source: e,
+        })?;
         let conn = Connection::open(path).map_err(db_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
         let mut store = Store {
@@ -410,6 +415,29 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
+/// Creates `path` empty with mode 0600 whatever the umask, unless it exists. SQLite gives the
+/// -wal and -shm files the mode of the database, so they are private too; the mediator runs as
+/// root and still reads them.
+#[cfg(unix)]
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f.set_permissions(std::fs::Permissions::from_mode(0o600)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private_file(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// A write transaction on the registry. Dropping it without `commit` rolls back.
 pub struct WriteTx<'a> {
     tx: rusqlite::Transaction<'a>,
@@ -691,6 +719,11 @@ fn write_backup(conn: &Connection, path: &Path) -> Result<PathBuf> {
     // reads is exactly the state we are about to migrate.
     let src = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| db_error(path, e))?;
+    create_private_file(&target).map_err(|e| Error::CreateFile {
+        path: path.to_path_buf(),
+        file: target.clone(),
+        source: e,
+    })?;
     let mut dst = Connection::open(&target).map_err(|e| db_error(&target, e))?;
     {
         let backup =
