@@ -11,7 +11,7 @@ DIST := dist
 WHEEL_TOOLS := $(VENV)/.wheel-tools
 
 .PHONY: help build demo test test-rust test-python test-python-pkg test-plugin lint venv wheel dom0-bin clean FORCE \
-	shells rpm rpmbuild
+	shells rpm rpmbuild test-rpm
 
 help:
 	@echo "make demo   build and walk the main workflow on the bundled XAPI simulator"
@@ -117,7 +117,14 @@ test-python-pkg: build venv wheel
 test-plugin: build venv wheel
 	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) PYTHON=$(CURDIR)/$(VPY) tests/plugin/run-all.sh
 
-test: lint test-rust test-python test-python-pkg test-plugin
+# The RPM of `make rpm` queried, installed into scratch roots (rpm --root), its vgpu-admin and its
+# plugin (CPython 3.6 with the installed extension, 2.7 through the installed vgpu-admin) run against
+# the XAPI simulator, upgraded to a second release and erased; and packaging/vgpu.conf checked
+# against the keys and defaults of the core. CI=true turns any skip into a failure.
+test-rpm: build venv rpm
+	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) $(VPY) -m pytest -q -p no:cacheprovider -rfEs tests/rpm
+
+test: lint test-rust test-python test-python-pkg test-plugin test-rpm
 	@echo "make test: all suites passed"
 
 clean:
