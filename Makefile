@@ -11,7 +11,7 @@ DIST := dist
 WHEEL_TOOLS := $(VENV)/.wheel-tools
 
 .PHONY: help build demo test test-rust test-python test-python-pkg test-plugin lint venv wheel dom0-bin clean FORCE \
-	shells
+	shells rpm rpmbuild test-rpm
 
 help:
 	@echo "make demo   build and walk the main workflow on the bundled XAPI simulator"
@@ -19,6 +19,7 @@ help:
 	@echo "make build  debug binaries"
 	@echo "make wheel  the shippable abi3 manylinux2014 wheel of vgpu_registry in $(DIST)/"
 	@echo "make dom0-bin  vgpu-admin linked for dom0's glibc 2.17, in $(DIST)/"
+	@echo "make rpm   the dom0 RPM of both in $(DIST)/ (RPM_RELEASE=N for another release)"
 
 build:
 	$(CARGO) build --workspace
@@ -67,6 +68,19 @@ dom0-bin: $(WHEEL_TOOLS)
 	[ "$$(printf '%s\nGLIBC_2.17\n' "$$newest" | sort -V | tail -n 1)" = GLIBC_2.17 ] || \
 	{ echo "$(DIST)/vgpu-admin needs $$newest, newer than dom0's glibc 2.17"; exit 1; }
 
+# The dom0 RPM (packaging/vgpu-registry.spec) of the two artefacts above: release $(RPM_RELEASE) of the
+# workspace version, in $(DIST)/. rpmbuild is Debian's `rpm` package, installed when missing.
+RPM_RELEASE ?= 1
+rpm: dom0-bin wheel rpmbuild
+	RPM_RELEASE=$(RPM_RELEASE) packaging/build-rpm.sh $(DIST)
+
+rpmbuild:
+	@if ! command -v rpmbuild >/dev/null; then \
+		command -v apt-get >/dev/null || { echo "install rpmbuild (Debian: the rpm package): make rpm needs it"; exit 1; }; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rpm; \
+	fi
+
 demo: build
 	PYTHON=$(PYTHON) tests/demo/run-demo.sh
 
@@ -103,7 +117,14 @@ test-python-pkg: build venv wheel
 test-plugin: build venv wheel
 	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) PYTHON=$(CURDIR)/$(VPY) tests/plugin/run-all.sh
 
-test: lint test-rust test-python test-python-pkg test-plugin
+# The RPM of `make rpm` queried, installed into scratch roots (rpm --root), its vgpu-admin and its
+# plugin (CPython 3.6 with the installed extension, 2.7 through the installed vgpu-admin) run against
+# the XAPI simulator, upgraded to a second release and erased; and packaging/vgpu.conf checked
+# against the keys and defaults of the core. CI=true turns any skip into a failure.
+test-rpm: build venv rpm
+	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) $(VPY) -m pytest -q -p no:cacheprovider -rfEs tests/rpm
+
+test: lint test-rust test-python test-python-pkg test-plugin test-rpm
 	@echo "make test: all suites passed"
 
 clean:
