@@ -69,11 +69,6 @@ def test_the_installed_vgpu_admin_manages_the_pool(installed_root, pool):
     assert installed_root.mode(CONF_DIR) == 0o700
 
 
-# Only the mode assertion may fail "as expected" (raises=AssertionError): anything else that goes
-# wrong is reported through pytest.fail, a failure of its own.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the core creates a new registry with SQLite's default mode 0644 (less the umask), "
-                          "not 0600; /etc/vgpu (0700) keeps other users out")
 def test_a_registry_created_after_install_is_0600(installed_root, pool, tmp_path):
     admin = installed_root.at(BIN)
     registry = installed_root.at(CONF_DIR + "/new-registry.db")
