@@ -32,7 +32,7 @@ done
 
 command -v rpmbuild >/dev/null || { echo "build-rpm: no rpmbuild: apt-get install rpm (make rpm does)" >&2; exit 1; }
 
-top=$(mktemp -d "${TMPDIR:-/tmp}/vgpu-rpmbuild.XXXXXX")
+top=$(mktemp -d)
 trap 'rm -rf "$top"' EXIT
 mkdir -p "$top/SOURCES"
 # By name: a test run leaves __pycache__ and *.pyc in plugin/.
