@@ -1031,7 +1031,8 @@ def test_event_from_reports_changes_after_the_token(sim):
     everything = sim.call("event.from", s, ["*"], "", 0)
     assert {"vm", "host", "pool"} <= {e["class"] for e in everything["events"]}
     assert fault_of(sim.call, "event.from", s, ["VM"], "garbage", 0) == ("EVENT_FROM_TOKEN_PARSE_FAILURE", ["garbage"])
-    assert fault_of(sim.call, "event.inject", s, "pool", "OpaqueRef:nope") == ("HANDLE_INVALID", ["pool", "OpaqueRef:nope"])
+    assert fault_of(sim.call, "event.inject", s, "pool", "OpaqueRef:nope") == \
+        ("HANDLE_INVALID", ["pool", "OpaqueRef:nope"])
 
 
 def test_event_from_sees_a_task_come_and_go(psim):
