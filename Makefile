@@ -129,7 +129,7 @@ test: lint test-rust test-python test-python-pkg test-plugin test-xo
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV) dist
+	rm -rf $(VENV) dist $(XO_DIR)/node_modules
 
 .PHONY: bench
 bench: venv
