@@ -11,7 +11,7 @@ DIST := dist
 WHEEL_TOOLS := $(VENV)/.wheel-tools
 
 .PHONY: help build demo test test-rust test-python test-python-pkg test-plugin lint venv wheel dom0-bin clean FORCE \
-	shells rpm rpmbuild test-rpm
+	shells rpm rpmbuild test-rpm test-xo xo-pack node
 
 help:
 	@echo "make demo   build and walk the main workflow on the bundled XAPI simulator"
@@ -20,6 +20,7 @@ help:
 	@echo "make wheel  the shippable abi3 manylinux2014 wheel of vgpu_registry in $(DIST)/"
 	@echo "make dom0-bin  vgpu-admin linked for dom0's glibc 2.17, in $(DIST)/"
 	@echo "make rpm   the dom0 RPM of both in $(DIST)/ (RPM_RELEASE=N for another release)"
+	@echo "make xo-pack   the Xen Orchestra plugin xo-server-vgpu (npm pack tarball) in $(DIST)/"
 
 build:
 	$(CARGO) build --workspace
@@ -124,12 +125,32 @@ test-plugin: build venv wheel
 test-rpm: build venv rpm
 	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) $(VPY) -m pytest -q -p no:cacheprovider -rfEs tests/rpm
 
-test: lint test-rust test-python test-python-pkg test-plugin test-rpm
+# The Xen Orchestra plugin (xo-integration/) needs Node.js >= 20 and npm.
+XO_DIR := xo-integration
+node:
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+		{ echo "xo-integration needs Node.js >= 20 and npm on the PATH"; exit 1; }
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || \
+		{ echo "xo-integration needs Node.js >= 20, found $$(node --version)"; exit 1; }
+
+# xo-server-vgpu as an installable npm tarball.
+xo-pack: node
+	mkdir -p $(DIST)
+	rm -f $(DIST)/xo-server-vgpu-*.tgz
+	cd $(XO_DIR) && npm pack --pack-destination $(CURDIR)/$(DIST)
+
+# Its suites (node --test), with the devDependencies from the committed lock file; they run the
+# XAPI simulator, the real plugin and this checkout's vgpu-admin.
+test-xo: build venv node
+	cd $(XO_DIR) && npm ci --no-audit --no-fund
+	cd $(XO_DIR) && VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) PYTHON=$(CURDIR)/$(VPY) npm test
+
+test: lint test-rust test-python test-python-pkg test-plugin test-rpm test-xo
 	@echo "make test: all suites passed"
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV) dist
+	rm -rf $(VENV) dist $(XO_DIR)/node_modules
 
 .PHONY: bench
 bench: venv

@@ -14,18 +14,28 @@ import threading
 import time
 import uuid as uuidlib
 
+import xmlrpc.client
+
 from xapi_sim import filter as xfilter
 from xapi_sim import plugins
 from xapi_sim.errors import XapiError
+from xapi_sim.events import EventTracker, format_token, parse_token
 from xapi_sim.records import (
-    HOST_FIELDS, NULL_REF, POOL_FIELDS, POWER_STATES, SESSION_FIELDS, VM_FIELDS, VM_MAP_FIELDS,
-    HOST_MAP_FIELDS, POOL_MAP_FIELDS, host_record, make_ref, pool_record, session_record, vm_record,
+    HOST_FIELDS, NULL_REF, POOL_FIELDS, POWER_STATES, SESSION_FIELDS, TASK_FIELDS, VM_FIELDS, VM_MAP_FIELDS,
+    HOST_MAP_FIELDS, POOL_MAP_FIELDS, host_record, make_ref, pool_record, session_record, task_record, vm_record,
 )
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PLUGIN_DIR = os.path.normpath(os.path.join(PACKAGE_DIR, "..", "..", "plugin"))
 DEFAULT_FIXTURE = os.path.join(PACKAGE_DIR, "fixtures", "sample_pool.json")
 DEFAULT_USERS = {"root": "password"}
+# The classes event.from reports, as the API spells them; event records use them in lower case.
+EVENT_CLASSES = ("VM", "host", "pool", "task")
+# The methods that have an Async. form here (in xapi: the messages the datamodel marks async).
+ASYNC_METHODS = frozenset([
+    "host.call_plugin", "VM.start", "VM.start_on", "VM.clean_shutdown", "VM.hard_shutdown", "VM.shutdown",
+    "VM.clean_reboot", "VM.hard_reboot", "VM.pause", "VM.unpause", "VM.suspend", "VM.resume",
+])
 
 
 class Ctx(object):
@@ -95,6 +105,9 @@ class SimCore(object):
         self.plugin_calls = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.events = EventTracker()
+        # Waits in event.from release the state lock; every finished call wakes them.
+        self.changed = threading.Condition(self.lock)
         self._load(self.fixture)
         self.methods = self._method_table()
         self.controls = self._control_table()
@@ -131,6 +144,8 @@ class SimCore(object):
         self.users = dict(fixture.get("users") or DEFAULT_USERS)
         self.plugin_env_overrides = {}
         self.plugin_python = self.default_plugin_python
+        self.host_plugin_dirs = {}
+        self.tasks = collections.OrderedDict()
 
     def _normalize_vm(self, vm, explicit_resident=False):
         ps = vm.get("power_state", "Halted")
@@ -272,20 +287,38 @@ class SimCore(object):
         finally:
             with self.lock:
                 self.in_flight -= 1
+            self._after_change()
+
+    def _after_change(self):
+        """Once a client watches events, record what this call changed and wake event.from."""
+        with self.lock:
+            if self.events.active:
+                self._event_sync()
+                self.changed.notify_all()
+
+    def _event_sync(self):
+        current = {}
+        for cls in EVENT_CLASSES:
+            for u, o in self._objects(cls).items():
+                current[(cls.lower(), make_ref(cls, u))] = self._record_of(cls, o)
+        self.events.sync(current)
 
     def _lookup(self, method):
         entry = self.methods.get(method)
         if entry is not None:
             return entry
-        m = re.match(r"^(VM|host|pool|session)\.get_([A-Za-z0-9_]+)$", method)
+        m = re.match(r"^(VM|host|pool|session|task)\.get_([A-Za-z0-9_]+)$", method)
         if m:
             cls, field = m.group(1), m.group(2)
-            fields = {"VM": VM_FIELDS, "host": HOST_FIELDS, "pool": POOL_FIELDS, "session": SESSION_FIELDS}[cls]
+            fields = {"VM": VM_FIELDS, "host": HOST_FIELDS, "pool": POOL_FIELDS, "session": SESSION_FIELDS,
+                      "task": TASK_FIELDS}[cls]
             if field in fields or (cls == "VM" and any(field in v for v in self.vms.values())):
                 return _Method(self._generic_getter(cls, field), 2)
         return None
 
     def _dispatch(self, method, params, ctx):
+        if method.startswith("Async."):
+            return self._start_async(method, params, ctx)
         entry = self._lookup(method)
         if entry is None:
             raise XapiError("MESSAGE_METHOD_UNKNOWN", [method])
@@ -330,7 +363,8 @@ class SimCore(object):
         add("session.login_with_password", self.session_login_with_password, (2, 4), session=False)
         add("session.logout", self.session_logout, 1, session=False)
         add("session.get_record", self.session_get_record, 2)
-        for name in ("VM", "host", "pool"):
+        add("system.listMethods", self.system_list_methods, 0, session=False)
+        for name in ("VM", "host", "pool", "task"):
             add(name + ".get_all", self._get_all(name), 1)
             add(name + ".get_all_records", self._get_all_records(name), 1)
             add(name + ".get_all_records_where", self._get_all_records_where(name), 2)
@@ -364,6 +398,11 @@ class SimCore(object):
         add("VM.suspend", self.vm_suspend, 2)
         add("VM.resume", self.vm_resume, 4)
         add("host.call_plugin", None, 5)
+        add("task.create", self.task_create, 3)
+        add("task.destroy", self.task_destroy, 2)
+        add("task.cancel", self.task_cancel, 2)
+        add("event.inject", self.event_inject, 3)
+        add("event.from", self.event_from, 4, session=False)
         return t
 
     def _objects(self, cls):
@@ -371,6 +410,8 @@ class SimCore(object):
             return self.vms
         if cls == "host":
             return self.hosts
+        if cls == "task":
+            return self.tasks
         return {self.pool["uuid"]: self.pool}
 
     def _record_of(self, cls, obj):
@@ -378,6 +419,8 @@ class SimCore(object):
             return self._vm_rec(obj)
         if cls == "host":
             return self._host_rec(obj)
+        if cls == "task":
+            return task_record(obj)
         return self._pool_rec()
 
     def _by_ref(self, cls, ref):
@@ -385,7 +428,16 @@ class SimCore(object):
             return self._vm_by_ref(ref)
         if cls == "host":
             return self._host_by_ref(ref)
+        if cls == "task":
+            return self._task_by_ref(ref)
         return self._pool_by_ref(ref)
+
+    def _task_by_ref(self, ref):
+        if isinstance(ref, str):
+            for u, task in self.tasks.items():
+                if make_ref("task", u) == ref:
+                    return task
+        raise XapiError("HANDLE_INVALID", ["task", ref if isinstance(ref, str) else str(ref)])
 
     def _get_all(self, cls):
         return lambda ctx: [make_ref(cls, u) for u in self._objects(cls)]
@@ -587,7 +639,7 @@ class SimCore(object):
             plugin = _require_str(plugin, "plugin")
             fn = _require_str(fn, "fn")
             args = _require_str_map(args, "args")
-            path = plugins.find_plugin(self.plugin_dir, plugin)
+            path = plugins.find_plugin(self.host_plugin_dirs.get(host["uuid"], self.plugin_dir), plugin)
             # The host's identity first, so a test can override it (a misconfigured host).
             extra = {"VGPU_HOST_UUID": host["uuid"], "VGPU_XAPI": self.url}
             extra.update({k: str(v) for k, v in (host.get("plugin_env") or {}).items()})
@@ -597,6 +649,100 @@ class SimCore(object):
             python = self.plugin_python
             self.plugin_calls += 1
         return plugins.run_plugin(path, fn, plugin_session, args, env, python, self.plugin_timeout)
+
+    # system, tasks, Async calls, events
+
+    def system_list_methods(self, ctx):
+        return sorted(list(self.methods) + ["Async." + m for m in ASYNC_METHODS])
+
+    def _new_task(self, label, description="", cancellable=False):
+        task_uuid = str(uuidlib.uuid4())
+        self.tasks[task_uuid] = {
+            "uuid": task_uuid, "name_label": label, "name_description": description, "created": _now_stamp(),
+            "status": "pending", "progress": 0.0, "resident_on": self.pool["master"], "cancellable": cancellable,
+        }
+        return make_ref("task", task_uuid)
+
+    def task_create(self, ctx, label, description):
+        return self._new_task(_require_str(label, "label"), _require_str(description, "description"),
+                              cancellable=True)
+
+    def task_destroy(self, ctx, ref):
+        del self.tasks[self._task_by_ref(ref)["uuid"]]
+        return ""
+
+    def task_cancel(self, ctx, ref):
+        task = self._task_by_ref(ref)
+        if task["status"] != "pending" or not task.get("cancellable"):
+            raise XapiError("OPERATION_NOT_ALLOWED", ["task %s cannot be cancelled (%s)" % (ref, task["status"])])
+        task.update(status="cancelled", finished=_now_stamp())
+        return ""
+
+    def _start_async(self, method, params, ctx):
+        """``Async.M``: the checks xapi makes up front, then M on a thread; returns the task ref."""
+        inner = method[len("Async."):]
+        entry = self._lookup(inner) if inner in ASYNC_METHODS else None
+        if entry is None:
+            raise XapiError("MESSAGE_METHOD_UNKNOWN", [method])
+        lo, hi = entry.nargs
+        if not lo <= len(params) <= hi:
+            raise XapiError("MESSAGE_PARAMETER_COUNT_MISMATCH", [method, str(hi), str(len(params))])
+        with self.lock:
+            self._check_session(params[0])
+            ref = self._new_task(method)
+            task_uuid = self._task_by_ref(ref)["uuid"]
+        threading.Thread(target=self._run_async, args=(task_uuid, inner, params, ctx),
+                         name="xapi-sim-" + method, daemon=True).start()
+        return ref
+
+    def _run_async(self, task_uuid, method, params, ctx):
+        try:
+            fields = {"status": "success", "result": _task_result(self._dispatch(method, params, ctx))}
+        except XapiError as e:
+            fields = {"status": "failure", "error_info": [e.code] + e.params}
+        except Exception as e:  # a simulator bug: the task fails the way xapi reports internal errors
+            fields = {"status": "failure", "error_info": ["INTERNAL_ERROR", "%s: %s" % (type(e).__name__, e)]}
+        with self.lock:
+            task = self.tasks.get(task_uuid)  # gone after task.destroy or sim.reset
+            if task is not None and task["status"] == "pending":
+                task.update(fields, progress=1.0, finished=_now_stamp())
+        self._after_change()
+
+    def event_inject(self, ctx, cls, ref):
+        name = {c.lower(): c for c in EVENT_CLASSES}.get(_require_str(cls, "class").lower())
+        if name is None:
+            raise XapiError("HANDLE_INVALID", [cls, str(ref)])
+        self._by_ref(name, ref)
+        self.events.active = True
+        self._event_sync()
+        self.events.touch((name.lower(), ref))
+        self.changed.notify_all()
+        return format_token(self.events.gen)
+
+    def event_from(self, ctx, session_ref, classes, token, timeout):
+        """Events newer than ``token``, waiting up to ``timeout`` seconds for one (under the lock,
+        which the wait releases). A session logged out meanwhile ends the wait with SESSION_INVALID."""
+        self._check_session(session_ref)
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise XapiError("FIELD_TYPE_ERROR", ["classes"])
+        since = parse_token(_require_str(token, "token"))
+        if since is None:
+            raise XapiError("EVENT_FROM_TOKEN_PARSE_FAILURE", [token])
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise XapiError("FIELD_TYPE_ERROR", ["timeout"])
+        wanted = [c.lower() for c in classes]
+        self.events.active = True
+        deadline = time.time() + max(0.0, float(timeout))
+        while True:
+            self._event_sync()
+            found = self.events.since(wanted, since)
+            remaining = deadline - time.time()
+            if found or remaining <= 0:
+                break
+            self.changed.wait(remaining)
+            self._check_session(session_ref)
+        counts = {c.lower(): len(self._objects(c)) for c in EVENT_CLASSES if "*" in wanted or c.lower() in wanted}
+        return {"events": found, "valid_ref_counts": counts, "token": format_token(self.events.gen)}
 
     # ------------------------------------------------------------------ control (sim.*)
 
@@ -616,6 +762,7 @@ class SimCore(object):
             "sim.set_plugin_env": (self.sim_set_plugin_env, 2),
             "sim.get_plugin_env": (self.sim_get_plugin_env, 1),
             "sim.set_plugin_python": (self.sim_set_plugin_python, 1),
+            "sim.set_plugin_dir": (self.sim_set_plugin_dir, 2),
             "sim.stats": (self.sim_stats, 0),
         }
 
@@ -626,8 +773,11 @@ class SimCore(object):
         fn, nargs = entry
         if len(params) != nargs:
             raise XapiError("MESSAGE_PARAMETER_COUNT_MISMATCH", [method, str(nargs), str(len(params))])
-        with self.lock:
-            return copy.deepcopy(fn(*params))
+        try:
+            with self.lock:
+                return copy.deepcopy(fn(*params))
+        finally:
+            self._after_change()
 
     def sim_inject_fault(self, spec):
         if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
@@ -759,6 +909,17 @@ class SimCore(object):
         self.plugin_python = exe or None
         return ""
 
+    def sim_set_plugin_dir(self, host_uuid, path):
+        if host_uuid not in self.hosts:
+            raise XapiError("UUID_INVALID", ["host", str(host_uuid)])
+        if path is None:
+            self.host_plugin_dirs.pop(host_uuid, None)
+        elif isinstance(path, str):
+            self.host_plugin_dirs[host_uuid] = path
+        else:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["path must be a string or null"])
+        return ""
+
     def sim_stats(self):
         return {
             "calls_total": self.seq,
@@ -774,5 +935,16 @@ class SimCore(object):
             "url": self.url,
             "plugin_dir": self.plugin_dir,
             "plugin_python": self.plugin_python,
+            "tasks": len(self.tasks),
             "uptime_s": round(time.time() - self.started, 3),
         }
+
+
+def _task_result(value):
+    """A task's ``result`` as xapi stores it: the XML-RPC encoding of the value ("" for void)."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        return "<value>%s</value>" % plugins._xml_text(value)
+    text = xmlrpc.client.dumps((value,))
+    return text[text.index("<value>"):text.rindex("</value>") + len("</value>")]

@@ -326,6 +326,10 @@ class Simulator(object):
     def set_plugin_python(self, exe):
         return self.call("sim.set_plugin_python", exe)
 
+    def set_plugin_dir(self, host_uuid, path):
+        """Where that host finds its plugins (``None``: the simulator's plugin directory again)."""
+        return self.call("sim.set_plugin_dir", host_uuid, path)
+
     def set_master(self, host_uuid):
         return self.call("sim.set_master", host_uuid)
 

@@ -328,9 +328,43 @@ def session_record(ref, sess):
     }
 
 
+def task_record(task):
+    """A task as xapi shows it; ``task`` holds the fields that change (status, result ...)."""
+    rec = {
+        "uuid": task["uuid"],
+        "name_label": "",
+        "name_description": "",
+        "allowed_operations": [],
+        "current_operations": {},
+        "created": XDateTime(EPOCH),
+        "finished": XDateTime(EPOCH),
+        "status": "pending",
+        "resident_on": NULL_REF,
+        "progress": 0.0,
+        "type": "<none/>",
+        "result": "",
+        "error_info": [],
+        "other_config": {},
+        "subtask_of": NULL_REF,
+        "subtasks": [],
+        "backtrace": "()",
+    }
+    for key, value in task.items():
+        if key in rec:
+            rec[key] = copy.deepcopy(value)
+    if task.get("resident_on"):
+        rec["resident_on"] = make_ref("host", task["resident_on"])
+    for key in ("created", "finished"):
+        rec[key] = XDateTime(rec[key])
+    if rec["status"] == "pending" and task.get("cancellable"):
+        rec["allowed_operations"] = ["cancel"]
+    return rec
+
+
 # Static field sets (for the generic get_<field> getters).
 _DUMMY_VM = {"uuid": "00000000-0000-0000-0000-000000000000"}
 VM_FIELDS = frozenset(vm_record(_DUMMY_VM, {}, lambda u: False, lambda u: False))
 HOST_FIELDS = frozenset(host_record({"uuid": _DUMMY_VM["uuid"]}, {}))
 POOL_FIELDS = frozenset(pool_record({"uuid": _DUMMY_VM["uuid"]}, lambda u: False))
 SESSION_FIELDS = frozenset(session_record("", {"uuid": "", "created": EPOCH}))
+TASK_FIELDS = frozenset(task_record({"uuid": _DUMMY_VM["uuid"]}))

@@ -899,6 +899,185 @@ def test_default_plugin_dir_is_repo_plugin(usim):
     assert usim.stats()["plugin_dir"] == expected
 
 
+def test_set_plugin_dir_per_host(psim, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    psim.set_plugin_dir(HOST2, str(empty))
+    assert fault_of(call_plugin, psim, HOST2, "tester", "echo") == ("XENAPI_MISSING_PLUGIN", ["tester"])
+    assert json.loads(call_plugin(psim, HOST1, "tester", "echo"))["argc"] == 2
+    psim.set_plugin_dir(HOST2, None)
+    assert json.loads(call_plugin(psim, HOST2, "tester", "echo"))["argc"] == 2
+    psim.set_plugin_dir(HOST2, str(empty))
+    psim.reset()
+    assert json.loads(call_plugin(psim, HOST2, "tester", "echo"))["argc"] == 2
+    assert fault_of(psim.call, "sim.set_plugin_dir", "nope", None) == ("UUID_INVALID", ["host", "nope"])
+
+
+# ---------------------------------------------------------------------------- tasks, Async, events
+# What the xen-api npm client (Xen Orchestra's connector) needs: system.listMethods on connect,
+# Async.* calls answered by a task, task records and event.from to watch them.
+
+
+def wait_task(sim, s, task):
+    deadline = time.time() + 20
+    while sim.call("task.get_status", s, task) == "pending":
+        assert time.time() < deadline, "task still pending"
+        time.sleep(0.05)
+    return sim.call("task.get_record", s, task)
+
+
+def test_list_methods_needs_no_session(sim):
+    methods = sim.call("system.listMethods")
+    for m in ("VM.get_all_records", "host.get_all_records", "pool.get_all_records", "task.get_all_records",
+              "event.from", "event.inject", "task.destroy", "Async.host.call_plugin", "host.call_plugin"):
+        assert m in methods, m
+    assert methods == sorted(methods)
+    assert "Async.VM.get_record" not in methods
+
+
+def test_async_call_plugin_is_a_task(psim):
+    s = psim.login()
+    host = make_ref("host", HOST1)
+    task = psim.call("Async.host.call_plugin", s, host, "tester", "echo", {"k": "<&>"})
+    assert task.startswith("OpaqueRef:")
+    rec = wait_task(psim, s, task)
+    assert rec["status"] == "success" and rec["progress"] == 1.0
+    assert rec["name_label"] == "Async.host.call_plugin"
+    assert rec["resident_on"] == make_ref("host", MASTER)
+    assert rec["created"] <= rec["finished"]
+    # the result is the XML-RPC encoding of the string the plugin returned
+    m = re.match(r"^<value>(.*)</value>$", rec["result"], re.S)
+    assert m, rec["result"]
+    out = json.loads(xmlrpc.client.loads("<params><param><value>%s</value></param></params>" % m.group(1))[0][0])
+    assert out["args"] == {"k": "<&>"}
+    assert task in psim.call("task.get_all", s)
+    assert psim.call("task.get_by_uuid", s, rec["uuid"]) == task
+    psim.call("task.destroy", s, task)
+    assert fault_of(psim.call, "task.get_record", s, task) == ("HANDLE_INVALID", ["task", task])
+    assert psim.stats()["tasks"] == 0
+
+
+def test_async_failures(psim):
+    s = psim.login()
+    host = make_ref("host", HOST1)
+    task = psim.call("Async.host.call_plugin", s, host, "tester", "fail", {"code": "VGPU_NOT_REGISTERED"})
+    rec = wait_task(psim, s, task)
+    assert rec["status"] == "failure" and rec["result"] == ""
+    assert rec["error_info"] == ["VGPU_NOT_REGISTERED", "something failed", '{"k": 1}']
+    task = psim.call("Async.host.call_plugin", s, host, "nope", "x", {})
+    assert wait_task(psim, s, task)["error_info"] == ["XENAPI_MISSING_PLUGIN", "nope"]
+    # checked before any task exists
+    assert fault_of(psim.call, "Async.host.call_plugin", "OpaqueRef:bad", host, "tester", "echo", {})[0] == \
+        "SESSION_INVALID"
+    assert fault_of(psim.call, "Async.host.call_plugin", s, host) == \
+        ("MESSAGE_PARAMETER_COUNT_MISMATCH", ["Async.host.call_plugin", "5", "2"])
+    assert fault_of(psim.call, "Async.VM.get_record", s, "x") == ("MESSAGE_METHOD_UNKNOWN", ["Async.VM.get_record"])
+    # the Async call is what the call log and fault injection see
+    psim.inject_fault("Async.host.call_plugin", code="HOST_OFFLINE", params=[host])
+    assert fault_of(psim.call, "Async.host.call_plugin", s, host, "tester", "echo", {}) == ("HOST_OFFLINE", [host])
+    assert len(psim.call_log("Async.host.call_plugin")) == 5
+    assert psim.call_log("host.call_plugin") == []
+
+
+def test_async_vm_power_operation(sim):
+    s = sim.login()
+    vm = sim.call("VM.get_by_uuid", s, vm_uuid("render-01"))
+    rec = wait_task(sim, s, sim.call("Async.VM.clean_shutdown", s, vm))
+    assert rec["status"] == "success" and rec["result"] == ""
+    assert sim.call("VM.get_power_state", s, vm) == "Halted"
+    rec = wait_task(sim, s, sim.call("Async.VM.clean_shutdown", s, vm))
+    assert rec["error_info"] == ["VM_BAD_POWER_STATE", vm, "running", "halted"]
+
+
+def test_tasks_create_cancel_destroy(sim):
+    s = sim.login()
+    task = sim.call("task.create", s, "import", "an import")
+    rec = sim.call("task.get_record", s, task)
+    assert (rec["status"], rec["name_label"], rec["allowed_operations"]) == ("pending", "import", ["cancel"])
+    sim.call("task.cancel", s, task)
+    assert sim.call("task.get_status", s, task) == "cancelled"
+    assert fault_of(sim.call, "task.cancel", s, task)[0] == "OPERATION_NOT_ALLOWED"
+    sim.call("task.destroy", s, task)
+    assert fault_of(sim.call, "task.destroy", s, task) == ("HANDLE_INVALID", ["task", task])
+
+
+def test_event_from_reports_changes_after_the_token(sim):
+    s = sim.login()
+    pool = sim.call("pool.get_all", s)[0]
+    token = sim.call("event.inject", s, "pool", pool)
+    t0 = time.time()
+    idle = sim.call("event.from", s, ["VM", "host"], token, 0.2)
+    assert idle["events"] == [] and time.time() - t0 >= 0.15
+    assert idle["valid_ref_counts"] == {"vm": len(SAMPLE["vms"]), "host": 2}
+    vm = sim.call("VM.get_by_uuid", s, vm_uuid("render-01"))
+
+    def later():
+        time.sleep(0.3)
+        sim.client().call("VM.set_name_label", s, vm, "renamed")
+
+    threading.Thread(target=later).start()
+    t0 = time.time()
+    got = sim.call("event.from", s, ["VM"], token, 10.0)
+    assert time.time() - t0 < 5, "event.from waits for the change, not for its timeout"
+    assert [(e["class"], e["operation"], e["ref"]) for e in got["events"]] == [("vm", "mod", vm)]
+    assert got["events"][0]["snapshot"]["name_label"] == "renamed"
+    assert got["token"] > token
+    # a deleted object and a new one; classes filter; "*" is every class
+    sim.destroy_vm(vm_uuid("render-02"))
+    added = sim.add_vm(name_label="fresh")
+    got2 = sim.call("event.from", s, ["vm"], got["token"], 5.0)
+    ops = {(e["operation"], e["ref"]) for e in got2["events"]}
+    assert ("del", make_ref("VM", vm_uuid("render-02"))) in ops and ("add", added["ref"]) in ops
+    everything = sim.call("event.from", s, ["*"], "", 0)
+    assert {"vm", "host", "pool"} <= {e["class"] for e in everything["events"]}
+    assert fault_of(sim.call, "event.from", s, ["VM"], "garbage", 0) == ("EVENT_FROM_TOKEN_PARSE_FAILURE", ["garbage"])
+    assert fault_of(sim.call, "event.inject", s, "pool", "OpaqueRef:nope") == \
+        ("HANDLE_INVALID", ["pool", "OpaqueRef:nope"])
+
+
+def test_event_from_sees_a_task_come_and_go(psim):
+    s = psim.login()
+    pool = psim.call("pool.get_all", s)[0]
+    token = psim.call("event.inject", s, "pool", pool)
+    task = psim.call("Async.host.call_plugin", s, make_ref("host", HOST1), "tester", "echo", {})
+    seen = []
+    deadline = time.time() + 20
+    while "success" not in [status for _, status in seen]:
+        assert time.time() < deadline
+        got = psim.call("event.from", s, ["task"], token, 5.0)
+        token = got["token"]
+        seen += [(e["operation"], e["snapshot"]["status"]) for e in got["events"] if e["ref"] == task]
+    assert seen[0][0] == "add" and seen[-1][1] == "success", seen
+    psim.call("task.destroy", s, task)
+    got = psim.call("event.from", s, ["task"], token, 5.0)
+    assert [(e["operation"], e["ref"]) for e in got["events"]] == [("del", task)]
+    assert got["valid_ref_counts"] == {"task": 0}
+
+
+def test_event_from_ends_when_its_session_is_logged_out(sim):
+    s = sim.login()
+    other = sim.client()
+    s2 = other.call("session.login_with_password", "root", "password")
+    token = other.call("event.from", s2, ["VM"], "", 0)["token"]
+    result = {}
+
+    def waiter():
+        try:
+            other.call("event.from", s2, ["VM"], token, 30.0)
+        except XapiFault as e:
+            result["fault"] = (e.code, e.params)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.3)
+    t0 = time.time()
+    sim.client().call("session.logout", s2)
+    t.join(10)
+    assert time.time() - t0 < 5
+    assert result["fault"] == ("SESSION_INVALID", [s2])
+    assert sim.call("VM.get_all", s)  # the other sessions are untouched
+
+
 # ---------------------------------------------------------------------------- xe stand-in
 
 

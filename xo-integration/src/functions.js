@@ -1,0 +1,186 @@
+'use strict'
+
+// The vgpu plugin's functions as Xen Orchestra API methods: one declaration of each function's
+// arguments, from which the methods, their parameters and the REST routes are derived.
+// test/function-table.test.js checks this table against `vgpu-admin functions` both ways.
+
+// Each plugin argument (SPEC §4) and the XO parameter that carries it. `pool` is taken by the XO
+// pool id, so the registry pool travels as `vgpuPool`. `yes` has no parameter: XO calls are not
+// interactive, and `restart: true` is the caller's confirmation.
+const ARGUMENTS = {
+  'vm-uuid': {
+    param: 'vm',
+    schema: { type: 'string', description: "the VM's UUID" },
+  },
+  'vm-name': {
+    param: 'vmName',
+    schema: {
+      type: 'string',
+      description: "the VM's name-label (with vm: the name to store; alone: selects the VM)",
+    },
+  },
+  pool: {
+    param: 'vgpuPool',
+    schema: { type: 'string', description: 'the registry pool: A or B' },
+  },
+  priority: {
+    param: 'priority',
+    schema: { type: ['string', 'integer'], description: 'low, medium or high (or 0, 1, 2)' },
+  },
+  'vm-id': {
+    param: 'vmId',
+    schema: { type: ['string', 'integer'], description: 'the vm_id, 1 to 4294967295' },
+  },
+  restart: {
+    param: 'restart',
+    schema: {
+      type: 'boolean',
+      description: 'restart a running VM now so that the change reaches QEMU (confirms the restart)',
+    },
+  },
+  'dry-run': {
+    param: 'dryRun',
+    schema: { type: 'boolean', description: 'show what would change, change nothing' },
+  },
+  all: {
+    param: 'all',
+    schema: { type: 'boolean', description: 'every registered VM' },
+  },
+}
+
+// `long`: may run for minutes (restarts a VM, walks every VM of the pool), so it runs as an XAPI
+// task (`callAsync`) rather than inside one HTTP request. `read`: changes nothing; also served by
+// the REST API.
+const FUNCTIONS = [
+  {
+    name: 'scan',
+    description: 'every VM of the pool against the registry: registered, unregistered and stale',
+    long: true,
+    read: true,
+    required: [],
+    optional: [],
+  },
+  {
+    name: 'register',
+    description: "register a VM and write its vgpu device into the VM's device-model-args",
+    long: true,
+    required: ['pool', 'priority'],
+    optional: ['vm-uuid', 'vm-name', 'vm-id', 'restart'],
+  },
+  {
+    name: 'set-vm-id',
+    description: "change a registered VM's vm_id (it must be unused)",
+    long: true,
+    required: ['vm-id'],
+    optional: ['vm-uuid', 'vm-name', 'restart'],
+  },
+  {
+    name: 'set-pool',
+    description: "change a registered VM's registry pool",
+    long: true,
+    required: ['pool'],
+    optional: ['vm-uuid', 'vm-name', 'restart'],
+  },
+  {
+    name: 'set-priority',
+    description: "change a registered VM's priority",
+    long: true,
+    required: ['priority'],
+    optional: ['vm-uuid', 'vm-name', 'restart'],
+  },
+  {
+    name: 'update',
+    description: "change several of a registered VM's values at once",
+    long: true,
+    required: [],
+    optional: ['vm-uuid', 'vm-name', 'pool', 'priority', 'vm-id', 'restart'],
+  },
+  {
+    name: 'show',
+    description: 'one registration with the live state of its VM',
+    read: true,
+    required: [],
+    optional: ['vm-uuid', 'vm-name'],
+  },
+  {
+    name: 'list',
+    description: 'the registered VMs, by pool, priority (high first) and vm_id',
+    read: true,
+    required: [],
+    optional: ['pool', 'priority'],
+  },
+  {
+    name: 'list-pools',
+    description: 'the registry pools with their VM counts',
+    read: true,
+    required: [],
+    optional: [],
+  },
+  {
+    name: 'show-pool',
+    description: 'one registry pool and its VMs',
+    read: true,
+    required: ['pool'],
+    optional: [],
+  },
+  {
+    name: 'remove',
+    description: "remove a registration and the VM's vgpu device",
+    long: true,
+    required: [],
+    optional: ['vm-uuid', 'vm-name', 'restart'],
+  },
+  {
+    name: 'status',
+    description: 'a summary: pools, counts, drift, unregistered and stale VMs',
+    long: true,
+    read: true,
+    required: [],
+    optional: [],
+  },
+  {
+    name: 'sync',
+    description: 'apply the registry values again to VMs in drift or not applied',
+    long: true,
+    required: [],
+    optional: ['vm-uuid', 'vm-name', 'all', 'dry-run', 'restart'],
+  },
+]
+
+// `set-vm-id` -> `setVmId`
+const methodName = fn => fn.replace(/-([a-z])/g, (_, letter) => letter.toUpperCase())
+
+// The XO parameter that carries the pool's id (XO's own parameter name for a pool).
+const POOL_PARAM = 'pool'
+
+// XO's params dialect: every parameter required unless `optional`, no other keys accepted,
+// strings non-empty.
+function methodParams(fn) {
+  const params = {
+    [POOL_PARAM]: { type: 'string', description: 'the pool (its XO id, the pool UUID)' },
+  }
+  for (const key of fn.required) {
+    params[ARGUMENTS[key].param] = { ...ARGUMENTS[key].schema }
+  }
+  for (const key of fn.optional) {
+    params[ARGUMENTS[key].param] = { ...ARGUMENTS[key].schema, optional: true }
+  }
+  return params
+}
+
+// The plugin's arguments (strings) from a method's parameters.
+function pluginArgs(fn, params) {
+  const args = {}
+  for (const key of [...fn.required, ...fn.optional]) {
+    const value = params[ARGUMENTS[key].param]
+    if (value !== undefined) {
+      args[key] = String(value)
+    }
+  }
+  if (params.restart === true) {
+    args.yes = 'true'
+  }
+  return args
+}
+
+module.exports = { ARGUMENTS, FUNCTIONS, POOL_PARAM, methodName, methodParams, pluginArgs }

@@ -1,0 +1,284 @@
+'use strict'
+
+// The plugin inside the fake xo-server with a recording XAPI: what load() and unload() register,
+// what each method sends to the host plugin, and what callers get back, errors included.
+
+const assert = require('node:assert/strict')
+const { describe, test } = require('node:test')
+
+const createPlugin = require('../index.js')
+const { FUNCTIONS, methodName } = require('../src/functions.js')
+const { USER, FakeXo } = require('../testing/fake-xo.js')
+const { MASTER, MEMBER, POOL, VM, StubXapi, ref, xapiError } = require('../testing/stub-xapi.js')
+
+const ALL_METHODS = FUNCTIONS.map(f => `vgpu.${methodName(f.name)}`).sort()
+const failWith = error => () => {
+  throw error
+}
+const READ_ENDPOINTS = FUNCTIONS.filter(f => f.read).map(f => `GET /rest/v0/plugins/vgpu/pools/{id}/${f.name}`).sort()
+
+function setup({ answer, rest = true } = {}) {
+  const xo = new FakeXo({ rest })
+  const xapi = new StubXapi(answer)
+  xo.addXapi(xapi)
+  const plugin = createPlugin({ xo, staticConfig: {}, getDataDir: async () => '/nonexistent' })
+  plugin.load()
+  return { xo, xapi, plugin }
+}
+
+describe('load and unload', () => {
+  test('load registers every method, admin only, described, with params xo-server compiles', () => {
+    const { xo } = setup()
+    assert.deepEqual(Object.keys(xo.apiMethods).sort(), ALL_METHODS)
+    for (const name of ALL_METHODS) {
+      const m = xo.apiMethods[name]
+      assert.equal(m.permission, 'admin', name)
+      assert.equal(typeof m.description, 'string', name)
+      assert.ok(m.description.length > 10, name)
+      assert.equal(typeof m.validate, 'function', name)
+      assert.equal(m.params.pool.type, 'string', name)
+      assert.ok(!m.params.pool.optional, name)
+    }
+  })
+
+  test('unload removes them all, a second load works, a second unload does nothing', () => {
+    const { xo, plugin } = setup()
+    plugin.unload()
+    assert.deepEqual(Object.keys(xo.apiMethods), [])
+    assert.deepEqual(xo.restEndpoints, [])
+    plugin.load()
+    assert.deepEqual(Object.keys(xo.apiMethods).sort(), ALL_METHODS)
+    plugin.unload()
+    xo.addApiMethods({ other: { m: () => 1 } })
+    plugin.unload()
+    assert.deepEqual(Object.keys(xo.apiMethods), ['other.m'])
+  })
+
+  test('a method name already taken makes load fail and leaves nothing of the plugin behind', () => {
+    const xo = new FakeXo()
+    xo.addApiMethods({ vgpu: { status: () => 'someone else' } })
+    const plugin = createPlugin({ xo, staticConfig: {}, getDataDir: async () => '' })
+    assert.throws(() => plugin.load(), /API method vgpu\.status already exists/)
+    assert.deepEqual(Object.keys(xo.apiMethods), ['vgpu.status'])
+    assert.deepEqual(xo.restEndpoints, [])
+  })
+
+  test('a REST route that cannot be registered takes the methods back out', () => {
+    const xo = new FakeXo()
+    xo.registerRestRoutes([{ method: 'get', endpoint: 'plugins/vgpu/pools/{id}/scan', callback: () => 1 }])
+    const plugin = createPlugin({ xo, staticConfig: {}, getDataDir: async () => '' })
+    assert.throws(() => plugin.load(), /already registered/)
+    assert.deepEqual(Object.keys(xo.apiMethods), [])
+  })
+
+  test('the read functions are REST routes where xo-server has them, and only there', () => {
+    assert.deepEqual(setup().xo.restEndpoints.sort(), READ_ENDPOINTS)
+    const { xo } = setup({ rest: false })
+    assert.deepEqual(xo.restEndpoints, [])
+    assert.deepEqual(Object.keys(xo.apiMethods).sort(), ALL_METHODS)
+  })
+})
+
+describe('what the methods send', () => {
+  const cases = [
+    ['vgpu.scan', {}, 'scan', {}],
+    ['vgpu.status', {}, 'status', {}],
+    ['vgpu.listPools', {}, 'list-pools', {}],
+    ['vgpu.list', { vgpuPool: 'b', priority: 2 }, 'list', { pool: 'b', priority: '2' }],
+    ['vgpu.showPool', { vgpuPool: 'A' }, 'show-pool', { pool: 'A' }],
+    ['vgpu.show', { vmName: 'web 01' }, 'show', { 'vm-name': 'web 01' }],
+    [
+      'vgpu.register',
+      { vm: VM.uuid, vmName: 'stored', vgpuPool: 'B', priority: 'high', vmId: 7, restart: true },
+      'register',
+      {
+        'vm-uuid': VM.uuid,
+        'vm-name': 'stored',
+        pool: 'B',
+        priority: 'high',
+        'vm-id': '7',
+        restart: 'true',
+        yes: 'true',
+      },
+    ],
+    ['vgpu.setVmId', { vm: VM.uuid, vmId: '12' }, 'set-vm-id', { 'vm-uuid': VM.uuid, 'vm-id': '12' }],
+    [
+      'vgpu.setPool',
+      { vmName: 'x', vgpuPool: 'A', restart: false },
+      'set-pool',
+      { 'vm-name': 'x', pool: 'A', restart: 'false' },
+    ],
+    ['vgpu.setPriority', { vm: VM.uuid, priority: 'low' }, 'set-priority', { 'vm-uuid': VM.uuid, priority: 'low' }],
+    [
+      'vgpu.update',
+      { vm: VM.uuid, vmId: 3, priority: '0' },
+      'update',
+      { 'vm-uuid': VM.uuid, 'vm-id': '3', priority: '0' },
+    ],
+    ['vgpu.remove', { vm: VM.uuid, restart: true }, 'remove', { 'vm-uuid': VM.uuid, restart: 'true', yes: 'true' }],
+    ['vgpu.sync', { all: true, dryRun: true }, 'sync', { all: 'true', 'dry-run': 'true' }],
+  ]
+  for (const [name, params, fn, args] of cases) {
+    test(`${name} -> ${fn} on the master, string arguments`, async () => {
+      const { xo, xapi } = setup({ answer: () => '{"ok":true}' })
+      assert.deepEqual(await xo.call(name, { pool: POOL.uuid, ...params }), { ok: true })
+      assert.equal(xapi.calls.length, 1)
+      const [call] = xapi.calls
+      assert.equal(call.method, 'host.call_plugin')
+      assert.deepEqual(call.args, [ref(MASTER.uuid), 'vgpu', fn, args])
+      const long = FUNCTIONS.find(f => f.name === fn).long
+      assert.equal(call.via, long ? 'callAsync' : 'call')
+    })
+  }
+
+  test('the calls cover every method', () => {
+    assert.deepEqual([...new Set(cases.map(c => c[0]))].sort(), ALL_METHODS)
+  })
+
+  test('a method follows the pool master XO knows', async () => {
+    const { xo, xapi } = setup()
+    xo.overrideObject(POOL.uuid, { master: MEMBER.uuid })
+    await xo.call('vgpu.list', { pool: POOL.uuid })
+    assert.equal(xapi.calls[0].args[0], ref(MEMBER.uuid))
+  })
+
+  test('methods use the xo they were made with, whatever `this` is', async () => {
+    const { xo, xapi } = setup()
+    const fn = xo.apiMethods['vgpu.list'].fn
+    assert.deepEqual(await fn.call(undefined, { pool: POOL.uuid }), {})
+    assert.deepEqual(await fn.call({ unrelated: true }, { pool: POOL.uuid }), {})
+    assert.equal(xapi.calls.length, 2)
+  })
+})
+
+describe('what callers get for bad calls', () => {
+  const rejectsWithCode = async (promise, code) =>
+    assert.rejects(promise, e => {
+      assert.equal(e.code, code, e.message)
+      return true
+    })
+
+  test('xo-cli values need no json: (strings for numbers), but types are enforced', async () => {
+    const { xo, xapi } = setup()
+    await xo.call('vgpu.setVmId', { pool: POOL.uuid, vm: VM.uuid, vmId: '7', restart: true })
+    await xo.call('vgpu.list', { pool: POOL.uuid, priority: '1' })
+    assert.equal(xapi.calls.length, 2)
+    for (const bad of [
+      { vm: VM.uuid }, // vmId missing
+      { vm: VM.uuid, vmId: '' }, // empty string
+      { vm: VM.uuid, vmId: 7.5 },
+      { vm: VM.uuid, vmId: '7', restart: 'true' }, // a string where a boolean goes
+      { vm: VM.uuid, vmId: '7', yes: true }, // not a parameter
+      { vm: VM.uuid, vmId: '7', vgpuPool: 'A' }, // not this method's
+    ]) {
+      await rejectsWithCode(xo.call('vgpu.setVmId', { pool: POOL.uuid, ...bad }), 10)
+    }
+    await rejectsWithCode(xo.call('vgpu.scan', {}), 10)
+    assert.equal(xapi.calls.length, 2, 'nothing reached XAPI')
+  })
+
+  test('only admins', async () => {
+    const { xo, xapi } = setup()
+    await rejectsWithCode(xo.call('vgpu.scan', { pool: POOL.uuid }, { user: USER }), 2)
+    assert.equal(xapi.calls.length, 0)
+  })
+
+  test('an unknown pool id, or the id of something else, is no such pool', async () => {
+    const { xo, xapi } = setup()
+    for (const id of ['4b8a6f7e-0000-4000-8000-000000000000', VM.uuid, MASTER.uuid]) {
+      await assert.rejects(xo.call('vgpu.scan', { pool: id }), e => {
+        assert.equal(e.code, 1)
+        assert.equal(e.message, `no such pool ${id}`)
+        assert.deepEqual(e.data, { id, type: 'pool' })
+        return true
+      })
+    }
+    assert.equal(xapi.calls.length, 0)
+  })
+})
+
+describe('errors from XAPI and the host plugin', () => {
+  test('a VGPU_* failure keeps its message, code and details', async () => {
+    const details = { vm_uuid: VM.uuid, next_free_vm_id: 2 }
+    const { xo } = setup({
+      answer: failWith(xapiError('VGPU_VM_ID_IN_USE', ['VM ID 7 already in use', JSON.stringify(details)])),
+    })
+    await assert.rejects(xo.call('vgpu.setVmId', { pool: POOL.uuid, vm: VM.uuid, vmId: 7 }), e => {
+      assert.equal(e.code, -32000)
+      assert.equal(e.message, 'VM ID 7 already in use')
+      assert.equal(e.data.code, 'VGPU_VM_ID_IN_USE')
+      assert.deepEqual(e.data.details, details)
+      return true
+    })
+  })
+
+  for (const code of ['XENAPI_MISSING_PLUGIN', 'UNKNOWN_XENAPI_PLUGIN_FUNCTION']) {
+    test(`${code}: the plugin is not installed on the master, by name and uuid`, async () => {
+      const param = code === 'XENAPI_MISSING_PLUGIN' ? 'vgpu' : 'status'
+      const { xo } = setup({ answer: failWith(xapiError(code, [param])) })
+      await assert.rejects(xo.call('vgpu.status', { pool: POOL.uuid }), e => {
+        assert.match(e.message, new RegExp(`^vgpu plugin not installed on ${MASTER.name_label} \\(${MASTER.uuid}\\)`))
+        assert.equal(e.data.code, code)
+        assert.equal(e.data.details.host, MASTER.uuid)
+        return true
+      })
+    })
+  }
+
+  test('an answer that is not JSON is an error, never a silent null', async () => {
+    const { xo } = setup({ answer: () => 'not json' })
+    await assert.rejects(xo.call('vgpu.list', { pool: POOL.uuid }), e => {
+      assert.equal(e.data.code, 'VGPU_INTERNAL')
+      assert.match(e.message, /not JSON/)
+      return true
+    })
+  })
+
+  test('XAPI errors xo-server knows become its own errors (HOST_OFFLINE)', async () => {
+    const { xo } = setup({ answer: failWith(xapiError('HOST_OFFLINE', [ref(MASTER.uuid)])) })
+    await assert.rejects(xo.call('vgpu.list', { pool: POOL.uuid }), e => {
+      assert.equal(e.code, 18)
+      assert.deepEqual(e.data, { objectId: MASTER.uuid })
+      return true
+    })
+  })
+
+  test('other XAPI errors pass through with their code and params', async () => {
+    const params = ['non-zero exit', '', 'Traceback …']
+    const { xo } = setup({ answer: failWith(xapiError('XENAPI_PLUGIN_FAILURE', params)) })
+    await assert.rejects(xo.call('vgpu.scan', { pool: POOL.uuid }), e => {
+      assert.equal(e.data.code, 'XENAPI_PLUGIN_FAILURE')
+      assert.deepEqual(e.data.params, params)
+      return true
+    })
+  })
+})
+
+describe('REST', () => {
+  test('a read function answers with the plugin JSON; its errors carry the code', async () => {
+    let answer = () => '[{"vm_id":1}]'
+    const { xo, xapi } = setup({ answer: call => answer(call) })
+    assert.deepEqual(await xo.rest('GET', `/rest/v0/plugins/vgpu/pools/${POOL.uuid}/list?vgpuPool=A&unrelated=1`), {
+      status: 200,
+      body: [{ vm_id: 1 }],
+    })
+    assert.deepEqual(xapi.calls[0].args[3], { pool: 'A' })
+    answer = failWith(xapiError('VGPU_NOT_REGISTERED', ['VM x is not registered', '{"vm_uuid":"x"}']))
+    assert.deepEqual(await xo.rest('GET', `/rest/v0/plugins/vgpu/pools/${POOL.uuid}/show?vm=x`), {
+      status: 404,
+      body: { error: 'VM x is not registered', data: { code: 'VGPU_NOT_REGISTERED', details: { vm_uuid: 'x' } } },
+    })
+    answer = failWith(xapiError('XENAPI_MISSING_PLUGIN', ['vgpu']))
+    const missing = await xo.rest('GET', `/rest/v0/plugins/vgpu/pools/${POOL.uuid}/status`)
+    assert.equal(missing.status, 503)
+    assert.match(missing.body.error, /^vgpu plugin not installed on stub-master/)
+  })
+
+  test('unknown pool, non-admins and missing required query parameters are refused', async () => {
+    const { xo, xapi } = setup()
+    assert.equal((await xo.rest('GET', '/rest/v0/plugins/vgpu/pools/nope/scan')).status, 404)
+    assert.equal((await xo.rest('GET', `/rest/v0/plugins/vgpu/pools/${POOL.uuid}/scan`, { user: USER })).status, 403)
+    assert.equal((await xo.rest('GET', `/rest/v0/plugins/vgpu/pools/${POOL.uuid}/show-pool`)).status, 422)
+    assert.equal(xapi.calls.length, 0)
+  })
+})
