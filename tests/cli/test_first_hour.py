@@ -322,3 +322,13 @@ def test_registry_files_are_private_whatever_the_umask(cli, tmp_path):
     backups = [p for p in os.listdir(str(old.parent)) if ".pre-v" in p]
     assert len(backups) == 1, (os.listdir(str(old.parent)), r)
     assert mode(old.parent / backups[0]) == 0o600
+
+
+def test_status_reports_a_registry_other_users_may_read(cli, sim):
+    cli.register(RENDER_01, "A", "high", 3)
+    assert "warnings" not in cli.run_json("status"), "a private registry warns of nothing"
+    os.chmod(cli.db, 0o644)  # as the older tools left it
+    doc = cli.run_json("status")
+    assert doc["warnings"] == ["the registry %s is open to other users (mode 0644); make it private: "
+                               "chmod 600 %s" % (cli.db, cli.db)]
+    assert "⚠ the registry %s is open to other users" % cli.db in cli.ok("status").out

@@ -713,6 +713,10 @@ fn status(page: &mut Page, s: &StatusReport) {
             }
         }
     }
+    for w in &s.warnings {
+        page.blank();
+        page.line(&format!("{WARN} {w}"));
+    }
     if !s.problems.is_empty() {
         page.blank();
         page.line("Problems:");

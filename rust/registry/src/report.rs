@@ -227,6 +227,9 @@ pub struct StatusReport {
     pub unregistered: Vec<VmRef>,
     pub stale: Vec<VmRef>,
     pub problems: Vec<Problem>,
+    /// About the registry itself (e.g. a file other users may read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

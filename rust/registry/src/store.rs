@@ -205,6 +205,27 @@ impl Store {
         self.busy_timeout = t;
     }
 
+    /// Says so when other users may read or write the registry file (older tools and a loose
+    /// umask created it 0644); `None` for a private file or one not on disk.
+    #[cfg(unix)]
+    pub fn exposure(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&self.path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "the registry {} is open to other users (mode {mode:04o}); make it private: \
+                 chmod 600 {}",
+                self.path.display(),
+                self.path.display()
+            )
+        })
+    }
+
+    #[cfg(not(unix))]
+    pub fn exposure(&self) -> Option<String> {
+        None
+    }
+
     /// Who to tell when a write has to wait for another process's lock.
     pub fn set_waiter(&mut self, waiter: Option<Waiter>) {
         self.waiter = waiter;

@@ -539,6 +539,7 @@ impl Ctx<'_> {
             stale: scan.stale.iter().map(|s| s.registration.vm_ref()).collect(),
             summary: scan.summary,
             problems,
+            warnings: self.store.exposure().into_iter().collect(),
         })
     }
 
