@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::endpoint::Endpoint;
 use crate::records::{self, protocol};
 use crate::transport::Transport;
-use crate::{HostRecord, Result, VmRecord, Xapi, XapiError};
+use crate::{Class, HostRecord, PluginCall, PoolRecord, Result, VmRecord, Xapi, XapiError};
 
 /// How the client gets a session.
 #[derive(Clone, PartialEq, Eq)]
@@ -310,12 +310,6 @@ impl Client {
         }
     }
 
-    fn host_record(&self, host_ref: &str) -> Result<HostRecord> {
-        let method = "host.get_record";
-        let value = self.call(method, vec![json!(host_ref)])?;
-        records::host_record(method, host_ref, &value)
-    }
-
     fn call_for_string(&self, method: &str, params: Vec<Value>, what: &str) -> Result<String> {
         let value = self.call(method, params)?;
         records::string(method, what, &value)
@@ -508,15 +502,45 @@ impl Xapi for Client {
             .map(drop)
     }
 
-    fn pool_master(&self) -> Result<HostRecord> {
-        let method = "pool.get_all";
-        let pools = records::string_list(method, "the pool refs", &self.call(method, vec![])?)?;
-        let pool = pools
-            .first()
-            .ok_or_else(|| protocol(method, "xapi knows no pool"))?;
-        let master =
-            self.call_for_string("pool.get_master", vec![json!(pool)], "the master ref")?;
-        self.host_record(&master)
+    fn pool(&self) -> Result<PoolRecord> {
+        let method = "pool.get_all_records";
+        let pools = records::record_map(method, &self.call(method, vec![])?, records::pool_record)?;
+        pools
+            .into_iter()
+            .next()
+            .ok_or_else(|| protocol(method, "xapi knows no pool"))
+    }
+
+    fn hosts(&self) -> Result<Vec<HostRecord>> {
+        let method = "host.get_all_records";
+        let mut hosts =
+            records::record_map(method, &self.call(method, vec![])?, records::host_record)?;
+        hosts.sort_by(|a, b| (&a.name_label, &a.uuid).cmp(&(&b.name_label, &b.uuid)));
+        Ok(hosts)
+    }
+
+    fn host_record(&self, host_ref: &str) -> Result<HostRecord> {
+        let method = "host.get_record";
+        let value = self.call(method, vec![json!(host_ref)])?;
+        records::host_record(method, host_ref, &value)
+    }
+
+    fn add_to_other_config(
+        &self,
+        class: Class,
+        obj_ref: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
+        let method = format!("{}.add_to_other_config", class.api_name());
+        self.call(&method, vec![json!(obj_ref), json!(key), json!(value)])
+            .map(drop)
+    }
+
+    fn remove_from_other_config(&self, class: Class, obj_ref: &str, key: &str) -> Result<()> {
+        let method = format!("{}.remove_from_other_config", class.api_name());
+        self.call(&method, vec![json!(obj_ref), json!(key)])
+            .map(drop)
     }
 
     fn host_by_uuid(&self, uuid: &str) -> Result<Option<HostRecord>> {
@@ -541,6 +565,33 @@ impl Xapi for Client {
             vec![json!(host_ref), json!(plugin), json!(function), json!(args)],
             "the plugin's result",
         )
+    }
+
+    fn call_plugins(&self, calls: &[PluginCall], timeout: Duration) -> Vec<Result<String>> {
+        let one = |c: &PluginCall| {
+            let method = "host.call_plugin";
+            let params = vec![
+                json!(c.host_ref),
+                json!(c.plugin),
+                json!(c.function),
+                json!(c.args),
+            ];
+            let value = self.call_with_timeout(method, params, timeout)?;
+            records::string(method, "the plugin's result", &value)
+        };
+        // Each call's read timeout bounds its thread, so the scope ends within the timeout
+        // (plus the connect timeout) however many hosts hang.
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = calls.iter().map(|c| scope.spawn(move || one(c))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(protocol("host.call_plugin", "the call's thread panicked"))
+                    })
+                })
+                .collect()
+        })
     }
 }
 
@@ -1024,6 +1075,17 @@ mod tests {
                 "VM.remove_from_platform" | "VM.clean_shutdown" | "VM.start" => ok(json!("")),
                 "pool.get_all" => ok(json!(["OpaqueRef:pool"])),
                 "pool.get_master" => ok(json!("OpaqueRef:h1")),
+                "pool.get_all_records" => ok(json!({"OpaqueRef:pool": {
+                    "uuid": "p-1", "master": "OpaqueRef:h1",
+                    "other_config": {"vgpu-registry:generation": "3"}}})),
+                "host.get_all_records" => ok(json!({
+                    "OpaqueRef:h2": {"uuid": "h-2", "name_label": "xcp-2",
+                                     "other_config": {"k": "v"}},
+                    "OpaqueRef:h1": {"uuid": "h-1", "name_label": "xcp-1"}})),
+                "pool.add_to_other_config"
+                | "pool.remove_from_other_config"
+                | "VM.add_to_other_config"
+                | "host.remove_from_other_config" => ok(json!("")),
                 "host.get_by_uuid" if arg(1) == "h-1" => ok(json!("OpaqueRef:h1")),
                 "host.get_by_uuid" => err("UUID_INVALID", &["host", &arg(1)]),
                 "host.get_record" => ok(json!({"uuid": "h-1", "name_label": "xcp-1"})),
@@ -1132,7 +1194,8 @@ mod tests {
             HostRecord {
                 opaque_ref: "OpaqueRef:h1".into(),
                 uuid: "h-1".into(),
-                name_label: "xcp-1".into()
+                name_label: "xcp-1".into(),
+                other_config: BTreeMap::new(),
             }
         );
         assert_eq!(client.host_by_uuid("h-1").unwrap(), Some(master));
@@ -1153,6 +1216,59 @@ mod tests {
                 json!({"vm_uuid": "u-a1"})
             ]
         );
+    }
+
+    #[test]
+    fn pool_hosts_and_other_config() {
+        let server = pool_server();
+        let client = server.client(Auth::LocalRoot);
+        let pool = client.pool().unwrap();
+        assert_eq!(pool.master, "OpaqueRef:h1");
+        assert_eq!(pool.other_config["vgpu-registry:generation"], "3");
+        let hosts = client.hosts().unwrap();
+        let uuids: Vec<&str> = hosts.iter().map(|h| h.uuid.as_str()).collect();
+        assert_eq!(uuids, ["h-1", "h-2"], "sorted by name-label");
+        assert_eq!(hosts[1].other_config["k"], "v");
+        assert!(hosts[0].other_config.is_empty());
+        client
+            .add_to_other_config(Class::Pool, "OpaqueRef:pool", "k", "v")
+            .unwrap();
+        client
+            .remove_from_other_config(Class::Host, "OpaqueRef:h2", "k")
+            .unwrap();
+        let log = server.log.lock().unwrap().clone();
+        let methods: Vec<&str> = log.iter().map(|(m, _)| m.as_str()).collect();
+        assert!(methods.contains(&"pool.add_to_other_config"), "{methods:?}");
+        assert!(
+            methods.contains(&"host.remove_from_other_config"),
+            "{methods:?}"
+        );
+        let add = log
+            .iter()
+            .find(|(m, _)| m == "pool.add_to_other_config")
+            .unwrap();
+        assert_eq!(
+            add.1[1..],
+            [json!("OpaqueRef:pool"), json!("k"), json!("v")]
+        );
+    }
+
+    #[test]
+    fn plugin_calls_in_parallel_keep_their_order() {
+        let server = pool_server();
+        let client = server.client(Auth::LocalRoot);
+        let calls: Vec<PluginCall> = (0..4)
+            .map(|i| PluginCall {
+                host_ref: format!("OpaqueRef:h{i}"),
+                plugin: "vgpu".into(),
+                function: "refresh".into(),
+                args: BTreeMap::from([("n".to_string(), i.to_string())]),
+            })
+            .collect();
+        let answers = client.call_plugins(&calls, Duration::from_secs(5));
+        let got: Vec<String> = answers.into_iter().map(|a| a.unwrap()).collect();
+        let want: Vec<String> = (0..4).map(|i| format!(r#"{{"n":"{i}"}}"#)).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod unix;
 
 pub use client::{Auth, Client, ClientOptions};
 pub use endpoint::Endpoint;
+pub use records::NULL_REF;
 
 /// One VM as the registry needs it (a subset of xapi's VM record).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,7 @@ pub struct VmRecord {
     pub is_control_domain: bool,
     /// `OpaqueRef:NULL` when the VM runs nowhere.
     pub resident_on: String,
+    pub other_config: BTreeMap<String, String>,
 }
 
 /// A host of the pool.
@@ -38,6 +40,44 @@ pub struct HostRecord {
     pub opaque_ref: String,
     pub uuid: String,
     pub name_label: String,
+    pub other_config: BTreeMap<String, String>,
+}
+
+/// The pool object: who is master, and the pool-wide `other_config` map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRecord {
+    pub opaque_ref: String,
+    /// The master's host ref.
+    pub master: String,
+    pub other_config: BTreeMap<String, String>,
+}
+
+/// The classes whose `other_config` map the registry writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Vm,
+    Host,
+    Pool,
+}
+
+impl Class {
+    /// The class as xapi's method names spell it.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Class::Vm => "VM",
+            Class::Host => "host",
+            Class::Pool => "pool",
+        }
+    }
+}
+
+/// One `host.call_plugin` of a batch run in parallel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginCall {
+    pub host_ref: String,
+    pub plugin: String,
+    pub function: String,
+    pub args: BTreeMap<String, String>,
 }
 
 /// Everything that can go wrong talking to XAPI.
@@ -109,8 +149,27 @@ pub trait Xapi {
     fn clean_shutdown(&self, vm_ref: &str, timeout_s: u64) -> Result<()>;
     /// `VM.start(vm, start_paused=false, force=false)`.
     fn start(&self, vm_ref: &str) -> Result<()>;
-    /// The pool master (`pool.get_all` → `pool.get_master` → `host.get_record`).
-    fn pool_master(&self) -> Result<HostRecord>;
+    /// The pool master (`pool.get_all_records` → `host.get_record`).
+    fn pool_master(&self) -> Result<HostRecord> {
+        let pool = self.pool()?;
+        self.host_record(&pool.master)
+    }
+    /// The pool object, in one round trip (`pool.get_all_records`).
+    fn pool(&self) -> Result<PoolRecord>;
+    /// Every host of the pool, in one round trip (`host.get_all_records`).
+    fn hosts(&self) -> Result<Vec<HostRecord>>;
+    /// `host.get_record`.
+    fn host_record(&self, host_ref: &str) -> Result<HostRecord>;
+    /// `<class>.add_to_other_config` (fails with `MAP_DUPLICATE_KEY` when the key exists).
+    fn add_to_other_config(
+        &self,
+        class: Class,
+        obj_ref: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<()>;
+    /// `<class>.remove_from_other_config` (no error when the key is absent).
+    fn remove_from_other_config(&self, class: Class, obj_ref: &str, key: &str) -> Result<()>;
     /// `host.get_by_uuid` → `host.get_record`; `None` when no such host.
     fn host_by_uuid(&self, uuid: &str) -> Result<Option<HostRecord>>;
     /// `host.call_plugin(host, plugin, fn, args)`: the plugin's string result.
@@ -121,4 +180,17 @@ pub trait Xapi {
         function: &str,
         args: &BTreeMap<String, String>,
     ) -> Result<String>;
+    /// Runs `calls` at once, each bounded by `timeout`; the answers in the order of `calls`.
+    /// The default runs them one after the other (in-memory pools answer at once).
+    fn call_plugins(
+        &self,
+        calls: &[PluginCall],
+        timeout: std::time::Duration,
+    ) -> Vec<Result<String>> {
+        let _ = timeout;
+        calls
+            .iter()
+            .map(|c| self.call_plugin(&c.host_ref, &c.plugin, &c.function, &c.args))
+            .collect()
+    }
 }

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::{HostRecord, Result, VmRecord, XapiError};
+use crate::{HostRecord, PoolRecord, Result, VmRecord, XapiError};
 
-pub(crate) const NULL_REF: &str = "OpaqueRef:NULL";
+pub const NULL_REF: &str = "OpaqueRef:NULL";
 
 pub(crate) fn protocol(method: &str, reason: impl Into<String>) -> XapiError {
     XapiError::Protocol {
@@ -141,6 +141,7 @@ pub(crate) fn vm_record(method: &str, opaque_ref: &str, value: &Value) -> Result
         is_a_snapshot: optional_bool(method, &what, record, "is_a_snapshot")?,
         is_control_domain: optional_bool(method, &what, record, "is_control_domain")?,
         resident_on: optional_string(method, &what, record, "resident_on", NULL_REF)?,
+        other_config: optional_map(method, &what, record, "other_config")?,
     })
 }
 
@@ -164,6 +165,8 @@ pub(crate) struct WireVm {
     is_control_domain: Option<bool>,
     #[serde(default)]
     resident_on: Option<String>,
+    #[serde(default)]
+    other_config: Option<BTreeMap<String, String>>,
 }
 
 impl WireVm {
@@ -178,6 +181,7 @@ impl WireVm {
             is_a_snapshot: self.is_a_snapshot.unwrap_or(false),
             is_control_domain: self.is_control_domain.unwrap_or(false),
             resident_on: self.resident_on.unwrap_or_else(|| NULL_REF.to_string()),
+            other_config: self.other_config.unwrap_or_default(),
         }
     }
 }
@@ -189,7 +193,40 @@ pub(crate) fn host_record(method: &str, opaque_ref: &str, value: &Value) -> Resu
         opaque_ref: opaque_ref.to_string(),
         uuid: required_string(method, &what, record, "uuid")?,
         name_label: optional_string(method, &what, record, "name_label", "")?,
+        other_config: optional_map(method, &what, record, "other_config")?,
     })
+}
+
+pub(crate) fn pool_record(method: &str, opaque_ref: &str, value: &Value) -> Result<PoolRecord> {
+    let what = format!("pool {opaque_ref}");
+    let record = object(method, &what, value)?;
+    Ok(PoolRecord {
+        opaque_ref: opaque_ref.to_string(),
+        master: required_string(method, &what, record, "master")?,
+        other_config: optional_map(method, &what, record, "other_config")?,
+    })
+}
+
+/// `get_all_records`: a map of ref → record.
+pub(crate) fn record_map<T>(
+    method: &str,
+    value: &Value,
+    each: fn(&str, &str, &Value) -> Result<T>,
+) -> Result<Vec<T>> {
+    let map = object(method, "the records", value)?;
+    map.iter().map(|(r, v)| each(method, r, v)).collect()
+}
+
+fn optional_map(
+    method: &str,
+    what: &str,
+    record: &Map<String, Value>,
+    name: &str,
+) -> Result<BTreeMap<String, String>> {
+    match field(record, name) {
+        Some(value) => string_map(method, &format!("{what}.{name}"), value),
+        None => Ok(BTreeMap::new()),
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +272,7 @@ mod tests {
                 is_a_snapshot: false,
                 is_control_domain: false,
                 resident_on: NULL_REF.into(),
+                other_config: BTreeMap::new(),
             }
         );
     }
