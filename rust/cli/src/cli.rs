@@ -275,6 +275,50 @@ Example: vgpu-admin register-vm --pool A --priority high --vm-id 1 \\
         restart: RestartArg,
     },
 
+    /// Refresh this host's copy of the registry from the pool's copy in XAPI.
+    ///
+    /// On a pool member this rewrites the read-only replica the GPU mediator reads, in place; on
+    /// the master it brings the primary registry to the pool's generation. Runs on the host it
+    /// is called on (never forwarded); the RPM's timer runs it at boot and every few minutes.
+    #[command(after_help = "Example: vgpu-admin refresh")]
+    Refresh,
+
+    /// Register VMs that already carry a vgpu device (set up by older tools or by hand).
+    ///
+    /// The device's pool_id, priority and vm_id become the registration, and the device entry
+    /// is rewritten in the standard form, keeping every other token. VMs that cannot be adopted
+    /// (two VMs claiming one vm_id, an id already registered, invalid values) are listed with
+    /// the reason and left untouched; the exit status is then 1.
+    #[command(after_help = "Example: vgpu-admin adopt --all --dry-run")]
+    Adopt {
+        /// Only this VM.
+        #[arg(long, value_name = "UUID", alias = "uuid", value_hint = ValueHint::Other)]
+        #[arg(conflicts_with = "all")]
+        vm_uuid: Option<String>,
+        /// Only this VM, by name-label.
+        #[arg(long, value_name = "NAME", alias = "name", value_hint = ValueHint::Other)]
+        #[arg(conflicts_with = "all")]
+        vm_name: Option<String>,
+        /// Every VM that carries a vgpu device and is not registered.
+        #[arg(long)]
+        all: bool,
+        /// Show each VM's device-model-args before and after, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Rebuild the registry on the pool master from the pool's copy in XAPI, then adopt.
+    ///
+    /// For a registry file that was lost or damaged: whatever was there is first copied to
+    /// vgpu_config.db.pre-rebuild-<time>.bak beside it; then every registration the copy in
+    /// XAPI holds is restored, and VMs that carry a device but have no copy are adopted.
+    #[command(after_help = "Example: vgpu-admin rebuild --dry-run")]
+    Rebuild {
+        /// Show what would be restored and adopted, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+
     /// Call the plugin API from the shell: same functions, KEY=VALUE arguments, JSON result.
     ///
     /// The result is printed as one line of ASCII JSON; an error as a JSON object on stderr.

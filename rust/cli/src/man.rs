@@ -308,6 +308,15 @@ const CONFIG_KEYS: &[Key] = &[
             "Seconds --restart waits for a clean shutdown (at least 1).",
         )
     },
+    Key {
+        table: Some("pool"),
+        ..key(
+            "refresh_timeout_s",
+            "10",
+            "Seconds the pool master waits for the other hosts to refresh their replicas \
+             after a change (at least 1); a host that takes longer is reported, not waited for.",
+        )
+    },
 ];
 
 fn config_page() -> String {
@@ -452,7 +461,7 @@ mod tests {
     /// file), under their serde names.
     fn keys_of_the_core() -> Vec<(Option<String>, String)> {
         let source = include_str!("../../registry/src/config.rs");
-        let structs = ["Config", "DeviceConfig", "RestartConfig"];
+        let structs = ["Config", "DeviceConfig", "RestartConfig", "PoolConfig"];
         let fields = |name: &str| -> Vec<(String, String)> {
             let start = source
                 .find(&format!("pub struct {name} {{"))

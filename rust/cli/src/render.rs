@@ -17,8 +17,8 @@ use comfy_table::{presets, Cell, ColumnConstraint, Row, Table, Width};
 use registry::functions::FUNCTIONS;
 use registry::model::{printable, Registration};
 use registry::report::{
-    Applied, Drift, PoolInfo, PowerState, ScanReport, ShowReport, StatusReport, SyncAction,
-    SyncReport, VmStatus,
+    AdoptReport, Applied, Drift, PoolInfo, PowerState, RebuildReport, RefreshReport, ReplicaStatus,
+    ScanReport, ShowReport, Skipped, StatusReport, SyncAction, SyncReport, VmStatus,
 };
 use registry::{FunctionSpec, Outcome};
 use std::io::IsTerminal;
@@ -401,7 +401,22 @@ pub fn render(outcome: &Outcome, function: &FunctionSpec) -> String {
             list(&mut page, &p.vms);
         }
         Outcome::Status(s) => status(&mut page, s),
-        Outcome::Sync(s) => sync(&mut page, s),
+        Outcome::Sync(s) => {
+            sync(&mut page, s);
+            replicas(&mut page, s.replicas.as_deref());
+        }
+        Outcome::Refresh(r) => refresh(&mut page, r),
+        Outcome::Adopt(a) => {
+            adopt(&mut page, a);
+            replicas(&mut page, a.replicas.as_deref());
+        }
+        Outcome::Rebuild(r) => {
+            rebuild(&mut page, r);
+            replicas(&mut page, r.replicas.as_deref());
+        }
+    }
+    if let Outcome::Applied(a) = outcome {
+        replicas(&mut page, a.replicas.as_deref());
     }
     page.out
 }
@@ -535,6 +550,131 @@ fn scan(page: &mut Page, s: &ScanReport) {
         "Summary: {} VMs, {} registered ({} configured, {} drift, {} not applied), {} unregistered, {} stale",
         m.total_vms, m.registered, m.configured, m.drift, m.not_applied, m.unregistered, m.stale
     ));
+}
+
+/// The other hosts' replicas after a change on the master.
+fn replicas(page: &mut Page, r: Option<&[ReplicaStatus]>) {
+    let Some(r) = r else { return };
+    if r.is_empty() {
+        return;
+    }
+    let ok = r.iter().filter(|h| h.ok).count();
+    page.line(&format!(
+        "  replicas refreshed on {ok} of {} other host(s)",
+        r.len()
+    ));
+    for h in r.iter().filter(|h| !h.ok) {
+        page.line(&format!(
+            "  {WARN} host {} ({}): {}",
+            h.name,
+            h.host,
+            h.error.as_deref().unwrap_or("failed")
+        ));
+    }
+    if ok < r.len() {
+        page.line("  run `vgpu-admin refresh` on those hosts once they are back");
+    }
+}
+
+fn generation(g: Option<u64>) -> String {
+    g.map_or_else(|| "none".into(), |g| g.to_string())
+}
+
+fn refresh(page: &mut Page, r: &RefreshReport) {
+    let what = if r.role == "primary" {
+        "the pool master's registry (primary)"
+    } else {
+        "replica"
+    };
+    let verb = if r.changed {
+        "refreshed"
+    } else {
+        "already current"
+    };
+    page.line(&format!(
+        "{OK} {what} on {} ({}) {verb}: generation {}, {} VM(s)",
+        r.name,
+        r.host,
+        generation(r.generation),
+        r.vms
+    ));
+    if r.changed && r.previous_generation != r.generation {
+        page.line(&format!(
+            "  was at generation {}",
+            generation(r.previous_generation)
+        ));
+    }
+    skipped(page, &r.skipped);
+    for w in &r.warnings {
+        page.line(&format!("{WARN} {w}"));
+    }
+}
+
+fn skipped(page: &mut Page, s: &[Skipped]) {
+    if s.is_empty() {
+        return;
+    }
+    page.blank();
+    page.line(&format!("=== Left alone ({}) ===", s.len()));
+    for v in s {
+        page.line(&format!(
+            "{WARN} {} ({}): {}",
+            v.vm_uuid,
+            name(&v.vm_name),
+            printable(&v.reason)
+        ));
+        if let Some(d) = &v.device_model_args {
+            page.line(&format!("    device-model-args: {}", printable(d)));
+        }
+    }
+}
+
+fn adopt(page: &mut Page, a: &AdoptReport) {
+    let verb = if a.dry_run { "Would adopt" } else { "Adopted" };
+    page.line(&format!("=== {verb} ({}) ===", a.adopted.len()));
+    for v in &a.adopted {
+        page.line(&format!(
+            "{OK} {} ({}): pool {}, priority {}, vm_id {}",
+            v.vm_uuid,
+            name(&v.vm_name),
+            v.pool,
+            v.priority,
+            v.vm_id
+        ));
+        let shown = |x: &Option<String>| printable(x.as_deref().unwrap_or("(none)")).to_string();
+        if v.before != v.after {
+            page.line(&format!("    device-model-args: {}", shown(&v.before)));
+            page.line(&format!("                    → {}", shown(&v.after)));
+        }
+        if v.pending_restart {
+            page.line(&format!(
+                "    {WARN} the VM is running: the rewritten device takes effect at its next start"
+            ));
+        }
+    }
+    skipped(page, &a.skipped);
+    if a.dry_run {
+        page.line("Dry run: nothing was changed.");
+    }
+}
+
+fn rebuild(page: &mut Page, r: &RebuildReport) {
+    let verb = if r.dry_run {
+        "Would restore"
+    } else {
+        "Restored"
+    };
+    page.line(&format!(
+        "{OK} {verb} {} registration(s) from the copy in XAPI (generation {})",
+        r.restored,
+        generation(r.generation)
+    ));
+    if let Some(b) = &r.backup {
+        page.line(&format!("  the registry that was there is saved as {b}"));
+    }
+    skipped(page, &r.skipped);
+    page.blank();
+    adopt(page, &r.adopt);
 }
 
 fn applied(page: &mut Page, a: &Applied, function: &str) {
@@ -699,11 +839,38 @@ fn status(page: &mut Page, s: &StatusReport) {
         m.not_applied
     ));
     page.line(&format!("  {} stale:       {}", mark(m.stale), m.stale));
+    page.line(&format!(
+        "  {} XAPI copy:   {} missing or stale",
+        mark(m.mirror_drift),
+        m.mirror_drift
+    ));
+    if !s.hosts.is_empty() {
+        page.blank();
+        page.line(&format!(
+            "=== Hosts (registry generation {}) ===",
+            generation(s.generation)
+        ));
+        for h in &s.hosts {
+            let what = if h.master {
+                format!("{OK} master (primary)")
+            } else {
+                match (h.generation, h.behind) {
+                    (None, _) => format!("{WARN} replica never refreshed"),
+                    (Some(g), Some(b)) if b > 0 => {
+                        format!("{WARN} replica at generation {g}, {b} behind")
+                    }
+                    (Some(g), _) => format!("{OK} replica at generation {g}"),
+                }
+            };
+            page.line(&format!("  {} ({}): {what}", h.name, h.host));
+        }
+    }
     for (title, list) in [
         ("Drift", &s.drift),
         ("Not applied", &s.not_applied),
         ("Unregistered", &s.unregistered),
         ("Stale", &s.stale),
+        ("XAPI copy missing or stale", &s.mirror_drift),
     ] {
         if !list.is_empty() {
             page.blank();
@@ -730,7 +897,7 @@ fn status(page: &mut Page, s: &StatusReport) {
             }
         }
     }
-    if m.drift + m.not_applied > 0 {
+    if m.drift + m.not_applied + m.mirror_drift > 0 {
         page.blank();
         page.line("Re-apply the registry with: vgpu-admin sync --all");
     }
@@ -763,6 +930,8 @@ fn sync(page: &mut Page, s: &SyncReport) {
             SyncAction::Renamed => format!("{OK} name refreshed"),
             SyncAction::WouldApply => "would apply".into(),
             SyncAction::WouldRename => "would refresh name".into(),
+            SyncAction::Mirrored => format!("{OK} XAPI copy repaired"),
+            SyncAction::WouldMirror => "would repair XAPI copy".into(),
             SyncAction::Stale => format!("{WARN} stale"),
             SyncAction::Failed => format!("{WARN} failed"),
         };

@@ -41,6 +41,22 @@ pub struct Config {
     pub admin_path: PathBuf,
     pub device: DeviceConfig,
     pub restart: RestartConfig,
+    pub pool: PoolConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// How long the master waits for the other hosts to refresh their replicas after a change.
+    pub refresh_timeout_s: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            refresh_timeout_s: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -74,6 +90,7 @@ impl Default for Config {
             admin_path: DEFAULT_ADMIN_PATH.into(),
             device: DeviceConfig::default(),
             restart: RestartConfig::default(),
+            pool: PoolConfig::default(),
         }
     }
 }
@@ -163,6 +180,13 @@ impl Config {
         if self.lock_timeout_s == 0 {
             return Err(Error::invalid(
                 "lock_timeout_s",
+                "0",
+                format!("in {file}: must be at least 1"),
+            ));
+        }
+        if self.pool.refresh_timeout_s == 0 {
+            return Err(Error::invalid(
+                "pool.refresh_timeout_s",
                 "0",
                 format!("in {file}: must be at least 1"),
             ));

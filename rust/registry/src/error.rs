@@ -350,6 +350,19 @@ pub enum Error {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A change failed and its writes to the registry's copy in XAPI could not all be undone.
+    #[error(
+        "{source}; putting the registry's copy in XAPI back failed too ({restore}): run \
+         `vgpu-admin sync --all` on the pool master to make the copy match the registry again"
+    )]
+    MirrorUnrestored {
+        #[source]
+        source: Box<Error>,
+        restore: xapi::XapiError,
+    },
+    /// This host stopped being the pool master after the command was routed here.
+    #[error("this host is no longer the pool master (the master is now {master_ref})")]
+    NoLongerMaster { master_ref: String },
     /// An error the pool master's plugin returned, code and message intact.
     #[error("{message}")]
     Forwarded {
@@ -413,12 +426,15 @@ impl Error {
             | Error::NotADirectory { .. }
             | Error::NewerSchema { .. }
             | Error::NotWal { .. }
-            | Error::Locked { .. }
-            | Error::CommitFailed { .. } => ErrorCode::DatabaseError,
+            | Error::Locked { .. } => ErrorCode::DatabaseError,
+            // The step that failed: the registry's commit, or a write of its copy in XAPI.
+            Error::CommitFailed { source, .. } => source.code(),
             Error::ConfirmationRequired { .. } => ErrorCode::ConfirmationRequired,
             Error::VmState { .. } => ErrorCode::VmState,
             Error::Internal(_) => ErrorCode::Internal,
             Error::Forwarded { code, .. } => *code,
+            Error::MirrorUnrestored { source, .. } => source.code(),
+            Error::NoLongerMaster { .. } => ErrorCode::XapiError,
         }
     }
 
@@ -521,6 +537,13 @@ impl Error {
             } => json!({"vm_uuid": vm.vm_uuid, "vm_name": vm.vm_name,
                         "power_state": power_state.to_string()}),
             Error::Forwarded { details, .. } => details.clone(),
+            Error::MirrorUnrestored { source, restore } => {
+                let mut d = source.details();
+                d["mirror_restore_failed"] = json!(restore.to_string());
+                d["repair_command"] = json!("vgpu-admin sync --all");
+                d
+            }
+            Error::NoLongerMaster { master_ref } => json!({ "master_ref": master_ref }),
             Error::Setting { setting, .. } => json!({ "setting": setting }),
             Error::NoFreeVmId | Error::Internal(_) => json!({}),
         }

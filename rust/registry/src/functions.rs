@@ -92,6 +92,9 @@ pub enum ResultKind {
     Pool,
     Status,
     Sync,
+    Refresh,
+    Adopt,
+    Rebuild,
 }
 
 /// One function of the plugin API.
@@ -105,6 +108,9 @@ pub struct FunctionSpec {
     pub mutating: bool,
     /// Talks to XAPI (the others read the registry alone).
     pub xapi: bool,
+    /// Acts on the host it is called on (its replica, its mediator) instead of being forwarded
+    /// to the pool master.
+    pub local: bool,
     pub result: ResultKind,
     pub vm: VmArg,
     pub required: &'static [&'static str],
@@ -122,6 +128,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "scan-vms",
         mutating: false,
         xapi: true,
+        local: false,
         result: ResultKind::Scan,
         vm: VmArg::None,
         required: &[],
@@ -134,6 +141,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "register-vm",
         mutating: true,
         xapi: true,
+        local: false,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &["pool", "priority"],
@@ -146,6 +154,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "set-vm-id",
         mutating: true,
         xapi: true,
+        local: false,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &["vm-id"],
@@ -158,6 +167,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "set-pool",
         mutating: true,
         xapi: true,
+        local: false,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &["pool"],
@@ -170,6 +180,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "set-priority",
         mutating: true,
         xapi: true,
+        local: false,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &["priority"],
@@ -182,6 +193,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "update-vm",
         mutating: true,
         xapi: true,
+        local: false,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &[],
@@ -194,6 +206,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "show-vm",
         mutating: false,
         xapi: true,
+        local: false,
         result: ResultKind::Show,
         vm: VmArg::Required,
         required: &[],
@@ -206,6 +219,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "list-vms",
         mutating: false,
         xapi: false,
+        local: false,
         result: ResultKind::List,
         vm: VmArg::None,
         required: &[],
@@ -218,6 +232,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "list-pools",
         mutating: false,
         xapi: false,
+        local: false,
         result: ResultKind::Pools,
         vm: VmArg::None,
         required: &[],
@@ -230,6 +245,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "show-pool",
         mutating: false,
         xapi: false,
+        local: false,
         result: ResultKind::Pool,
         vm: VmArg::None,
         required: &["pool"],
@@ -242,6 +258,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "remove-vm",
         mutating: true,
         xapi: true,
+        local: false,
         result: ResultKind::Applied,
         vm: VmArg::Required,
         required: &[],
@@ -254,6 +271,7 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "status",
         mutating: false,
         xapi: true,
+        local: false,
         result: ResultKind::Status,
         vm: VmArg::None,
         required: &[],
@@ -266,12 +284,52 @@ pub static FUNCTIONS: &[FunctionSpec] = &[
         command: "sync",
         mutating: true,
         xapi: true,
+        local: false,
         result: ResultKind::Sync,
         vm: VmArg::Optional,
         required: &[],
         optional: &[],
         flags: &["all", "dry-run", "restart", "yes"],
         parse: parse::sync,
+    },
+    FunctionSpec {
+        name: "refresh",
+        command: "refresh",
+        mutating: true,
+        xapi: true,
+        local: true,
+        result: ResultKind::Refresh,
+        vm: VmArg::None,
+        required: &[],
+        optional: &[],
+        flags: &[],
+        parse: |_| Ok(Request::Refresh),
+    },
+    FunctionSpec {
+        name: "adopt",
+        command: "adopt",
+        mutating: true,
+        xapi: true,
+        local: false,
+        result: ResultKind::Adopt,
+        vm: VmArg::Optional,
+        required: &[],
+        optional: &[],
+        flags: &["all", "dry-run"],
+        parse: parse::adopt,
+    },
+    FunctionSpec {
+        name: "rebuild",
+        command: "rebuild",
+        mutating: true,
+        xapi: true,
+        local: false,
+        result: ResultKind::Rebuild,
+        vm: VmArg::None,
+        required: &[],
+        optional: &[],
+        flags: &["dry-run"],
+        parse: parse::rebuild,
     },
 ];
 
@@ -328,11 +386,12 @@ impl Serialize for FunctionSpec {
             .chain(self.optional)
             .copied()
             .collect();
-        let mut st = s.serialize_struct("FunctionSpec", 9)?;
+        let mut st = s.serialize_struct("FunctionSpec", 10)?;
         st.serialize_field("name", self.name)?;
         st.serialize_field("command", self.command)?;
         st.serialize_field("mutating", &self.mutating)?;
         st.serialize_field("xapi", &self.xapi)?;
+        st.serialize_field("local", &self.local)?;
         st.serialize_field("result", &self.result)?;
         st.serialize_field("vm", &self.vm)?;
         st.serialize_field("required", self.required)?;

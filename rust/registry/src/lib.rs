@@ -18,6 +18,7 @@ pub mod error;
 pub mod functions;
 pub mod model;
 mod ops;
+mod pool;
 pub mod report;
 mod request;
 pub mod service;

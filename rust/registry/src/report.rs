@@ -119,6 +119,22 @@ pub struct ScanRegistered {
     pub drift: Vec<Drift>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// The registry's copy in XAPI for this VM: `ok`, `missing` or `stale`.
+    #[serde(default = "mirror_ok")]
+    pub mirror: String,
+}
+
+fn mirror_ok() -> String {
+    "ok".into()
+}
+
+/// The vgpu device an unregistered VM already carries, as written (what `adopt` would read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundDevice {
+    pub device_type: String,
+    pub pool: Option<String>,
+    pub priority: Option<String>,
+    pub vm_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +143,8 @@ pub struct ScanUnregistered {
     pub vm_name: String,
     pub power_state: PowerState,
     pub device_model_args: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<FoundDevice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +164,9 @@ pub struct ScanSummary {
     pub configured: usize,
     pub drift: usize,
     pub not_applied: usize,
+    /// Registered VMs whose copy in XAPI is missing or stale.
+    #[serde(default)]
+    pub mirror_drift: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +193,9 @@ pub struct Applied {
     pub device_model_args: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
+    /// Each other host's replica, refreshed after the change (only on a pool master).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaStatus>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +254,15 @@ pub struct StatusReport {
     /// About the registry itself (e.g. a file other users may read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Registered VMs whose copy in XAPI is missing or stale (`sync` repairs them).
+    #[serde(default)]
+    pub mirror_drift: Vec<VmRef>,
+    /// The pool's registry generation (null: nothing published yet).
+    #[serde(default)]
+    pub generation: Option<u64>,
+    /// Every host and the generation its replica holds.
+    #[serde(default)]
+    pub hosts: Vec<HostReplica>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +273,9 @@ pub enum SyncAction {
     Renamed,
     WouldApply,
     WouldRename,
+    /// Only the registry's copy in XAPI was rewritten.
+    Mirrored,
+    WouldMirror,
     Stale,
     Failed,
 }
@@ -273,6 +309,103 @@ pub struct SyncReport {
     pub dry_run: bool,
     pub results: Vec<SyncItem>,
     pub failed: usize,
+    /// Each other host's replica, refreshed after the change (absent when nothing changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaStatus>>,
+}
+
+/// A host's replica after a change, as the master's fan-out saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The host's uuid.
+    pub host: String,
+    pub name: String,
+    pub ok: bool,
+    /// The generation the replica holds now (null when the refresh failed).
+    pub generation: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// `refresh`: what this host's registry file holds now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshReport {
+    pub host: String,
+    pub name: String,
+    /// `replica` on a member, `primary` on the master.
+    pub role: String,
+    /// The pool's generation, which this file now holds (null: nothing published yet).
+    pub generation: Option<u64>,
+    pub previous_generation: Option<u64>,
+    /// Whether the file was rewritten.
+    pub changed: bool,
+    /// Registrations the file holds.
+    pub vms: usize,
+    /// Mirror values that are not registry rows, left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One host in `status`: the generation its replica records and how far behind it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostReplica {
+    pub host: String,
+    pub name: String,
+    pub master: bool,
+    pub generation: Option<u64>,
+    /// Generations behind the pool's (null on the master, or when nothing is published).
+    pub behind: Option<u64>,
+}
+
+/// A VM that `adopt`, `rebuild` or `refresh` left alone, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub vm_uuid: String,
+    pub vm_name: Option<String>,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_model_args: Option<String>,
+}
+
+/// A VM `adopt` registered (or, in a dry run, would register).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adopted {
+    pub vm_uuid: String,
+    pub vm_name: Option<String>,
+    pub pool: Pool,
+    pub priority: crate::model::Priority,
+    pub vm_id: u32,
+    /// device-model-args before and after.
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub pending_restart: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptReport {
+    pub dry_run: bool,
+    pub adopted: Vec<Adopted>,
+    pub skipped: Vec<Skipped>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaStatus>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildReport {
+    pub dry_run: bool,
+    /// Where the registry that was there went.
+    pub backup: Option<String>,
+    /// Registrations restored from the mirror.
+    pub restored: usize,
+    /// The pool's generation the rebuild started from.
+    pub generation: Option<u64>,
+    /// Mirror values that could not be restored.
+    pub skipped: Vec<Skipped>,
+    /// Then, VMs with a device but no mirror.
+    pub adopt: AdoptReport,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaStatus>>,
 }
 
 /// The result of any function; serialises to the contract's JSON document.
@@ -287,6 +420,9 @@ pub enum Outcome {
     Pool(PoolDetail),
     Status(StatusReport),
     Sync(SyncReport),
+    Refresh(RefreshReport),
+    Adopt(AdoptReport),
+    Rebuild(RebuildReport),
 }
 
 impl Outcome {
@@ -303,13 +439,32 @@ impl Outcome {
             ResultKind::Pool => Outcome::Pool(from_str(text)?),
             ResultKind::Status => Outcome::Status(from_str(text)?),
             ResultKind::Sync => Outcome::Sync(from_str(text)?),
+            ResultKind::Refresh => Outcome::Refresh(from_str(text)?),
+            ResultKind::Adopt => Outcome::Adopt(from_str(text)?),
+            ResultKind::Rebuild => Outcome::Rebuild(from_str(text)?),
         })
     }
 
     /// Whether the call did its work but some of it failed (a sync with failed VMs): the CLI
     /// exits 1 after printing the result.
     pub fn partly_failed(&self) -> bool {
-        matches!(self, Outcome::Sync(r) if r.failed > 0)
+        match self {
+            Outcome::Sync(r) => r.failed > 0,
+            Outcome::Adopt(r) => !r.skipped.is_empty(),
+            Outcome::Rebuild(r) => !r.adopt.skipped.is_empty() || !r.skipped.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// Records the replicas the master refreshed after this change.
+    pub(crate) fn set_replicas(&mut self, replicas: Vec<ReplicaStatus>) {
+        match self {
+            Outcome::Applied(a) => a.replicas = Some(replicas),
+            Outcome::Sync(s) => s.replicas = Some(replicas),
+            Outcome::Adopt(a) => a.replicas = Some(replicas),
+            Outcome::Rebuild(r) => r.replicas = Some(replicas),
+            _ => {}
+        }
     }
 
     /// The JSON document as one line of ASCII: every non-ASCII character is written as a `\u`

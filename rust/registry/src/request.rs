@@ -36,6 +36,14 @@ pub(crate) enum Request {
         dry_run: bool,
         restart: Restart,
     },
+    Refresh,
+    Adopt {
+        target: SyncTarget,
+        dry_run: bool,
+    },
+    Rebuild {
+        dry_run: bool,
+    },
 }
 
 impl Request {
@@ -287,6 +295,40 @@ pub(crate) fn remove(a: &Args<'_>) -> Result<Request> {
     })
 }
 
+/// `all=true` or one VM, not both, not neither.
+fn target(a: &Args<'_>, what: &'static str) -> Result<SyncTarget> {
+    Ok(match (a.flag("all")?, a.has_vm()) {
+        (true, false) => SyncTarget::All,
+        (false, true) => SyncTarget::One(a.selector()?),
+        (true, true) => {
+            return Err(Error::Usage(Usage::Conflict {
+                function: a.spec.name,
+                keys: vec!["all", "vm-uuid", "vm-name"],
+            }))
+        }
+        (false, false) => {
+            return Err(Error::Usage(Usage::Missing {
+                function: a.spec.name,
+                keys: vec!["all", "vm-uuid", "vm-name"],
+                what: Some(what),
+            }))
+        }
+    })
+}
+
+pub(crate) fn rebuild(a: &Args<'_>) -> Result<Request> {
+    Ok(Request::Rebuild {
+        dry_run: a.flag("dry-run")?,
+    })
+}
+
+pub(crate) fn adopt(a: &Args<'_>) -> Result<Request> {
+    Ok(Request::Adopt {
+        target: target(a, "the VMs to adopt")?,
+        dry_run: a.flag("dry-run")?,
+    })
+}
+
 pub(crate) fn sync(a: &Args<'_>) -> Result<Request> {
     let target = match (a.flag("all")?, a.has_vm()) {
         (true, false) => SyncTarget::All,
@@ -336,6 +378,9 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, req: Request) -> Result<Outcome> {
             dry_run,
             restart,
         } => Outcome::Sync(ctx.sync(&target, dry_run, restart)?),
+        Request::Refresh => Outcome::Refresh(ctx.refresh()?),
+        Request::Adopt { target, dry_run } => Outcome::Adopt(ctx.adopt(&target, dry_run)?),
+        Request::Rebuild { dry_run } => Outcome::Rebuild(ctx.rebuild(dry_run)?),
     })
 }
 

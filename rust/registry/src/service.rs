@@ -157,27 +157,20 @@ impl Service {
             Err(_) if !call.spec.xapi && !self.remote && self.host_uuid.is_none() => &offline,
             Err(e) => return Err(e),
         };
-        match self.route(xapi, call.forwarded_by.as_deref())? {
-            Route::Local => {
-                // Reading needs no write access and creates nothing.
-                let mut store = if call.spec.mutating {
-                    Store::open(&self.db)?
-                } else {
-                    Store::open_read(&self.db)?
-                };
-                store.set_waiter(self.on_wait);
-                store.set_busy_timeout(Duration::from_secs(self.config.lock_timeout_s));
-                let migration_backup = store.migration_backup().map(Path::to_path_buf);
-                let mut ctx = Ctx {
-                    store: &mut store,
-                    xapi,
-                    config: &self.config,
-                };
-                Ok(Answer {
-                    outcome: request::execute(&mut ctx, call.request)?,
-                    migration_backup,
-                })
-            }
+        match self.route(xapi, &call)? {
+            Route::Local(here) => match self.run_here(xapi, &call, here) {
+                // The master changed after this call was routed: it goes to the new one.
+                Err(Error::NoLongerMaster { .. }) if call.forwarded_by.is_none() => {
+                    match self.route(xapi, &call)? {
+                        Route::Forward(master) => Ok(Answer {
+                            outcome: self.forward(xapi, &master, &call)?,
+                            migration_backup: None,
+                        }),
+                        Route::Local(here) => self.run_here(xapi, &call, here),
+                    }
+                }
+                other => other,
+            },
             Route::Forward(master) => Ok(Answer {
                 outcome: self.forward(xapi, &master, &call)?,
                 migration_backup: None,
@@ -185,31 +178,107 @@ impl Service {
         }
     }
 
-    fn route(&self, xapi: &dyn Xapi, forwarded_by: Option<&str>) -> Result<Route> {
-        if let Some(from) = forwarded_by {
-            // Forwarded to us: run here, but only if we are the master — never forward again.
-            if let Some(me) = &self.host_uuid {
-                let master = master(xapi)?;
-                if &master.uuid != me {
-                    return Err(Error::Internal(format!(
-                        "host {me} received a call forwarded by host {from}, but it is not the \
-                         pool master ({}); refusing to forward it again — check VGPU_HOST_UUID \
-                         and /etc/xensource-inventory on both hosts",
-                        master.uuid
-                    )));
-                }
+    fn run_here(&self, xapi: &dyn Xapi, call: &Call, here: Here) -> Result<Answer> {
+        let master_here = here.pool.is_some();
+        if master_here && !call.spec.mutating {
+            // On the master even a read first brings the registry to the pool's generation.
+            let store = Store::open_read(&self.db)?;
+            let behind = pool_needs_sync(store.meta()?, here.pool.as_ref());
+            drop(store);
+            if behind {
+                let mut store = self.open(true)?;
+                let mut ctx = Ctx {
+                    store: &mut store,
+                    xapi,
+                    config: &self.config,
+                    me: here.me.clone(),
+                    committed: None,
+                };
+                ctx.catch_up()?;
             }
-            return Ok(Route::Local);
+        }
+        // Reading needs no write access and creates nothing.
+        let mut store = self.open(call.spec.mutating)?;
+        let migration_backup = store.migration_backup().map(Path::to_path_buf);
+        let mut ctx = Ctx {
+            store: &mut store,
+            xapi,
+            config: &self.config,
+            me: here.me.clone(),
+            committed: None,
+        };
+        let mut outcome = request::execute(&mut ctx, call.request.clone())?;
+        if let (Some(_), true, Some(me)) = (ctx.committed, master_here, &here.me) {
+            let timeout = Duration::from_secs(self.config.pool.refresh_timeout_s);
+            outcome.set_replicas(crate::pool::refresh_others(xapi, &me.uuid, PLUGIN, timeout));
+        }
+        Ok(Answer {
+            outcome,
+            migration_backup,
+        })
+    }
+
+    fn open(&self, write: bool) -> Result<Store> {
+        let mut store = if write {
+            Store::open(&self.db)?
+        } else {
+            Store::open_read(&self.db)?
+        };
+        store.set_waiter(self.on_wait);
+        store.set_busy_timeout(Duration::from_secs(self.config.lock_timeout_s));
+        Ok(store)
+    }
+
+    fn route(&self, xapi: &dyn Xapi, call: &Call) -> Result<Route> {
+        if call.spec.local {
+            // This host's own file: no forwarding, whoever is master.
+            let me = match &self.host_uuid {
+                Some(uuid) => Some(
+                    xapi.host_by_uuid(uuid)
+                        .map_err(|e| Error::xapi(format!("looking up this host ({uuid})"), e))?
+                        .ok_or_else(|| Error::Setting {
+                            setting: "VGPU_HOST_UUID",
+                            message: format!(
+                                "this host's uuid {uuid} (VGPU_HOST_UUID or \
+                                 /etc/xensource-inventory) is not a host of the pool"
+                            ),
+                        })?,
+                ),
+                None => None,
+            };
+            return Ok(Route::Local(Here { me, pool: None }));
+        }
+        if let Some(from) = call.forwarded_by.as_deref() {
+            // Forwarded to us: run here, but only if we are the master — never forward again.
+            let Some(me) = &self.host_uuid else {
+                return Ok(Route::Local(Here::off_pool()));
+            };
+            let (pool, master) = master(xapi)?;
+            if &master.uuid != me {
+                return Err(Error::Internal(format!(
+                    "host {me} received a call forwarded by host {from}, but it is not the \
+                     pool master ({}); refusing to forward it again — check VGPU_HOST_UUID \
+                     and /etc/xensource-inventory on both hosts",
+                    master.uuid
+                )));
+            }
+            return Ok(Route::Local(Here {
+                me: Some(master),
+                pool: Some(pool),
+            }));
         }
         if self.remote {
-            return Ok(Route::Forward(master(xapi)?));
+            return Ok(Route::Forward(master(xapi)?.1));
         }
         match &self.host_uuid {
-            None => Ok(Route::Local),
+            None => Ok(Route::Local(Here::off_pool())),
             Some(me) => {
-                let master = master(xapi)?;
+                let (pool, master) = master(xapi)?;
                 if &master.uuid == me {
-                    Ok(Route::Local)
+                    Ok(Route::Local(Here {
+                        me: Some(master),
+                        pool: Some(pool),
+                    }))
                 } else {
                     Ok(Route::Forward(master))
                 }
@@ -240,13 +309,45 @@ impl Service {
 }
 
 enum Route {
-    Local,
+    Local(Here),
     Forward(xapi::HostRecord),
 }
 
-fn master(xapi: &dyn Xapi) -> Result<xapi::HostRecord> {
-    xapi.pool_master()
-        .map_err(|e| Error::xapi("finding the pool master", e))
+/// Who runs a call here.
+struct Here {
+    /// This host, when its uuid is known.
+    me: Option<xapi::HostRecord>,
+    /// The pool, when this host is known to be its master.
+    pool: Option<xapi::PoolRecord>,
+}
+
+impl Here {
+    /// Not a pool host (a workstation, the simulator): the local registry, no fan-out.
+    fn off_pool() -> Here {
+        Here {
+            me: None,
+            pool: None,
+        }
+    }
+}
+
+/// Whether the master's registry must catch up with the pool's generation before a read.
+fn pool_needs_sync(meta: crate::store::Meta, pool: Option<&xapi::PoolRecord>) -> bool {
+    let Some(generation) = pool.and_then(crate::pool::pool_generation) else {
+        return false;
+    };
+    !(meta.role == Some(crate::store::Role::Primary) && meta.generation == Some(generation))
+}
+
+/// The pool and its master, in two round trips.
+fn master(xapi: &dyn Xapi) -> Result<(xapi::PoolRecord, xapi::HostRecord)> {
+    let pool = xapi
+        .pool()
+        .map_err(|e| Error::xapi("finding the pool master", e))?;
+    let master = xapi
+        .host_record(&pool.master)
+        .map_err(|e| Error::xapi("finding the pool master", e))?;
+    Ok((pool, master))
 }
 
 /// Stands in for XAPI where a call must not need it (reads of the registry alone): any use is
@@ -290,8 +391,20 @@ impl Xapi for Offline {
     fn start(&self, _: &str) -> xapi::Result<()> {
         self.unused("VM.start")
     }
-    fn pool_master(&self) -> xapi::Result<xapi::HostRecord> {
-        self.unused("pool.get_master")
+    fn pool(&self) -> xapi::Result<xapi::PoolRecord> {
+        self.unused("pool.get_all_records")
+    }
+    fn hosts(&self) -> xapi::Result<Vec<xapi::HostRecord>> {
+        self.unused("host.get_all_records")
+    }
+    fn host_record(&self, _: &str) -> xapi::Result<xapi::HostRecord> {
+        self.unused("host.get_record")
+    }
+    fn add_to_other_config(&self, c: xapi::Class, _: &str, _: &str, _: &str) -> xapi::Result<()> {
+        self.unused(&format!("{}.add_to_other_config", c.api_name()))
+    }
+    fn remove_from_other_config(&self, c: xapi::Class, _: &str, _: &str) -> xapi::Result<()> {
+        self.unused(&format!("{}.remove_from_other_config", c.api_name()))
     }
     fn host_by_uuid(&self, _: &str) -> xapi::Result<Option<xapi::HostRecord>> {
         self.unused("host.get_by_uuid")
@@ -411,6 +524,7 @@ mod tests {
             opaque_ref: "OpaqueRef:m".into(),
             uuid: "m".into(),
             name_label: "master".into(),
+            other_config: BTreeMap::new(),
         };
         let e = from_plugin_error(
             XapiError::Api {

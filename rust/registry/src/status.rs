@@ -4,10 +4,12 @@
 use crate::dma::{DeviceArgs, PLATFORM_KEY};
 use crate::error::VmRef;
 use crate::model::Registration;
+use crate::pool::{mirror_state, MirrorState};
 use crate::report::{
-    Drift, DriftField, PowerState, ScanRegistered, ScanReport, ScanSummary, ScanUnregistered,
-    Stale, VmStatus,
+    Drift, DriftField, FoundDevice, PowerState, ScanRegistered, ScanReport, ScanSummary,
+    ScanUnregistered, Stale, VmStatus,
 };
+use crate::store::JsonMap;
 use std::collections::BTreeMap;
 use xapi::VmRecord;
 
@@ -91,7 +93,13 @@ pub fn is_real_vm(vm: &VmRecord) -> bool {
 }
 
 /// Joins the pool's VMs with the registry rows.
-pub fn build_scan(vms: Vec<VmRecord>, regs: Vec<Registration>, device_type: &str) -> ScanReport {
+/// `rows`: the registry rows as the mirror should carry them, by lower-case uuid.
+pub fn build_scan(
+    vms: Vec<VmRecord>,
+    regs: Vec<Registration>,
+    rows: &BTreeMap<String, JsonMap>,
+    device_type: &str,
+) -> ScanReport {
     // Keyed in lower case: the older tools stored uuids as typed, xapi's are lower case.
     let mut by_uuid: BTreeMap<String, Registration> = regs
         .into_iter()
@@ -114,7 +122,9 @@ pub fn build_scan(vms: Vec<VmRecord>, regs: Vec<Registration>, device_type: &str
                     mut problems,
                 } = device_status(&reg, dma.as_deref(), device_type);
                 problems.extend(reg.problems());
+                let mirror = mirror_state(&vm, rows.get(&vm.uuid)).as_str().to_string();
                 report.registered.push(ScanRegistered {
+                    mirror,
                     registration: reg,
                     power_state,
                     device_model_args: dma,
@@ -124,6 +134,7 @@ pub fn build_scan(vms: Vec<VmRecord>, regs: Vec<Registration>, device_type: &str
                 });
             }
             None => report.unregistered.push(ScanUnregistered {
+                device: found_device(dma.as_deref(), device_type),
                 vm_uuid: vm.uuid,
                 vm_name: vm.name_label,
                 power_state,
@@ -155,6 +166,9 @@ pub fn build_scan(vms: Vec<VmRecord>, regs: Vec<Registration>, device_type: &str
     s.total_vms = s.registered + s.unregistered;
     s.stale = report.stale.len();
     for r in &report.registered {
+        if r.mirror != MirrorState::Ok.as_str() {
+            s.mirror_drift += 1;
+        }
         match r.status {
             VmStatus::Configured => s.configured += 1,
             VmStatus::Drift => s.drift += 1,
@@ -162,4 +176,15 @@ pub fn build_scan(vms: Vec<VmRecord>, regs: Vec<Registration>, device_type: &str
         }
     }
     report
+}
+
+/// The vgpu device a VM carries, with its properties as written.
+pub fn found_device(dma: Option<&str>, device_type: &str) -> Option<FoundDevice> {
+    let entry = DeviceArgs::parse(dma?).ok()?.find_vgpu(device_type)?;
+    Some(FoundDevice {
+        pool: entry.get("pool_id").map(str::to_string),
+        priority: entry.get("priority").map(str::to_string),
+        vm_id: entry.get("vm_id").map(str::to_string),
+        device_type: entry.device_type,
+    })
 }

@@ -8,11 +8,12 @@ use crate::error::{Error, Result, VmRef};
 use crate::model::{sqlite_time_to_rfc3339, Pool, Priority, Registration};
 use crate::report::{ByPriority, PoolInfo};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `PRAGMA user_version` of the schema this code writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Long enough to queue behind other writers that are waiting on XAPI.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,6 +49,13 @@ const NAME_CHOSEN: (&str, &str) = (
     "name_chosen",
     "INTEGER NOT NULL DEFAULT 0 CHECK(name_chosen IN (0,1))",
 );
+
+/// Schema 3: what this file is in the pool (`role`: primary or replica) and the mirror
+/// generation it holds. A table of its own, so the mediator's tables stay as they are.
+const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS registry_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+)";
 
 const SEED_POOLS: &str =
     "INSERT OR IGNORE INTO pools (pool_id, pool_name) VALUES ('A', 'Pool A'), ('B', 'Pool B')";
@@ -372,6 +380,21 @@ impl Store {
         pools(&self.conn).map_err(|e| self.db_err(e))
     }
 
+    /// The role and generation this file records (schema 3).
+    pub fn meta(&self) -> Result<Meta> {
+        meta(&self.conn).map_err(|e| self.db_err(e))
+    }
+
+    /// Every row as the mirror carries it, by lower-case uuid.
+    pub fn rows_json(&self) -> Result<BTreeMap<String, JsonMap>> {
+        rows_json(&self.conn).map_err(|e| self.db_err(e))
+    }
+
+    /// Copies the registry beside itself as `<file>.<tag>-<time>.bak`.
+    pub fn backup_as(&self, tag: &str) -> Result<PathBuf> {
+        write_backup_named(&self.conn, &self.path, tag)
+    }
+
     #[cfg(test)]
     pub fn next_free_vm_id(&self) -> Result<Option<u32>> {
         next_free_vm_id(&self.conn).map_err(|e| self.db_err(e))
@@ -577,6 +600,112 @@ impl WriteTx<'_> {
         })
     }
 
+    pub fn meta(&self) -> Result<Meta> {
+        meta(&self.tx).map_err(|e| self.err(e))
+    }
+
+    /// Copies the registry as it was before this transaction beside itself.
+    pub fn backup_as(&self, tag: &str) -> Result<PathBuf> {
+        write_backup_named(&self.tx, &self.path, tag)
+    }
+
+    pub fn set_meta(&self, role: Role, generation: u64) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT OR REPLACE INTO registry_meta (key, value) VALUES ('role', ?1), \
+                 ('generation', ?2)",
+                params![role.as_str(), generation.to_string()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The row of `vm_uuid` as the mirror carries it.
+    pub fn row_json(&self, vm_uuid: &str) -> Result<Option<JsonMap>> {
+        Ok(rows_json_where(&self.tx, Some(vm_uuid))
+            .map_err(|e| self.err(e))?
+            .into_values()
+            .next())
+    }
+
+    pub fn rows_json(&self) -> Result<BTreeMap<String, JsonMap>> {
+        rows_json(&self.tx).map_err(|e| self.err(e))
+    }
+
+    /// Every pools row, every column.
+    pub fn pools_json(&self) -> Result<Vec<JsonMap>> {
+        pools_json(&self.tx).map_err(|e| self.err(e))
+    }
+
+    /// Makes the registry hold exactly `rows` (and the pool rows in `pools`, when given): rows
+    /// are deleted and inserted again inside this transaction, so a reader sees the old or the
+    /// new registry, never a mix. Columns the mirror does not carry take the table's default;
+    /// keys the table has no column for are ignored. A row the table refuses (two VMs with one
+    /// vm_id, a value a CHECK refuses) is left out and returned with the reason.
+    pub fn replace_all(
+        &self,
+        rows: &[(String, JsonMap)],
+        pools: Option<&[JsonMap]>,
+    ) -> Result<Vec<(String, String)>> {
+        let err = |e| self.err(e);
+        let vm_cols = column_names(&self.tx, "vms").map_err(err)?;
+        self.tx.execute("DELETE FROM vms", []).map_err(err)?;
+        let mut refused = Vec::new();
+        for (uuid, row) in rows {
+            let mut cols = vec!["vm_uuid".to_string()];
+            let mut vals = vec![rusqlite::types::Value::Text(uuid.clone())];
+            for (k, v) in row {
+                let col = from_mirror_key(k);
+                if col == "vm_uuid" || !vm_cols.iter().any(|c| c == col) {
+                    continue;
+                }
+                cols.push(col.to_string());
+                vals.push(to_sql_value(col, v));
+            }
+            let sql = format!(
+                "INSERT INTO vms ({}) VALUES ({})",
+                cols.join(", "),
+                vec!["?"; cols.len()].join(", ")
+            );
+            match self.tx.execute(&sql, rusqlite::params_from_iter(vals)) {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(f, msg))
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    refused.push((uuid.clone(), msg.unwrap_or_else(|| f.to_string())));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        if let Some(pools) = pools {
+            let pool_cols = column_names(&self.tx, "pools").map_err(err)?;
+            for row in pools {
+                let Some(id) = row.get("pool_id").and_then(|v| v.as_str()) else {
+                    continue;
+                };
+                let pairs: Vec<(&String, &serde_json::Value)> = row
+                    .iter()
+                    .filter(|(k, _)| *k != "pool_id" && pool_cols.contains(k))
+                    .collect();
+                if pairs.is_empty() {
+                    continue;
+                }
+                let set: Vec<String> = pairs.iter().map(|(k, _)| format!("{k} = ?")).collect();
+                let mut vals: Vec<rusqlite::types::Value> =
+                    pairs.iter().map(|(k, v)| to_sql_value(k, v)).collect();
+                vals.push(rusqlite::types::Value::Text(id.to_string()));
+                // Only the two pools exist; a row for another id is not ours to add.
+                self.tx
+                    .execute(
+                        &format!("UPDATE pools SET {} WHERE pool_id = ?", set.join(", ")),
+                        rusqlite::params_from_iter(vals),
+                    )
+                    .map_err(err)?;
+            }
+        }
+        Ok(refused)
+    }
+
     pub fn commit(self) -> Result<()> {
         let path = self.path;
         self.tx.commit().map_err(|e| db_error(&path, e))
@@ -725,10 +854,14 @@ fn column_names(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>>
 /// Copies the database beside itself before a migration, through SQLite's backup API so the
 /// copy is consistent even while other readers are active.
 fn write_backup(conn: &Connection, path: &Path) -> Result<PathBuf> {
+    write_backup_named(conn, path, &format!("pre-v{SCHEMA_VERSION}"))
+}
+
+fn write_backup_named(conn: &Connection, path: &Path, tag: &str) -> Result<PathBuf> {
     let stamp: String = conn
         .query_row("SELECT strftime('%Y%m%dT%H%M%SZ', 'now')", [], |r| r.get(0))
         .map_err(|e| db_error(path, e))?;
-    let base = format!("{}.pre-v{SCHEMA_VERSION}-{stamp}.bak", path.display());
+    let base = format!("{}.{tag}-{stamp}.bak", path.display());
     let mut target = PathBuf::from(&base);
     let mut n = 1;
     while target.exists() {
@@ -765,6 +898,8 @@ fn migrate_to_current(conn: &Connection, from: i64) -> rusqlite::Result<()> {
     // 1 -> 2: names chosen by the user are marked. Rows from before are not: their names were
     // refreshed by every sync until now, and stay so.
     add_column_if_missing(conn, "vms", NAME_CHOSEN.0, NAME_CHOSEN.1)?;
+    // 2 -> 3: no role recorded means a primary of before the mirror (see `pool`).
+    conn.execute_batch(CREATE_META)?;
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
 }
 
@@ -944,3 +1079,158 @@ fn table_parts(create_sql: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
+
+/// A JSON object: one row as the mirror carries it.
+pub type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// What a registry file is in its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The master's registry, where writes happen.
+    Primary,
+    /// A copy built from the mirror by `refresh`, for this host's mediator.
+    Replica,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+/// The role and generation a registry file records; `None` where nothing is recorded (a file
+/// of before schema 3, or one the mediator created).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub role: Option<Role>,
+    pub generation: Option<u64>,
+}
+
+fn meta(conn: &Connection) -> rusqlite::Result<Meta> {
+    if !table_exists(conn, "registry_meta")? {
+        return Ok(Meta::default());
+    }
+    let get = |key: &str| -> rusqlite::Result<Option<String>> {
+        conn.query_row(
+            "SELECT value FROM registry_meta WHERE key = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()
+    };
+    Ok(Meta {
+        role: match get("role")?.as_deref() {
+            Some("primary") => Some(Role::Primary),
+            Some("replica") => Some(Role::Replica),
+            _ => None,
+        },
+        generation: get("generation")?.and_then(|g| g.parse().ok()),
+    })
+}
+
+/// The mirror's key for a column: the contract's names (`pool`, a word for `priority`).
+fn to_mirror_key(col: &str) -> &str {
+    match col {
+        "pool_id" => "pool",
+        other => other,
+    }
+}
+
+fn from_mirror_key(key: &str) -> &str {
+    match key {
+        "pool" => "pool_id",
+        other => other,
+    }
+}
+
+fn to_sql_value(col: &str, v: &serde_json::Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    use serde_json::Value as J;
+    match (col, v) {
+        ("priority", J::String(w)) => match Priority::parse(w) {
+            Ok(p) => V::Integer(p.as_int()),
+            Err(_) => V::Text(w.clone()),
+        },
+        (_, J::Null) => V::Null,
+        (_, J::Bool(b)) => V::Integer(i64::from(*b)),
+        (_, J::Number(n)) => match n.as_i64() {
+            Some(i) => V::Integer(i),
+            None => V::Real(n.as_f64().unwrap_or(0.0)),
+        },
+        (_, J::String(s)) => V::Text(s.clone()),
+        (_, other) => V::Text(other.to_string()),
+    }
+}
+
+fn to_json_value(col: &str, v: rusqlite::types::ValueRef<'_>) -> Option<serde_json::Value> {
+    use rusqlite::types::ValueRef as V;
+    use serde_json::Value as J;
+    Some(match (col, v) {
+        ("priority", V::Integer(n)) => match Priority::from_db(n) {
+            Some(p) => J::from(p.as_word()),
+            None => J::from(n),
+        },
+        ("name_chosen", V::Integer(n)) => J::Bool(n != 0),
+        (_, V::Null) => J::Null,
+        (_, V::Integer(n)) => J::from(n),
+        (_, V::Real(f)) => serde_json::Number::from_f64(f).map(J::Number)?,
+        (_, V::Text(t)) => J::from(String::from_utf8_lossy(t).into_owned()),
+        (_, V::Blob(_)) => return None,
+    })
+}
+
+fn rows_json(conn: &Connection) -> rusqlite::Result<BTreeMap<String, JsonMap>> {
+    rows_json_where(conn, None)
+}
+
+fn rows_json_where(
+    conn: &Connection,
+    vm_uuid: Option<&str>,
+) -> rusqlite::Result<BTreeMap<String, JsonMap>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT * FROM vms WHERE ?1 IS NULL OR lower(vm_uuid) = lower(?1) ORDER BY vm_uuid",
+    )?;
+    let names: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
+    let mut rows = stmt.query([vm_uuid])?;
+    let mut out = BTreeMap::new();
+    while let Some(r) = rows.next()? {
+        let mut map = JsonMap::new();
+        let mut uuid = String::new();
+        for (i, name) in names.iter().enumerate() {
+            if name == "vm_uuid" {
+                uuid = match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Text(t) => {
+                        String::from_utf8_lossy(t).to_ascii_lowercase()
+                    }
+                    _ => String::new(),
+                };
+                continue;
+            }
+            if let Some(v) = to_json_value(name, r.get_ref(i)?) {
+                map.insert(to_mirror_key(name).to_string(), v);
+            }
+        }
+        out.insert(uuid, map);
+    }
+    Ok(out)
+}
+
+fn pools_json(conn: &Connection) -> rusqlite::Result<Vec<JsonMap>> {
+    let mut stmt = conn.prepare_cached("SELECT * FROM pools ORDER BY pool_id")?;
+    let names: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut map = JsonMap::new();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(v) = to_json_value(name, r.get_ref(i)?) {
+                map.insert(name.to_string(), v);
+            }
+        }
+        out.push(map);
+    }
+    Ok(out)
+}

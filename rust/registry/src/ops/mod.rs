@@ -2,12 +2,14 @@
 //! [`crate::request`]), and every mutation changes the registry and the VM's device-model-args as
 //! one unit (see [`apply`]).
 
+mod adopt;
 mod apply;
 
 use crate::config::Config;
 use crate::dma::DeviceSpec;
 use crate::error::{Error, Result, VmRef};
 use crate::model::{parse_vm_name, Pool, Priority, Registration, Selector};
+use crate::pool::{self, mirror_state, row_text, MirrorState, Primary, Touched, VM_KEY};
 use crate::report::{
     Applied, PoolDetail, PoolInfo, PowerState, Problem, ScanReport, ShowReport, StatusReport,
     SyncAction, SyncChange, SyncItem, SyncReport, VmStatus,
@@ -25,6 +27,10 @@ pub(crate) struct Ctx<'a> {
     pub store: &'a mut Store,
     pub xapi: &'a dyn Xapi,
     pub config: &'a Config,
+    /// This host, when its uuid is known.
+    pub me: Option<xapi::HostRecord>,
+    /// The generation the last committed change published, if any.
+    pub committed: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -71,6 +77,8 @@ struct SyncStep {
     /// The name-label to store instead of the registry's name.
     rename: Option<String>,
     reapply: bool,
+    /// The registry's copy in XAPI is missing or stale.
+    remirror: bool,
     will_restart: bool,
     changes: Vec<SyncChange>,
 }
@@ -258,11 +266,35 @@ impl Ctx<'_> {
         change: impl FnOnce(&WriteTx<'_>) -> Result<(T, DeviceChange)>,
     ) -> Result<(T, Option<String>)> {
         let (xapi, config) = (self.xapi, self.config);
+        let me = self.me.as_ref().map(|h| h.opaque_ref.clone());
         let tx = self.store.write()?;
+        let primary = pool::take_primary(xapi, &tx, me.as_deref())?;
         let (out, desired) = change(&tx)?;
         let device_type = config.device.device_type.as_str();
-        let dma = apply_to_vm(xapi, vm, &desired, device_type, || tx.commit())?;
+        let touched = [Touched::of(vm)];
+        let mut published = None;
+        let dma = apply_to_vm(xapi, vm, &desired, device_type, || {
+            published = Some(pool::publish_and_commit(xapi, tx, &primary, &touched)?);
+            Ok(())
+        })?;
+        self.committed = published.or(self.committed);
         Ok((out, dma))
+    }
+
+    /// Brings the registry to the pool's generation (a read on the master does this first).
+    pub fn catch_up(&mut self) -> Result<()> {
+        let (tx, _) = self.begin()?;
+        tx.commit()
+    }
+
+    /// A write transaction on the primary: this host is still the master (when it knows who
+    /// it is) and the registry is at the pool's generation.
+    fn begin(&mut self) -> Result<(WriteTx<'_>, Primary)> {
+        let me = self.me.as_ref().map(|h| h.opaque_ref.clone());
+        let xapi = self.xapi;
+        let tx = self.store.write()?;
+        let primary = pool::take_primary(xapi, &tx, me.as_deref())?;
+        Ok((tx, primary))
     }
 
     pub fn scan(&self) -> Result<ScanReport> {
@@ -271,7 +303,8 @@ impl Ctx<'_> {
             .list_vms()
             .map_err(|e| Error::xapi("listing the pool's VMs", e))?;
         let regs = self.store.list(&ListFilter::default())?;
-        Ok(build_scan(vms, regs, self.device_type()))
+        let rows = self.store.rows_json()?;
+        Ok(build_scan(vms, regs, &rows, self.device_type()))
     }
 
     pub fn register(&mut self, req: RegisterReq) -> Result<Applied> {
@@ -370,10 +403,12 @@ impl Ctx<'_> {
     pub fn remove(&mut self, selector: &Selector, restart: Restart) -> Result<Applied> {
         let (reg, vm) = self.resolve_registered(selector)?;
         let Some(vm) = vm else {
-            // Stale: the VM is gone, so only the registry row goes.
-            let tx = self.store.write()?;
+            // Stale: the VM is gone (and its other_config with it), so only the row goes.
+            let xapi = self.xapi;
+            let (tx, primary) = self.begin()?;
             tx.delete(&reg.vm_uuid)?;
-            tx.commit()?;
+            let g = pool::publish_and_commit(xapi, tx, &primary, &[])?;
+            self.committed = Some(g);
             return Ok(Applied {
                 registration: reg,
                 applied: false,
@@ -382,6 +417,7 @@ impl Ctx<'_> {
                 power_state: None,
                 device_model_args: None,
                 removed: true,
+                replicas: None,
             });
         };
         let will_restart = self.plan_restart(&vm, restart)?;
@@ -399,9 +435,11 @@ impl Ctx<'_> {
         let Some(reg) = self.store.get(raw_uuid)? else {
             return Err(invalid);
         };
-        let tx = self.store.write()?;
+        let xapi = self.xapi;
+        let (tx, primary) = self.begin()?;
         tx.delete(raw_uuid)?;
-        tx.commit()?;
+        let g = pool::publish_and_commit(xapi, tx, &primary, &[])?;
+        self.committed = Some(g);
         Ok(Applied {
             registration: reg,
             applied: false,
@@ -410,6 +448,7 @@ impl Ctx<'_> {
             power_state: None,
             device_model_args: None,
             removed: true,
+            replicas: None,
         })
     }
 
@@ -439,6 +478,7 @@ impl Ctx<'_> {
             power_state: Some(power_state),
             device_model_args: dma,
             removed,
+            replicas: None,
         })
     }
 
@@ -524,7 +564,30 @@ impl Ctx<'_> {
                 });
             }
         }
+        let mut warnings: Vec<String> = self.store.exposure().into_iter().collect();
+        let (generation, hosts) = match self.xapi.pool() {
+            Ok(p) => match pool::host_replicas(self.xapi, &p) {
+                Ok(h) => (pool::pool_generation(&p), h),
+                Err(e) => {
+                    warnings.push(format!("cannot show the hosts' replicas: {e}"));
+                    (pool::pool_generation(&p), Vec::new())
+                }
+            },
+            Err(e) => {
+                warnings.push(format!("cannot read the pool's registry generation: {e}"));
+                (None, Vec::new())
+            }
+        };
+        let mirror_drift = scan
+            .registered
+            .iter()
+            .filter(|r| r.mirror != MirrorState::Ok.as_str())
+            .map(|r| r.registration.vm_ref())
+            .collect();
         Ok(StatusReport {
+            mirror_drift,
+            generation,
+            hosts,
             pools: self.store.pools()?,
             drift: pick(VmStatus::Drift),
             not_applied: pick(VmStatus::NotApplied),
@@ -539,7 +602,7 @@ impl Ctx<'_> {
             stale: scan.stale.iter().map(|s| s.registration.vm_ref()).collect(),
             summary: scan.summary,
             problems,
-            warnings: self.store.exposure().into_iter().collect(),
+            warnings,
         })
     }
 
@@ -560,6 +623,7 @@ impl Ctx<'_> {
             .into_iter()
             .map(|v| (v.uuid.clone(), v))
             .collect();
+        let rows = self.store.rows_json()?;
         // Decide everything first, so a refusal (confirmation, paused VM) changes nothing.
         let mut plan = Vec::new();
         for reg in regs {
@@ -570,6 +634,7 @@ impl Ctx<'_> {
                     status: VmStatus::Stale,
                     rename: None,
                     reapply: false,
+                    remirror: false,
                     will_restart: false,
                     changes: Vec::new(),
                 });
@@ -608,12 +673,22 @@ impl Ctx<'_> {
                     }
                 }
             }
+            let row = rows.get(&reg.vm_uuid.to_ascii_lowercase());
+            let remirror = mirror_state(&vm, row) != MirrorState::Ok;
+            if remirror {
+                changes.push(SyncChange {
+                    field: "mirror".into(),
+                    old: vm.other_config.get(VM_KEY).cloned(),
+                    new: row.map(row_text),
+                });
+            }
             plan.push(SyncStep {
                 reg,
                 vm: Some(vm),
                 status,
                 rename,
                 reapply,
+                remirror,
                 will_restart,
                 changes,
             });
@@ -630,6 +705,7 @@ impl Ctx<'_> {
             dry_run,
             results,
             failed,
+            replicas: None,
         })
     }
 
@@ -650,14 +726,16 @@ impl Ctx<'_> {
             item.action = SyncAction::Stale;
             return item;
         };
-        if !step.reapply && step.rename.is_none() {
+        if !step.reapply && step.rename.is_none() && !step.remirror {
             return item;
         }
         if dry_run {
             item.action = if step.reapply {
                 SyncAction::WouldApply
-            } else {
+            } else if step.rename.is_some() {
                 SyncAction::WouldRename
+            } else {
+                SyncAction::WouldMirror
             };
             return item;
         }
@@ -665,8 +743,10 @@ impl Ctx<'_> {
             Ok(applied) => {
                 item.action = if step.reapply {
                     SyncAction::Applied
-                } else {
+                } else if step.rename.is_some() {
                     SyncAction::Renamed
+                } else {
+                    SyncAction::Mirrored
                 };
                 item.vm_name = applied.registration.vm_name.clone();
                 item.pending_restart = applied.pending_restart;

@@ -9,6 +9,8 @@ use xapi::{HostRecord, XapiError};
 #[derive(Default)]
 struct FakePool {
     vms: RefCell<Vec<VmRecord>>,
+    /// pool.other_config
+    pool_config: RefCell<BTreeMap<String, String>>,
     calls: RefCell<Vec<String>>,
     /// (method, remaining calls to let through before failing, failures left)
     faults: RefCell<Vec<(String, usize, usize)>>,
@@ -127,8 +129,70 @@ impl Xapi for FakePool {
         self.edit(vm_ref, |v| v.power_state = "Running".into());
         Ok(())
     }
-    fn pool_master(&self) -> xapi::Result<HostRecord> {
+    fn pool(&self) -> xapi::Result<xapi::PoolRecord> {
+        self.enter("pool.get_all_records")?;
+        Ok(xapi::PoolRecord {
+            opaque_ref: "OpaqueRef:pool".into(),
+            master: "OpaqueRef:h1".into(),
+            other_config: self.pool_config.borrow().clone(),
+        })
+    }
+    fn hosts(&self) -> xapi::Result<Vec<HostRecord>> {
         unreachable!("not used by these operations")
+    }
+    fn host_record(&self, _: &str) -> xapi::Result<HostRecord> {
+        unreachable!("not used by these operations")
+    }
+    fn add_to_other_config(
+        &self,
+        class: xapi::Class,
+        obj: &str,
+        key: &str,
+        value: &str,
+    ) -> xapi::Result<()> {
+        self.enter(&format!("{}.add_to_other_config", class.api_name()))?;
+        let duplicate = || XapiError::Api {
+            method: "add_to_other_config".into(),
+            code: "MAP_DUPLICATE_KEY".into(),
+            params: vec![key.into()],
+        };
+        match class {
+            xapi::Class::Pool => {
+                let mut m = self.pool_config.borrow_mut();
+                if m.contains_key(key) {
+                    return Err(duplicate());
+                }
+                m.insert(key.into(), value.into());
+            }
+            xapi::Class::Vm => {
+                if self.vm(obj).other_config.contains_key(key) {
+                    return Err(duplicate());
+                }
+                self.edit(obj, |v| {
+                    v.other_config.insert(key.into(), value.into());
+                });
+            }
+            xapi::Class::Host => unreachable!("not used by these operations"),
+        }
+        Ok(())
+    }
+    fn remove_from_other_config(
+        &self,
+        class: xapi::Class,
+        obj: &str,
+        key: &str,
+    ) -> xapi::Result<()> {
+        self.enter(&format!("{}.remove_from_other_config", class.api_name()))?;
+        match class {
+            xapi::Class::Pool => {
+                self.pool_config.borrow_mut().remove(key);
+            }
+            xapi::Class::Vm => self.edit(obj, |v| {
+                v.other_config.remove(key);
+            }),
+            xapi::Class::Host => unreachable!("not used by these operations"),
+        }
+        Ok(())
     }
     fn host_by_uuid(&self, _uuid: &str) -> xapi::Result<Option<HostRecord>> {
         unreachable!("not used by these operations")
@@ -160,6 +224,7 @@ fn vm(n: u8, name: &str, power: &str, dma: Option<&str>) -> VmRecord {
         is_a_snapshot: false,
         is_control_domain: false,
         resident_on: "OpaqueRef:NULL".into(),
+        other_config: BTreeMap::new(),
     }
 }
 
@@ -222,6 +287,8 @@ fn register_writes_registry_and_device_keeping_foreign_tokens() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     let a = ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
     assert_eq!(a.registration.vm_id, 1);
@@ -243,6 +310,8 @@ fn legacy_stub_is_replaced_in_place() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     ctx.register(reg(3, Pool::A, Priority::Medium, Some(9)))
         .unwrap();
@@ -259,6 +328,8 @@ fn templates_are_not_vms() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     let e = ctx
         .register(reg(9, Pool::A, Priority::High, None))
@@ -280,6 +351,8 @@ fn failed_platform_write_rolls_back_and_puts_args_back() {
             store: &mut w.store,
             xapi: &x,
             config: &w.config,
+            me: None,
+            committed: None,
         };
         let e = ctx
             .register(reg(1, Pool::A, Priority::High, None))
@@ -299,6 +372,8 @@ fn failed_compensation_says_how_to_repair() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     let e = ctx
         .register(reg(1, Pool::A, Priority::High, None))
@@ -322,6 +397,8 @@ fn vm_id_conflict_changes_nothing_and_names_the_owner() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     ctx.register(reg(1, Pool::A, Priority::High, Some(5)))
         .unwrap();
@@ -344,6 +421,8 @@ fn restart_needs_confirmation_and_refuses_paused() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     let mut r = reg(1, Pool::A, Priority::High, None);
     r.restart = Restart {
@@ -387,6 +466,8 @@ fn scan_reports_every_state_in_one_listing() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
     ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
@@ -461,6 +542,8 @@ fn remove_takes_only_the_vgpu_entry_and_stale_rows_go_from_the_registry_only() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
     ctx.register(reg(2, Pool::A, Priority::High, None)).unwrap();
@@ -572,6 +655,8 @@ fn a_chosen_name_is_kept_by_sync_and_finds_the_vm() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     let mut r = reg(1, Pool::A, Priority::High, None);
     r.name = Some("VM-2".into());
@@ -620,6 +705,8 @@ fn a_dry_run_shows_the_device_model_args_it_would_write() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     ctx.register(reg(1, Pool::A, Priority::High, Some(4)))
         .unwrap();
@@ -652,6 +739,8 @@ fn a_label_the_registry_cannot_store_is_refused_as_a_typed_name_would_be() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     let e = ctx
         .register(reg(2, Pool::A, Priority::Low, None))
@@ -671,6 +760,8 @@ fn a_uuid_prefix_selects_one_vm_or_lists_the_candidates() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
+        me: None,
+        committed: None,
     };
     // The fake pool's uuids differ in their last digit only.
     let one = Selector::UuidPrefix(uuid(1));
@@ -687,5 +778,286 @@ fn a_uuid_prefix_selects_one_vm_or_lists_the_candidates() {
     assert_eq!(
         ctx.resolve(&none).unwrap_err().code(),
         ErrorCode::VmNotFound
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry's copy in XAPI (SPEC §9)
+
+fn mirror_of(x: &FakePool, r: &str) -> (Option<serde_json::Value>, Option<String>) {
+    let vm = x.vm(r);
+    (
+        vm.other_config
+            .get(crate::pool::VM_KEY)
+            .map(|t| serde_json::from_str(t).unwrap()),
+        vm.other_config.get(crate::pool::FIELD_KEY).cloned(),
+    )
+}
+
+fn generation(x: &FakePool) -> Option<String> {
+    x.pool_config
+        .borrow()
+        .get(crate::pool::GENERATION_KEY)
+        .cloned()
+}
+
+#[test]
+fn every_change_writes_the_mirror_and_bumps_the_generation() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    ctx.register(reg(1, Pool::A, Priority::High, Some(7)))
+        .unwrap();
+    assert_eq!(generation(&x).as_deref(), Some("1"));
+    assert_eq!(ctx.committed, Some(1));
+    let (row, field) = mirror_of(&x, "OpaqueRef:1");
+    let row = row.unwrap();
+    assert_eq!(
+        (
+            &row["vm_id"],
+            &row["pool"],
+            &row["priority"],
+            &row["vm_name"]
+        ),
+        (
+            &serde_json::json!(7),
+            &serde_json::json!("A"),
+            &serde_json::json!("high"),
+            &serde_json::json!("one")
+        )
+    );
+    assert!(row.get("created_at").is_some() && row.get("name_chosen").is_some());
+    assert_eq!(field.as_deref(), Some("pool A, high, vm_id 7"));
+    let pools: serde_json::Value =
+        serde_json::from_str(&x.pool_config.borrow()[crate::pool::POOLS_KEY]).unwrap();
+    assert_eq!(pools[0]["pool_id"], "A");
+    assert_eq!(pools[1]["pool_name"], "Pool B");
+
+    ctx.update(UpdateReq {
+        selector: Selector::Uuid(uuid(1)),
+        pool: Some(Pool::B),
+        priority: None,
+        vm_id: None,
+        restart: Restart::default(),
+    })
+    .unwrap();
+    assert_eq!(generation(&x).as_deref(), Some("2"));
+    assert_eq!(
+        mirror_of(&x, "OpaqueRef:1").1.as_deref(),
+        Some("pool B, high, vm_id 7")
+    );
+    ctx.remove(&Selector::Uuid(uuid(1)), Restart::default())
+        .unwrap();
+    assert_eq!(mirror_of(&x, "OpaqueRef:1"), (None, None), "both keys go");
+    assert_eq!(generation(&x).as_deref(), Some("3"));
+    assert_eq!(
+        ctx.store.meta().unwrap(),
+        crate::store::Meta {
+            role: Some(crate::store::Role::Primary),
+            generation: Some(3)
+        }
+    );
+}
+
+#[test]
+fn the_first_publication_carries_every_registration() {
+    // A registry of before the mirror: rows the pool's copy does not have yet.
+    let (mut w, x) = (world(), pool());
+    {
+        let tx = w.store.write().unwrap();
+        tx.insert(
+            &uuid(2),
+            &NewValues {
+                vm_name: Some("two".into()),
+                pool: Pool::B,
+                priority: Priority::Low,
+                vm_id: 5,
+            },
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    let (row, field) = mirror_of(&x, "OpaqueRef:2");
+    assert_eq!(row.unwrap()["vm_id"], 5);
+    assert_eq!(field.as_deref(), Some("pool B, low, vm_id 5"));
+    assert_eq!(generation(&x).as_deref(), Some("1"));
+}
+
+#[test]
+fn a_failing_mirror_write_leaves_registry_device_and_mirror_as_they_were() {
+    for (method, skip) in [
+        ("VM.add_to_other_config", 0),
+        ("VM.add_to_other_config", 1),
+        ("VM.remove_from_other_config", 1),
+        ("pool.add_to_other_config", 0),
+        ("pool.remove_from_other_config", 0),
+    ] {
+        let (mut w, x) = (world(), pool());
+        let mut ctx = Ctx {
+            store: &mut w.store,
+            xapi: &x,
+            config: &w.config,
+            me: None,
+            committed: None,
+        };
+        ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+        let before = (
+            dump(ctx.store),
+            x.dma("OpaqueRef:1"),
+            x.vm("OpaqueRef:1").other_config,
+            x.pool_config.borrow().clone(),
+        );
+        x.fail(method, skip, 1);
+        let e = ctx
+            .register(reg(1, Pool::A, Priority::High, None))
+            .unwrap_err();
+        let where_ = format!("{method} #{}", skip + 1);
+        assert_eq!(e.code(), ErrorCode::XapiError, "{where_}: {e}");
+        assert!(e.to_string().contains("registry's copy in XAPI"), "{e}");
+        assert!(e.to_string().contains("put back"), "{e}");
+        let after = (
+            dump(ctx.store),
+            x.dma("OpaqueRef:1"),
+            x.vm("OpaqueRef:1").other_config,
+            x.pool_config.borrow().clone(),
+        );
+        assert_eq!(before, after, "{where_}");
+    }
+}
+
+#[test]
+fn a_registry_behind_the_pool_is_rebuilt_before_it_assigns_an_id() {
+    // Another master took vm_id 1 for VM 2 (generation 5); this registry never saw it.
+    let (mut w, x) = (world(), pool());
+    x.edit("OpaqueRef:2", |v| {
+        v.other_config.insert(
+            crate::pool::VM_KEY.into(),
+            r#"{"vm_id":1,"pool":"B","priority":"low","vm_name":"two"}"#.into(),
+        );
+    });
+    x.pool_config
+        .borrow_mut()
+        .insert(crate::pool::GENERATION_KEY.into(), "5".into());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    let a = ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    assert_eq!(a.registration.vm_id, 2, "1 is taken in the pool's copy");
+    let regs = dump(ctx.store);
+    assert_eq!(regs.len(), 2);
+    assert_eq!(generation(&x).as_deref(), Some("6"));
+}
+
+#[test]
+fn a_master_that_is_no_longer_master_writes_nothing() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: Some(HostRecord {
+            opaque_ref: "OpaqueRef:h2".into(),
+            uuid: "h2".into(),
+            name_label: "old-master".into(),
+            other_config: BTreeMap::new(),
+        }),
+        committed: None,
+    };
+    let e = ctx
+        .register(reg(1, Pool::A, Priority::High, None))
+        .unwrap_err();
+    assert!(matches!(e, Error::NoLongerMaster { .. }), "{e}");
+    assert!(dump(ctx.store).is_empty());
+    assert_eq!(x.dma("OpaqueRef:1").as_deref(), Some("-m 1 'a b'"));
+    assert_eq!(x.count("VM.add_to_platform"), 0);
+}
+
+#[test]
+fn adopt_takes_the_device_values_and_leaves_conflicts_alone() {
+    let x = pool();
+    // VM 2 claims the same vm_id as VM 3's legacy stub; VM 4 has a bad pool.
+    x.edit("OpaqueRef:2", |v| {
+        v.platform.insert(
+            PLATFORM_KEY.into(),
+            "-device vgpu-cuda,pool_id=A,priority=high,vm_id=3".into(),
+        );
+    });
+    x.edit("OpaqueRef:4", |v| {
+        v.platform.insert(
+            PLATFORM_KEY.into(),
+            "-device vgpu-cuda,pool_id=Z,priority=high,vm_id=9".into(),
+        );
+    });
+    x.edit("OpaqueRef:1", |v| {
+        v.platform.insert(
+            PLATFORM_KEY.into(),
+            "-m 1 -device vgpu-stub,pool_id=b,priority=0,vm_id=12,prefer_bar1_htod=on".into(),
+        );
+    });
+    let mut w = world();
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    let dry = ctx.adopt(&SyncTarget::All, true).unwrap();
+    assert!(dump(ctx.store).is_empty(), "a dry run changes nothing");
+    assert_eq!(dry.adopted.len(), 1);
+    assert_eq!(
+        dry.adopted[0].after.as_deref(),
+        Some("-m 1 -device vgpu-cuda,pool_id=B,priority=low,vm_id=12,prefer_bar1_htod=on")
+    );
+    let r = ctx.adopt(&SyncTarget::All, false).unwrap();
+    assert_eq!(r.adopted.len(), 1);
+    let reasons: Vec<(String, String)> = r
+        .skipped
+        .iter()
+        .map(|s| (s.vm_uuid.clone(), s.reason.clone()))
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons
+        .iter()
+        .any(|(u, why)| u == &uuid(4) && why.contains("\"Z\"")));
+    for n in [2, 3] {
+        assert!(
+            reasons
+                .iter()
+                .any(|(u, why)| u == &uuid(n) && why.contains("claimed by several VMs")),
+            "{reasons:?}"
+        );
+    }
+    let regs = dump(ctx.store);
+    assert_eq!(regs.len(), 1);
+    assert_eq!(
+        (regs[0].vm_id, regs[0].pool, regs[0].priority),
+        (12, Pool::B, Priority::Low)
+    );
+    assert_eq!(
+        x.dma("OpaqueRef:1").as_deref(),
+        Some("-m 1 -device vgpu-cuda,pool_id=B,priority=low,vm_id=12,prefer_bar1_htod=on")
+    );
+    assert_eq!(
+        x.dma("OpaqueRef:2").as_deref(),
+        Some("-device vgpu-cuda,pool_id=A,priority=high,vm_id=3"),
+        "left untouched"
     );
 }

@@ -533,6 +533,79 @@ fn schema_1_gains_the_chosen_name_mark_keeping_every_row() {
         (7, Some("seven"))
     );
     assert!(!regs[0].name_chosen);
+    assert_eq!(
+        store.meta().unwrap(),
+        Meta::default(),
+        "no role recorded yet"
+    );
     drop(store);
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+}
+
+#[test]
+fn replace_all_rewrites_in_place_for_an_open_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let mut store = Store::open(&path).unwrap();
+    // The mediator keeps one connection open for its whole life.
+    let reader = Connection::open(&path).unwrap();
+    let count = |c: &Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM vms", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&reader), 0);
+    let row = |id: i64, pool: &str| {
+        serde_json::json!({"vm_id": id, "pool": pool, "priority": "high", "vm_name": "n",
+                           "weight": 70, "no_such_column": 1})
+        .as_object()
+        .unwrap()
+        .clone()
+    };
+    let u1 = "11111111-1111-1111-1111-111111111111".to_string();
+    let u2 = "22222222-2222-2222-2222-222222222222".to_string();
+    let tx = store.write().unwrap();
+    let refused = tx
+        .replace_all(
+            &[(u1.clone(), row(1, "A")), (u2.clone(), row(1, "B"))],
+            None,
+        )
+        .unwrap();
+    tx.set_meta(Role::Replica, 4).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        refused.len(),
+        1,
+        "two VMs claiming vm_id 1: the second is left out"
+    );
+    assert_eq!(refused[0].0, u2);
+    assert_eq!(count(&reader), 1);
+    let (id, pool, prio): (i64, String, i64) = reader
+        .query_row("SELECT vm_id, pool_id, priority FROM vms", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((id, pool.as_str(), prio), (1, "A", 2));
+    assert_eq!(
+        store.meta().unwrap(),
+        Meta {
+            role: Some(Role::Replica),
+            generation: Some(4)
+        }
+    );
+    let tx = store.write().unwrap();
+    tx.replace_all(&[(u2.clone(), row(9, "B"))], None).unwrap();
+    tx.commit().unwrap();
+    let ids: Vec<i64> = reader
+        .prepare("SELECT vm_id FROM vms")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(ids, [9], "the same open connection sees the second refresh");
+    // Mirror values round-trip: what rows_json gives, replace_all takes back unchanged.
+    let rows = store.rows_json().unwrap();
+    assert_eq!(rows[&u2]["priority"], "high");
+    assert_eq!(rows[&u2]["pool"], "B");
+    assert!(!rows[&u2].contains_key("no_such_column"));
 }

@@ -1,0 +1,638 @@
+//! One registry for the whole pool (SPEC §9): the mirror in XAPI's database, the replica on
+//! every other host, and the master's primary that follows the mirror across a change of master.
+//!
+//! XAPI's database is replicated to every host and survives the master, so it carries a copy of
+//! every registry row (`other_config` of the VM, the pool rows and a generation on the pool
+//! object). The master's SQLite file stays the place where writes are serialised; every change
+//! writes the mirror before it commits, and the generation tells any registry file whether it is
+//! behind. See `docs/decisions/0009-xapi-database-as-replicated-store.md`.
+
+use crate::error::{Error, Result};
+use crate::model::{Pool, Priority};
+use crate::report::{HostReplica, RefreshReport, ReplicaStatus};
+use crate::store::{JsonMap, Meta, Role, Store, WriteTx};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use xapi::{Class, PluginCall, PoolRecord, VmRecord, Xapi, XapiError};
+
+/// `VM.other_config` key holding the VM's registry row as compact JSON.
+pub const VM_KEY: &str = "vgpu-registry";
+/// `VM.other_config` key Xen Orchestra shows as the custom field "vgpu".
+pub const FIELD_KEY: &str = "XenCenter.CustomFields.vgpu";
+/// `pool.other_config` key holding the pools table as a JSON array.
+pub const POOLS_KEY: &str = "vgpu-registry:pools";
+/// `pool.other_config` key: the mirror's generation, bumped by every change. The same key on a
+/// host's `other_config` records the generation its replica holds.
+pub const GENERATION_KEY: &str = "vgpu-registry:generation";
+
+/// The generation the pool's mirror is at; `None` when nothing was ever published.
+pub fn pool_generation(pool: &PoolRecord) -> Option<u64> {
+    pool.other_config
+        .get(GENERATION_KEY)
+        .and_then(|g| g.trim().parse().ok())
+}
+
+/// The custom field's text: `pool A, high, vm_id 7`.
+pub fn custom_field(row: &JsonMap) -> String {
+    let text = |k: &str| match row.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "?".into(),
+        Some(other) => other.to_string(),
+    };
+    format!(
+        "pool {}, {}, vm_id {}",
+        text("pool"),
+        text("priority"),
+        text("vm_id")
+    )
+}
+
+/// The row's mirror value: compact JSON, keys sorted (serde_json's map keeps them sorted).
+pub fn row_text(row: &JsonMap) -> String {
+    Value::Object(row.clone()).to_string()
+}
+
+/// Whether a VM's mirror keys say what `row` says (`None`: the VM should carry no mirror).
+pub fn mirror_state(vm: &VmRecord, row: Option<&JsonMap>) -> MirrorState {
+    let have = vm.other_config.get(VM_KEY);
+    match (row, have) {
+        (None, None) => MirrorState::Ok,
+        (None, Some(_)) => MirrorState::Stale,
+        (Some(_), None) => MirrorState::Missing,
+        (Some(row), Some(text)) => {
+            let same_row = serde_json::from_str::<JsonMap>(text)
+                .map(|m| &m == row)
+                .unwrap_or(false);
+            let same_field = vm.other_config.get(FIELD_KEY) == Some(&custom_field(row));
+            if same_row && same_field {
+                MirrorState::Ok
+            } else {
+                MirrorState::Stale
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorState {
+    Ok,
+    Missing,
+    Stale,
+}
+
+impl MirrorState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorState::Ok => "ok",
+            MirrorState::Missing => "missing",
+            MirrorState::Stale => "stale",
+        }
+    }
+}
+
+/// The registry as XAPI's copy holds it.
+#[derive(Debug, Default)]
+pub struct Mirror {
+    pub generation: Option<u64>,
+    /// (lower-case uuid, row), sorted by uuid.
+    pub rows: Vec<(String, JsonMap)>,
+    pub pools: Option<Vec<JsonMap>>,
+    /// VMs whose mirror value is not a registry row: (uuid, why).
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// Reads the mirror out of the pool record and the VM records (one `VM.get_all_records_where`).
+pub fn read_mirror(pool: &PoolRecord, vms: &[VmRecord]) -> Mirror {
+    let mut m = Mirror {
+        generation: pool_generation(pool),
+        pools: pool
+            .other_config
+            .get(POOLS_KEY)
+            .and_then(|t| serde_json::from_str(t).ok()),
+        ..Mirror::default()
+    };
+    for vm in vms {
+        let Some(text) = vm.other_config.get(VM_KEY) else {
+            continue;
+        };
+        match parse_row(text) {
+            Ok(row) => m.rows.push((vm.uuid.to_ascii_lowercase(), row)),
+            Err(why) => m.unreadable.push((vm.uuid.clone(), why)),
+        }
+    }
+    m.rows.sort_by(|a, b| a.0.cmp(&b.0));
+    m
+}
+
+/// A mirror value, checked the way the registry checks its own columns.
+fn parse_row(text: &str) -> std::result::Result<JsonMap, String> {
+    let row: JsonMap =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON object ({e})"))?;
+    let pool = row.get("pool").and_then(Value::as_str).unwrap_or("");
+    Pool::parse(pool).map_err(|_| format!("pool {pool:?} is not A or B"))?;
+    let priority = row.get("priority").and_then(Value::as_str).unwrap_or("");
+    Priority::parse(priority).map_err(|_| format!("priority {priority:?} is not a priority"))?;
+    if row.get("vm_id").and_then(Value::as_i64).is_none() {
+        return Err("vm_id is not an integer".into());
+    }
+    Ok(row)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing the mirror: every write can be undone, and a failed change undoes them all.
+
+/// The XAPI map writes of one change, in order, so they can be undone in reverse.
+pub struct Journal<'a> {
+    xapi: &'a dyn Xapi,
+    done: Vec<(Class, String, String, Option<String>)>,
+}
+
+impl<'a> Journal<'a> {
+    pub fn new(xapi: &'a dyn Xapi) -> Journal<'a> {
+        Journal {
+            xapi,
+            done: Vec::new(),
+        }
+    }
+
+    /// Sets `key` of `obj`'s other_config from `old` to `new` (`None`: absent). xapi has no
+    /// single-key set: remove, then add. Nothing is called when the value is already right.
+    pub fn set(
+        &mut self,
+        class: Class,
+        obj: &str,
+        key: &str,
+        old: Option<&str>,
+        new: Option<&str>,
+    ) -> std::result::Result<(), XapiError> {
+        if old == new {
+            return Ok(());
+        }
+        // Recorded first: a remove that fails after xapi applied it is still undone.
+        self.done.push((
+            class,
+            obj.to_string(),
+            key.to_string(),
+            old.map(str::to_string),
+        ));
+        // Removed even when `old` says absent: `old` was read before the write lock was taken,
+        // and an add over a key that exists fails (MAP_DUPLICATE_KEY).
+        self.xapi.remove_from_other_config(class, obj, key)?;
+        if let Some(v) = new {
+            self.xapi.add_to_other_config(class, obj, key, v)?;
+        }
+        Ok(())
+    }
+
+    /// Puts every value back, newest first; the first failure is returned, the rest still tried.
+    pub fn undo(self) -> std::result::Result<(), XapiError> {
+        let mut first = None;
+        for (class, obj, key, old) in self.done.into_iter().rev() {
+            let r = self
+                .xapi
+                .remove_from_other_config(class, &obj, &key)
+                .and_then(|()| match &old {
+                    Some(v) => self.xapi.add_to_other_config(class, &obj, &key, v),
+                    None => Ok(()),
+                });
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// A VM whose mirror a change may rewrite: its ref and the other_config it had.
+#[derive(Debug, Clone)]
+pub struct Touched {
+    pub vm_ref: String,
+    pub vm_uuid: String,
+    pub other_config: BTreeMap<String, String>,
+}
+
+impl Touched {
+    pub fn of(vm: &VmRecord) -> Touched {
+        Touched {
+            vm_ref: vm.opaque_ref.clone(),
+            vm_uuid: vm.uuid.clone(),
+            other_config: vm.other_config.clone(),
+        }
+    }
+}
+
+/// The pool as a write found it, after [`take_primary`].
+#[derive(Debug)]
+pub struct Primary {
+    pool: PoolRecord,
+    generation: Option<u64>,
+    /// The registry was rebuilt from the mirror (it was behind, or a replica).
+    pub rebuilt: bool,
+}
+
+/// The master's host has changed since this command was routed: it must be forwarded.
+pub fn no_longer_master(pool: &PoolRecord) -> Error {
+    Error::NoLongerMaster {
+        master_ref: pool.master.clone(),
+    }
+}
+
+/// Inside a write transaction: checks that this host (`my_ref`, when known) is still the
+/// master, and brings the registry to the pool's generation, rebuilding it from the mirror when
+/// it is behind or a replica. A registry of before the mirror is the pool's until something is
+/// published, so it is never replaced while the pool has no generation.
+pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> Result<Primary> {
+    let pool = xapi
+        .pool()
+        .map_err(|e| Error::xapi("reading the pool's registry generation", e))?;
+    if my_ref.is_some_and(|me| me != pool.master) {
+        return Err(no_longer_master(&pool));
+    }
+    let generation = pool_generation(&pool);
+    let meta = tx.meta()?;
+    let rebuilt = match (meta, generation) {
+        (_, None) => false,
+        (
+            Meta {
+                role: Some(role),
+                generation: Some(local),
+            },
+            Some(g),
+        ) if local == g => {
+            if role == Role::Replica {
+                // Built from this very generation: promoting it changes no row.
+                tx.set_meta(Role::Primary, g)?;
+            }
+            false
+        }
+        (meta, Some(g)) => {
+            if meta.role != Some(Role::Replica) && !tx.rows_json()?.is_empty() {
+                // A primary that is not at the pool's generation holds nothing the mirror lacks
+                // (every change is mirrored before it commits), but keep it anyway.
+                tx.backup_as("pre-failover")?;
+            }
+            let vms = xapi
+                .list_vms()
+                .map_err(|e| Error::xapi("reading the registry's copy in XAPI", e))?;
+            let mirror = read_mirror(&pool, &vms);
+            tx.replace_all(&mirror.rows, mirror.pools.as_deref())?;
+            tx.set_meta(Role::Primary, g)?;
+            true
+        }
+    };
+    Ok(Primary {
+        pool,
+        generation,
+        rebuilt,
+    })
+}
+
+/// Writes the mirror of the VMs `touched` (every VM, the first time anything is published),
+/// bumps the pool's generation, and commits `tx`; all or nothing. Returns the new generation.
+pub fn publish_and_commit(
+    xapi: &dyn Xapi,
+    tx: WriteTx<'_>,
+    primary: &Primary,
+    touched: &[Touched],
+) -> Result<u64> {
+    let mut journal = Journal::new(xapi);
+    let next = primary.generation.unwrap_or(0) + 1;
+    let outcome = publish(&mut journal, &tx, primary, touched, next).and_then(|()| {
+        tx.set_meta(Role::Primary, next)?;
+        tx.commit()
+    });
+    match outcome {
+        Ok(()) => Ok(next),
+        Err(e) => Err(match journal.undo() {
+            Ok(()) => e,
+            Err(restore) => Error::MirrorUnrestored {
+                source: Box::new(e),
+                restore,
+            },
+        }),
+    }
+}
+
+fn publish(
+    journal: &mut Journal<'_>,
+    tx: &WriteTx<'_>,
+    primary: &Primary,
+    touched: &[Touched],
+    next: u64,
+) -> Result<()> {
+    let xapi = journal.xapi;
+    let step = |what: String| {
+        move |e| Error::xapi(format!("writing the registry's copy in XAPI ({what})"), e)
+    };
+    let all;
+    let touched: &[Touched] = if primary.generation.is_none() {
+        // First publication: every VM gets its row, so the mirror is whole from generation 1.
+        all = xapi
+            .list_vms()
+            .map_err(|e| Error::xapi("listing the pool's VMs to publish the registry", e))?
+            .iter()
+            .map(Touched::of)
+            .collect::<Vec<_>>();
+        &all
+    } else {
+        touched
+    };
+    let rows = if primary.generation.is_none() || touched.len() > 1 {
+        Some(tx.rows_json()?)
+    } else {
+        None
+    };
+    for t in touched {
+        let row = match &rows {
+            Some(rows) => rows.get(&t.vm_uuid.to_ascii_lowercase()).cloned(),
+            None => tx.row_json(&t.vm_uuid)?,
+        };
+        let (text, field) = match &row {
+            Some(r) => (Some(row_text(r)), Some(custom_field(r))),
+            None => (None, None),
+        };
+        let old_text = t.other_config.get(VM_KEY).map(String::as_str);
+        // An unchanged row keeps its value as it is, even if written in another key order.
+        let same = match (old_text, &row) {
+            (Some(o), Some(r)) => serde_json::from_str::<JsonMap>(o).ok().as_ref() == Some(r),
+            _ => false,
+        };
+        if !same {
+            journal
+                .set(Class::Vm, &t.vm_ref, VM_KEY, old_text, text.as_deref())
+                .map_err(step(format!("other_config of VM {}", t.vm_uuid)))?;
+        }
+        journal
+            .set(
+                Class::Vm,
+                &t.vm_ref,
+                FIELD_KEY,
+                t.other_config.get(FIELD_KEY).map(String::as_str),
+                field.as_deref(),
+            )
+            .map_err(step(format!("custom field of VM {}", t.vm_uuid)))?;
+    }
+    let pools = Value::Array(tx.pools_json()?.into_iter().map(Value::Object).collect());
+    let pools_text = pools.to_string();
+    let old_pools = primary.pool.other_config.get(POOLS_KEY).map(String::as_str);
+    let same_pools =
+        old_pools.and_then(|t| serde_json::from_str::<Value>(t).ok()) == Some(pools.clone());
+    if !same_pools {
+        journal
+            .set(
+                Class::Pool,
+                &primary.pool.opaque_ref,
+                POOLS_KEY,
+                old_pools,
+                Some(&pools_text),
+            )
+            .map_err(step("the pool rows".into()))?;
+    }
+    let old_gen = primary.pool.other_config.get(GENERATION_KEY).cloned();
+    journal
+        .set(
+            Class::Pool,
+            &primary.pool.opaque_ref,
+            GENERATION_KEY,
+            old_gen.as_deref(),
+            Some(&next.to_string()),
+        )
+        .map_err(step("the pool's generation".into()))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replicas
+
+/// Brings this host's registry file up to the mirror: a replica on a member (rewritten in place
+/// in one transaction, so a mediator's open connection sees the new rows), the primary on the
+/// master. Nothing is written when the mirror cannot be read.
+pub fn refresh_here(
+    xapi: &dyn Xapi,
+    store: &mut Store,
+    me: &xapi::HostRecord,
+) -> Result<RefreshReport> {
+    let pool = xapi
+        .pool()
+        .map_err(|e| Error::xapi("reading the pool's registry generation", e))?;
+    let before = store.meta()?;
+    let mut report = RefreshReport {
+        host: me.uuid.clone(),
+        name: me.name_label.clone(),
+        role: Role::Replica.as_str().into(),
+        generation: pool_generation(&pool),
+        previous_generation: before.generation,
+        changed: false,
+        vms: 0,
+        skipped: Vec::new(),
+        warnings: Vec::new(),
+    };
+    if pool.master == me.opaque_ref {
+        report.role = Role::Primary.as_str().into();
+        let tx = store.write()?;
+        let primary = take_primary(xapi, &tx, Some(&me.opaque_ref))?;
+        report.changed = primary.rebuilt || before.role != Some(Role::Primary);
+        report.vms = tx.rows_json()?.len();
+        tx.commit()?;
+        return Ok(report);
+    }
+    let current = before.role == Some(Role::Replica)
+        && before.generation.is_some()
+        && before.generation == report.generation;
+    if current {
+        report.vms = store.rows_json()?.len();
+    } else {
+        let vms = xapi
+            .list_vms()
+            .map_err(|e| Error::xapi("reading the registry's copy in XAPI", e))?;
+        let mirror = read_mirror(&pool, &vms);
+        let tx = store.write()?;
+        let refused = tx.replace_all(&mirror.rows, mirror.pools.as_deref())?;
+        tx.set_meta(Role::Replica, mirror.generation.unwrap_or(0))?;
+        tx.commit()?;
+        report.changed = true;
+        report.vms = mirror.rows.len() - refused.len();
+        report.skipped = mirror
+            .unreadable
+            .into_iter()
+            .chain(refused)
+            .map(|(vm_uuid, reason)| crate::report::Skipped {
+                vm_uuid,
+                vm_name: None,
+                reason,
+                device_model_args: None,
+            })
+            .collect();
+    }
+    let held = report.generation.unwrap_or(0).to_string();
+    if me.other_config.get(GENERATION_KEY) != Some(&held) {
+        // The replica is refreshed either way; only `status`'s view of it would be stale.
+        if let Err(e) = Journal::new(xapi).set(
+            Class::Host,
+            &me.opaque_ref,
+            GENERATION_KEY,
+            me.other_config.get(GENERATION_KEY).map(String::as_str),
+            Some(&held),
+        ) {
+            report.warnings.push(format!(
+                "the replica is at generation {held}, but recording that on the host failed: {e}"
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// Asks every host but `except` to refresh its replica, all at once, each bounded by `timeout`.
+/// A host that fails or does not answer in time is listed with `ok: false`.
+pub fn refresh_others(
+    xapi: &dyn Xapi,
+    except: &str,
+    plugin: &str,
+    timeout: Duration,
+) -> Vec<ReplicaStatus> {
+    let hosts = match xapi.hosts() {
+        Ok(h) => h,
+        Err(e) => {
+            return vec![ReplicaStatus {
+                host: String::new(),
+                name: String::new(),
+                ok: false,
+                generation: None,
+                error: Some(format!("listing the pool's hosts failed: {e}")),
+            }]
+        }
+    };
+    let targets: Vec<_> = hosts.into_iter().filter(|h| h.uuid != except).collect();
+    let calls: Vec<PluginCall> = targets
+        .iter()
+        .map(|h| PluginCall {
+            host_ref: h.opaque_ref.clone(),
+            plugin: plugin.to_string(),
+            function: "refresh".into(),
+            args: BTreeMap::new(),
+        })
+        .collect();
+    let answers = xapi.call_plugins(&calls, timeout);
+    targets
+        .into_iter()
+        .zip(answers)
+        .map(|(h, answer)| {
+            let (ok, generation, error) = match answer {
+                Ok(text) => match serde_json::from_str::<RefreshReport>(&text) {
+                    Ok(r) => (true, r.generation, None),
+                    Err(e) => (false, None, Some(format!("unexpected answer: {e}"))),
+                },
+                Err(e) => (false, None, Some(plugin_error_text(&e))),
+            };
+            ReplicaStatus {
+                host: h.uuid,
+                name: h.name_label,
+                ok,
+                generation,
+                error,
+            }
+        })
+        .collect()
+}
+
+/// A plugin failure as one line: the vgpu plugin's own message when it sent one.
+fn plugin_error_text(e: &XapiError) -> String {
+    match e {
+        XapiError::Api { code, params, .. } if code.starts_with("VGPU_") => {
+            format!("{code}: {}", params.first().cloned().unwrap_or_default())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Every host and the generation its replica records, for `status`.
+pub fn host_replicas(xapi: &dyn Xapi, pool: &PoolRecord) -> Result<Vec<HostReplica>> {
+    let hosts = xapi
+        .hosts()
+        .map_err(|e| Error::xapi("listing the pool's hosts", e))?;
+    let current = pool_generation(pool);
+    Ok(hosts
+        .into_iter()
+        .map(|h| {
+            let master = h.opaque_ref == pool.master;
+            let generation = h
+                .other_config
+                .get(GENERATION_KEY)
+                .and_then(|g| g.parse().ok());
+            HostReplica {
+                behind: match (master, current, generation) {
+                    (true, _, _) => None,
+                    (false, Some(c), Some(g)) => Some(c.saturating_sub(g)),
+                    (false, Some(c), None) => Some(c),
+                    (false, None, _) => None,
+                },
+                host: h.uuid,
+                name: h.name_label,
+                master,
+                generation: if master { current } else { generation },
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(v: Value) -> JsonMap {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn custom_field_reads_like_the_registry() {
+        let r = row(json!({"pool": "A", "priority": "high", "vm_id": 7}));
+        assert_eq!(custom_field(&r), "pool A, high, vm_id 7");
+        assert_eq!(custom_field(&JsonMap::new()), "pool ?, ?, vm_id ?");
+    }
+
+    #[test]
+    fn mirror_values_are_checked() {
+        assert!(parse_row(r#"{"pool":"A","priority":"low","vm_id":3}"#).is_ok());
+        for (text, needle) in [
+            ("[]", "not a JSON object"),
+            (r#"{"pool":"C","priority":"low","vm_id":3}"#, "pool \"C\""),
+            (r#"{"pool":"A","priority":"max","vm_id":3}"#, "priority"),
+            (r#"{"pool":"A","priority":"low","vm_id":"3"}"#, "vm_id"),
+        ] {
+            let e = parse_row(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn mirror_state_compares_values_not_text() {
+        let r = row(json!({"pool": "A", "priority": "high", "vm_id": 7}));
+        let mut vm = VmRecord {
+            opaque_ref: "OpaqueRef:v".into(),
+            uuid: "u".into(),
+            name_label: String::new(),
+            power_state: "Halted".into(),
+            platform: BTreeMap::new(),
+            is_a_template: false,
+            is_a_snapshot: false,
+            is_control_domain: false,
+            resident_on: xapi::NULL_REF.into(),
+            other_config: BTreeMap::new(),
+        };
+        assert_eq!(mirror_state(&vm, Some(&r)), MirrorState::Missing);
+        assert_eq!(mirror_state(&vm, None), MirrorState::Ok);
+        vm.other_config.insert(
+            VM_KEY.into(),
+            r#"{"vm_id":7, "priority":"high","pool":"A"}"#.into(),
+        );
+        assert_eq!(mirror_state(&vm, Some(&r)), MirrorState::Stale, "no field");
+        vm.other_config
+            .insert(FIELD_KEY.into(), "pool A, high, vm_id 7".into());
+        assert_eq!(mirror_state(&vm, Some(&r)), MirrorState::Ok);
+        assert_eq!(mirror_state(&vm, None), MirrorState::Stale);
+        let other = row(json!({"pool": "B", "priority": "high", "vm_id": 7}));
+        assert_eq!(mirror_state(&vm, Some(&other)), MirrorState::Stale);
+    }
+}
