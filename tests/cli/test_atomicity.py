@@ -1,11 +1,14 @@
-"""A mutating command changes the registry and the VM's device-model-args as one unit (SPEC §3).
+"""A mutating command changes the registry, the VM's device-model-args and the registry's copy in
+XAPI (the mirror: the VM's other_config keys and the pool's rows and generation) as one unit
+(SPEC §3, §9).
 
 For every mutating command: run it once successfully and read from the simulator's call log which
 XAPI calls it makes (session.* aside). Then, from the same starting state, make each of those calls
 fail in turn and check that the command fails with XAPI_ERROR (exit 1) and that
 
-- for the calls before the commit (lookups, get_platform, remove/add_to_platform): the registry
-  file and every VM's platform are exactly as before, and the VM's power state too;
+- for the calls before the commit (lookups, get_platform, remove/add_to_platform, the mirror's
+  remove/add_to_other_config on the VM and the pool): the registry file, every VM's platform,
+  the mirror and the VM's power state are exactly as before;
 - for the restart calls (clean_shutdown, start), which come after the commit: the change is saved
   and written (registry and platform as after the successful run) and the error says the restart
   failed.
@@ -78,11 +81,34 @@ SCENARIOS = [
 ]
 
 
+MIRROR_KEYS = ("vgpu-registry", "XenCenter.CustomFields.vgpu")
+POOL_KEYS = ("vgpu-registry:generation", "vgpu-registry:pools")
+
+
+def mirror(sim):
+    """Every VM's mirror keys and the pool's, as XAPI holds them."""
+    vms = {u: tuple(sim.get_vm(u)["other_config"].get(k) for k in MIRROR_KEYS) for u in ALL_VMS}
+    pool = list(sim.call("pool.get_all_records", sim.session).values())[0]
+    return {"vms": vms, "pool": tuple(pool["other_config"].get(k) for k in POOL_KEYS)}
+
+
+def mirror_without_timestamps(m):
+    def clean(value):
+        if value is None:
+            return None
+        row = json.loads(value)
+        row.pop("created_at", None)
+        row.pop("updated_at", None)
+        return row
+    return {u: (clean(v[0]), v[1]) for u, v in m["vms"].items()}, m["pool"][0]
+
+
 def snapshot(cli):
     return {
         "db": cli.dump(),
         "platforms": platforms(cli.sim),
         "power": {u: cli.sim.get_vm(u)["power_state"] for u in ALL_VMS},
+        "mirror": mirror(cli.sim),
     }
 
 
@@ -133,6 +159,11 @@ def test_each_xapi_call_failing_leaves_a_consistent_state(cli, setup, argv, targ
         assert not set(methods) & set(RESTART_CALLS)
     assert after["db"] != before["db"]
     assert after["platforms"][target] != before["platforms"][target]
+    # the mirror follows the change, and the generation moves on by one
+    assert after["mirror"]["vms"][target] != before["mirror"]["vms"][target]
+    assert int(after["mirror"]["pool"][0]) == int(before["mirror"]["pool"][0]) + 1
+    assert ("VM.add_to_other_config" in methods) or ("VM.remove_from_other_config" in methods), methods
+    assert "pool.add_to_other_config" in methods, methods
 
     for i, (method, nth, _) in enumerate(calls):
         state = prepare(cli, setup, "fault-%d" % i)
@@ -154,6 +185,7 @@ def test_each_xapi_call_failing_leaves_a_consistent_state(cli, setup, argv, targ
             # after the commit: saved and applied, and the error says the restart failed
             assert strip_timestamps(now["db"]) == strip_timestamps(after["db"]), where
             assert now["platforms"] == after["platforms"], where
+            assert mirror_without_timestamps(now["mirror"]) == mirror_without_timestamps(after["mirror"]), where
             assert "the change is saved and written to the VM" in err["message"], where
             what = "shutting down" if method == "VM.clean_shutdown" else "starting"
             assert what in err["message"], where
@@ -162,10 +194,14 @@ def test_each_xapi_call_failing_leaves_a_consistent_state(cli, setup, argv, targ
             assert now["db"] == state["db"], where
             assert now["platforms"] == state["platforms"], where
             assert now["power"] == state["power"], where
+            assert now["mirror"] == state["mirror"], where
             assert not [e for e in cli.sim.call_log() if e["method"] in RESTART_CALLS], where
             if method in ("VM.get_platform", "VM.remove_from_platform", "VM.add_to_platform"):
                 msg = err["message"]
                 assert ("unchanged" in msg) or ("put back" in msg) or ("nothing was changed" in msg), where
+            if method.endswith("_other_config"):
+                msg = err["message"]
+                assert "registry's copy in XAPI" in msg and "nothing was changed" in msg, where
 
 
 def test_sync_all_each_call_failing(cli):
@@ -191,6 +227,16 @@ def test_sync_all_each_call_failing(cli):
         assert [r[2] for r in after["db"]] == ["render-01", "ml-train-b", "ml-train-a-renamed"]  # by uuid
         assert after["platforms"][ML_TRAIN_B] == before["platforms"][ML_TRAIN_B]
         assert calls[0][0] == "VM.get_all_records_where"
+        # A pool call (the generation check, the generation bump) belongs to the VM step around it.
+        owned = []
+        for i, (method, nth, vm) in enumerate(calls):
+            if vm is None and i > 0:
+                around = [c[2] for c in calls[i + 1:] if c[2]] or [c[2] for c in calls[:i] if c[2]][-1:]
+                if method.startswith("pool.add") or method.startswith("pool.remove"):
+                    around = [c[2] for c in calls[:i] if c[2]][-1:]
+                vm = around[0] if around else None
+            owned.append((method, nth, vm))
+        calls = owned
         for i, (method, nth, vm) in enumerate(calls):
             state = prepare(cli, setup, "fault-%d-%d" % (restart, i))
             cli.sim.inject_fault(method, nth=nth, code="INTERNAL_ERROR", params=["injected"])
@@ -224,6 +270,7 @@ def test_sync_all_each_call_failing(cli):
                 assert rows_now[vm] == rows_state[vm], where
                 assert now["platforms"][vm] == state["platforms"][vm], where
                 assert now["power"][vm] == state["power"][vm], where
+                assert now["mirror"]["vms"][vm] == state["mirror"]["vms"][vm], where
 
 
 @pytest.mark.parametrize("argv,setup", [

@@ -1,6 +1,7 @@
 """Every command of `vgpu-admin` (SPEC §3), table and json, against the sample pool."""
 
 import json
+import shlex
 import re
 import subprocess
 
@@ -45,7 +46,14 @@ def test_scan_of_the_fresh_pool(cli):
     assert dmas[CUDA_DEV] == CUDA_DEV_DMA and dmas[ML_TRAIN_A] == ML_TRAIN_A_DMA
     assert dmas[LEGACY_STUB] == LEGACY_STUB_DMA and dmas[RENDER_01] is None
     assert doc["summary"] == {"total_vms": 10, "registered": 0, "unregistered": 10, "stale": 0,
-                              "configured": 0, "drift": 0, "not_applied": 0}
+                              "configured": 0, "drift": 0, "not_applied": 0, "mirror_drift": 0}
+    # what `adopt` would read: the device as written (SPEC §9)
+    devices = {u["vm_uuid"]: u.get("device") for u in doc["unregistered"]}
+    assert devices[RENDER_01] is None
+    stub = shlex.split(LEGACY_STUB_DMA)[shlex.split(LEGACY_STUB_DMA).index("-device") + 1].split(",")
+    props = dict(p.split("=", 1) for p in stub[1:] if "=" in p)
+    assert devices[LEGACY_STUB] == {"device_type": stub[0], "pool": props.get("pool_id"),
+                                    "priority": props.get("priority"), "vm_id": props.get("vm_id")}
     r = cli.ok("scan-vms")
     assert "=== Registered VMs (0) ===" in r.out
     assert "=== Unregistered VMs (10) ===" in r.out
@@ -116,7 +124,7 @@ def test_seed_workflow(cli, sim):
     assert got == [w + ("configured", []) for w in want]
     assert len(doc["unregistered"]) == 6
     assert doc["summary"] == {"total_vms": 10, "registered": 4, "unregistered": 6, "stale": 0,
-                              "configured": 4, "drift": 0, "not_applied": 0}
+                              "configured": 4, "drift": 0, "not_applied": 0, "mirror_drift": 0}
     r = cli.ok("scan-vms")
     assert "=== Registered VMs (4) ===" in r.out and "=== Unregistered VMs (6) ===" in r.out
     assert r.out.count("✓ configured") == 4
@@ -275,7 +283,7 @@ def test_scan_reports_drift_not_applied_and_stale(cli, sim):
     assert [s["vm_uuid"] for s in doc["stale"]] == [ML_TRAIN_B]
     assert doc["stale"][0]["vm_id"] == 3
     assert doc["summary"] == {"total_vms": 9, "registered": 2, "unregistered": 7, "stale": 1,
-                              "configured": 0, "drift": 1, "not_applied": 1}
+                              "configured": 0, "drift": 1, "not_applied": 1, "mirror_drift": 0}
     r = cli.ok("scan-vms")
     assert "=== Registered VMs (2) ===" in r.out and "=== Unregistered VMs (7) ===" in r.out
     assert "=== Stale registrations (1) ===" in r.out
@@ -399,7 +407,7 @@ def test_status(cli, sim):
     sim.destroy_vm(ML_TRAIN_B)
     doc = cli.run_json("status")
     assert doc["summary"] == {"total_vms": 9, "registered": 3, "unregistered": 6, "stale": 1,
-                              "configured": 1, "drift": 1, "not_applied": 1}
+                              "configured": 1, "drift": 1, "not_applied": 1, "mirror_drift": 0}
     assert [v["vm_uuid"] for v in doc["drift"]] == [RENDER_01]
     assert [v["vm_uuid"] for v in doc["not_applied"]] == [RENDER_02]
     assert doc["stale"] == [{"vm_uuid": ML_TRAIN_B, "vm_name": "ml-train-b"}]
@@ -741,7 +749,10 @@ def test_function_table_is_what_dispatch_accepts(cli):
     table = cli.run_json("functions")
     names = [f["name"] for f in table["functions"]]
     assert names == ["scan", "register", "set-vm-id", "set-pool", "set-priority", "update", "show", "list",
-                     "list-pools", "show-pool", "remove", "status", "sync"]  # SPEC section 4
+                     "list-pools", "show-pool", "remove", "status", "sync",  # SPEC section 4
+                     "refresh", "adopt", "rebuild"]  # SPEC section 9
+    # only refresh acts on the host it is called on
+    assert [f["name"] for f in table["functions"] if f["local"]] == ["refresh"]
     declared = {a["key"]: a for a in table["arguments"]}
     for f in table["functions"]:
         assert f["vm"] in ("none", "required", "optional")

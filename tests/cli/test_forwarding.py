@@ -71,23 +71,31 @@ def test_member_forwards_to_the_master_and_creates_no_registry(fwd, pool3):
     doc = json.loads(out)
     assert (doc["vm_uuid"], doc["vm_id"], doc["pool"], doc["priority"]) == (ALPHA, 7, "B", "high")
     assert rows(MASTER) == [(ALPHA, 7, "B", 2)]
-    assert not os.path.exists(dbs[MEMBER_2]) and not os.path.exists(dbs[MEMBER_3])
-    # It went through the master's plugin, once.
+    # It went through the master's plugin, once; then the master had every other host refresh
+    # its replica (SPEC §9), and each holds exactly the master's rows.
     plugin_calls = pool3.call_log("host.call_plugin")
-    assert len(plugin_calls) == 1
-    assert plugin_calls[0]["params"][2:4] == ["vgpu", "register"]
+    register = [c for c in plugin_calls if c["params"][3] == "register"]
+    assert len(register) == 1 and register[0]["params"][2] == "vgpu"
+    refreshes = sorted(c["params"][1] for c in plugin_calls if c["params"][3] == "refresh")
+    assert refreshes == sorted(pool3.call("host.get_by_uuid", pool3.session, h) for h in (MEMBER_2, MEMBER_3))
+    assert len(plugin_calls) == 3
+    assert [r["ok"] for r in doc["replicas"]] == [True, True], doc["replicas"]
+    assert rows(MEMBER_2) == rows(MEMBER_3) == rows(MASTER)
     # A read from the other member sees the same registry, in table form too.
     code, out, err = run(MEMBER_3, "list-vms")
     assert code == 0, err
     assert ALPHA in out and " 7 " in out
 
 
-def test_master_uses_its_own_registry_without_the_plugin(fwd, pool3):
+def test_master_runs_changes_itself_and_refreshes_the_replicas(fwd, pool3):
     run, rows, dbs, _ = fwd
     code, _, err = run(MASTER, "register-vm", "--vm-uuid", BETA, "--pool", "A", "--priority", "low")
     assert code == 0, err
     assert rows(MASTER) == [(BETA, 1, "A", 0)]
-    assert pool3.call_log("host.call_plugin") == []
+    # No plugin runs the change; the master only asks the other hosts to refresh their replicas.
+    calls = pool3.call_log("host.call_plugin")
+    assert sorted(c["params"][3] for c in calls) == ["refresh", "refresh"]
+    assert rows(MEMBER_2) == rows(MASTER)
 
 
 def test_remote_from_a_workstation_lands_on_the_master(fwd):

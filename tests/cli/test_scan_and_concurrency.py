@@ -29,7 +29,11 @@ def test_scan_makes_one_listing_call(cli, sim):
     for argv in [("scan-vms",), ("scan-vms", "--format", "json"), ("status",), ("call", "scan")]:
         sim.clear_call_log()
         cli.ok(*argv)
-        assert xapi_methods(sim) == ["VM.get_all_records_where"], argv
+        vm_calls = [m for m in xapi_methods(sim) if m.startswith("VM.")]
+        assert vm_calls == ["VM.get_all_records_where"], argv
+        # status also reads the pool's generation and every host's replica, one call each
+        others = sorted(m for m in xapi_methods(sim) if not m.startswith("VM."))
+        assert others == (["host.get_all_records", "pool.get_all_records"] if argv == ("status",) else []), argv
         assert sim.call_log("VM.get_all_records_where")[0]["params"][1] == SCAN_FILTER
 
 
@@ -48,7 +52,7 @@ def test_scan_of_a_500_vm_pool_is_still_one_call(cli, sim):
     doc = cli.run_json("scan-vms")
     assert xapi_methods(sim) == ["VM.get_all_records_where"]
     assert doc["summary"] == {"total_vms": 500, "registered": 3, "unregistered": 497, "stale": 0,
-                              "configured": 2, "drift": 1, "not_applied": 0}
+                              "configured": 2, "drift": 1, "not_applied": 0, "mirror_drift": 0}
     unreg = {u["vm_uuid"] for u in doc["unregistered"]}
     assert unreg == (set(added) | set(REAL_VMS)) - {added[0], added[1], RENDER_01}
     by = {r["vm_uuid"]: r for r in doc["registered"]}
@@ -265,14 +269,14 @@ def test_migration_keeps_every_row_and_column(cli, design):
     r = cli.run("list-vms", "--format", "json")
     assert r.code == 0, r
     assert json.loads(r.out) == expected_list(OLD_ROWS)
-    backups = glob.glob(glob.escape(cli.db) + ".pre-v2-*.bak")
+    backups = glob.glob(glob.escape(cli.db) + ".pre-v3-*.bak")
     assert len(backups) == 1, os.listdir(os.path.dirname(cli.db))
     assert "migrated" in r.err and backups[0] in r.err
 
     # every column value survived, under the same names; the schema is the current one
     assert set(cols) <= set(columns_of(cli.db))
     assert select(cli.db, cols) == before
-    assert user_version(cli.db) == 2
+    assert user_version(cli.db) == 3
     conn = sqlite3.connect(cli.db)
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'vms'").fetchone()[0]
     conn.close()
@@ -297,7 +301,7 @@ def test_migration_keeps_every_row_and_column(cli, design):
     # opening again does not migrate again
     r = cli.run("list-pools", "--format", "json")
     assert r.code == 0 and "migrated" not in r.err
-    assert len(glob.glob(glob.escape(cli.db) + ".pre-v2-*.bak")) == 1
+    assert len(glob.glob(glob.escape(cli.db) + ".pre-v3-*.bak")) == 1
     if design.startswith("later"):
         pools = {p["pool_id"]: p for p in json.loads(r.out)}
         assert pools["A"]["description"] == "fast GPUs"
@@ -306,7 +310,7 @@ def test_migration_keeps_every_row_and_column(cli, design):
 def test_sql_file_design_keeps_real_weight_and_check(cli):
     build_old_db(cli.db, "later-sql-file")
     cli.ok("list-vms")
-    assert user_version(cli.db) == 2
+    assert user_version(cli.db) == 3
     rows = {r[0]: r[1:] for r in select(cli.db, ["vm_uuid", "weight", "typeof(weight)"])}
     assert rows[CUDA_DEV] == (2.5, "real") and rows[RENDER_02] == (0.25, "real")
     assert rows[RENDER_01] == (1.0, "real")  # the column default
@@ -364,8 +368,8 @@ def test_concurrent_first_opens_of_an_old_database(cli):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert json.loads(out) == expected_list(OLD_ROWS)
-    assert len(glob.glob(glob.escape(cli.db) + ".pre-v2-*.bak")) == 1
-    assert select(cli.db, cols) == before and user_version(cli.db) == 2
+    assert len(glob.glob(glob.escape(cli.db) + ".pre-v3-*.bak")) == 1
+    assert select(cli.db, cols) == before and user_version(cli.db) == 3
 
 
 def test_concurrent_registrations_on_a_new_registry(cli, sim):

@@ -437,6 +437,17 @@ pub fn refresh_here(
         tx.commit()?;
         return Ok(report);
     }
+    if report.generation.is_none() {
+        // Nothing was ever published: the file may be an older tool's or the mediator's own,
+        // and an empty copy must not replace it.
+        report.vms = store.rows_json()?.len();
+        report.warnings.push(
+            "the pool has no registry copy in XAPI yet (nothing has been changed through \
+             vgpu-registry on the pool master): this host's file is left as it is"
+                .into(),
+        );
+        return Ok(report);
+    }
     let current = before.role == Some(Role::Replica)
         && before.generation.is_some()
         && before.generation == report.generation;
