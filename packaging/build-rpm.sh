@@ -37,7 +37,8 @@ trap 'rm -rf "$top"' EXIT
 mkdir -p "$top/SOURCES"
 # By name: a test run leaves __pycache__ and *.pyc in plugin/.
 cp "$repo/dist/vgpu-admin" "$wheel" "$repo/plugin/vgpu" "$repo/plugin/vgpu_plugin.py" \
-    "$repo/plugin/README.md" "$repo/LICENSE" "$top/SOURCES/"
+    "$repo/plugin/README.md" "$repo/LICENSE" "$repo/packaging/vgpu-registry-refresh.service" \
+    "$repo/packaging/vgpu-registry-refresh.timer" "$top/SOURCES/"
 cp "${VGPU_CONF:-$repo/packaging/vgpu.conf}" "$top/SOURCES/vgpu.conf"
 
 rpmbuild -bb --quiet --target x86_64 \

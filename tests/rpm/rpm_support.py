@@ -7,8 +7,10 @@ same artefacts in dist/.
 
 Installs go into scratch roots (``rpm --root ROOT --dbpath /var/lib/rpm``, so the rpm database is
 where dom0 keeps it, inside the root). rpm runs scriptlets chrooted into the root, so each root
-gets a /bin/sh and an rm (with the libraries they load), which is all the scriptlets use. That
-needs root privileges, as on dom0.
+gets a /bin/sh, an rm and a mkdir (with the libraries they load). The scriptlets also run
+systemctl, which a root has only when a test puts one there: this host's own (it works offline in
+a chroot, as on a dom0 image being built) or a stand-in that logs its arguments. That needs root
+privileges, as on dom0.
 
 Where rpmbuild is missing, the tests that need it are skipped, loudly (named again at the end of
 the run); under ``CI=true`` they fail instead. A missing package with rpmbuild present fails: run
@@ -56,6 +58,12 @@ REGISTRY = CONF_DIR + "/vgpu_config.db"
 DOC_DIR = "/usr/share/doc/vgpu-registry"
 BASH_COMPLETION = "/usr/share/bash-completion/completions/vgpu-admin"
 MAN_DIR = "/usr/share/man"
+UNIT_DIR = "/usr/lib/systemd/system"
+REFRESH_SERVICE_NAME = "vgpu-registry-refresh.service"
+REFRESH_TIMER_NAME = "vgpu-registry-refresh.timer"
+REFRESH_SERVICE = UNIT_DIR + "/" + REFRESH_SERVICE_NAME
+REFRESH_TIMER = UNIT_DIR + "/" + REFRESH_TIMER_NAME
+SPEC = os.path.join(REPO_DIR, "packaging", "vgpu-registry.spec")
 
 
 def workspace_version():
@@ -240,8 +248,8 @@ def sha256(path):
 
 
 # What the scriptlets run, copied into each root with the libraries it loads (ldd), so rpm can
-# run them chrooted there.
-SCRIPTLET_PROGRAMS = {"/bin/sh": "sh", "/bin/rm": "rm"}
+# run them chrooted there (systemctl only where a test asks for it).
+SCRIPTLET_PROGRAMS = {"/bin/sh": "sh", "/bin/rm": "rm", "/bin/mkdir": "mkdir"}
 
 
 def _libraries(program):
@@ -264,13 +272,17 @@ class Root(object):
         need_root()
         os.makedirs(self.path, exist_ok=True)
         for target, name in SCRIPTLET_PROGRAMS.items():
-            program = shutil.which(name)
-            assert program, "no %s on PATH to put into the scratch root" % name
-            self._copy(os.path.realpath(program), target)
-            for lib in _libraries(program):
-                self._copy(os.path.realpath(lib), lib)
+            self.add_program(name, target)
         self.rpm("--initdb")
         return self
+
+    def add_program(self, name, target):
+        """This host's program ``name`` at ``target`` in the root, with the libraries it loads."""
+        program = shutil.which(name)
+        assert program, "no %s on PATH to put into the scratch root" % name
+        self._copy(os.path.realpath(program), target)
+        for lib in _libraries(program):
+            self._copy(os.path.realpath(lib), lib)
 
     def _copy(self, source, target):
         dest = self.at(target)
@@ -314,6 +326,68 @@ class Root(object):
 
     def mode(self, path):
         return stat.S_IMODE(os.stat(self.at(path)).st_mode)
+
+    def write(self, path, text, mode=0o644):
+        dest = self.at(path)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "w") as f:
+            f.write(text)
+        os.chmod(dest, mode)
+
+
+# ------------------------------------------------------------------------------------------------
+# systemd unit files
+
+
+class UnitSyntaxError(AssertionError):
+    pass
+
+
+def parse_unit(text, name="unit"):
+    """{section: [(key, value), ...]} of a unit file, read as systemd reads one: comments are lines
+    starting with '#' or ';', a line ending in a backslash continues on the next, a key may repeat
+    (each assignment kept, in order), whitespace around '=' and at both ends is dropped. Anything
+    systemd would not read as a section header or an assignment is an error here."""
+    sections, current, pending = {}, None, ""
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not pending and (not line or line[0] in "#;"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = (pending + line).strip(), ""
+        m = re.match(r"^\[([^\[\]]+)\]$", line)
+        if m:
+            current = m.group(1)
+            if current in sections:
+                raise UnitSyntaxError("%s:%d: section [%s] given twice" % (name, number, current))
+            sections[current] = []
+            continue
+        if current is None:
+            raise UnitSyntaxError("%s:%d: assignment outside a section: %r" % (name, number, raw))
+        if "=" not in line:
+            raise UnitSyntaxError("%s:%d: not an assignment: %r" % (name, number, raw))
+        key, value = line.split("=", 1)
+        key = key.strip()
+        if not re.match(r"^[A-Za-z][A-Za-z0-9]*$", key):
+            raise UnitSyntaxError("%s:%d: not a key: %r" % (name, number, key))
+        sections[current].append((key, value.strip()))
+    if pending:
+        raise UnitSyntaxError("%s: the last line continues into nothing" % name)
+    return sections
+
+
+def unit_values(unit, section, key):
+    """Every value assigned to ``key`` in ``section``, in order (space-separated lists split)."""
+    return [v for k, value in unit.get(section, []) for v in value.split() if k == key]
+
+
+def unit_value(unit, section, key):
+    """The one value of ``key`` in ``section``; a missing or repeated key fails."""
+    found = [value for k, value in unit.get(section, []) if k == key]
+    assert len(found) == 1, "[%s] %s= assigned %d times: %r" % (section, key, len(found), found)
+    return found[0]
 
 
 # ------------------------------------------------------------------------------------------------

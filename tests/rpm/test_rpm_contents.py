@@ -1,7 +1,7 @@
 """The built package, queried without installing it (SPEC section 7): name, version and release;
 a payload rpm 4.11 reads; the file list with modes, owners and flags; the registry not in it; its
 dependencies and scriptlets; every ELF file needing nothing newer than glibc 2.17; the artefacts
-byte for byte; manual pages and completion."""
+byte for byte; manual pages and completion; the systemd units (read in test_rpm_units.py)."""
 
 import glob
 import os
@@ -12,7 +12,8 @@ import zipfile
 import pytest
 
 from rpm_support import (ARCH, BASH_COMPLETION, BIN, CONF, CONF_DIR, DOC_DIR, MAN_DIR, NAME, PLUGIN,
-                         PLUGIN_DIR, PLUGIN_HELPER, PYTHON_DIR, REGISTRY, REPO_DIR, SHIPPED_CONF, VERSION,
+                         PLUGIN_DIR, PLUGIN_HELPER, PYTHON_DIR, REFRESH_SERVICE, REFRESH_SERVICE_NAME,
+                         REFRESH_TIMER, REFRESH_TIMER_NAME, REGISTRY, REPO_DIR, SHIPPED_CONF, UNIT_DIR, VERSION,
                          file_list, gunzip, is_elf, newest_glibc, package_file_name, payload, query,
                          query_tags, requires, run, scripts)
 
@@ -108,6 +109,7 @@ def test_the_file_list_is_exactly_what_dom0_needs(files, packaged_admin):
         BASH_COMPLETION,
         DOC_DIR, DOC_DIR + "/README.md", DOC_DIR + "/LICENSE",
         MAN_DIR + "/man5/vgpu.conf.5.gz",
+        REFRESH_SERVICE, REFRESH_TIMER,
     }
     expected |= {PYTHON_DIR + "/" + n for n in wheel_files}
     expected |= {"%s/man1/%s.1.gz" % (MAN_DIR, p) for p in man1}
@@ -129,7 +131,7 @@ def test_modes_and_owners(files):
 def test_the_package_owns_no_directory_other_packages_own(files):
     """Erasing it must not take /etc/xapi.d/plugins (xapi's) or any system directory with it."""
     for shared in (PLUGIN_DIR, "/etc/xapi.d", "/usr/bin", "/usr/lib64", "/usr/share/man/man1",
-                   "/usr/share/bash-completion/completions", "/etc"):
+                   "/usr/share/bash-completion/completions", "/etc", UNIT_DIR, "/usr/lib/systemd", "/usr/lib"):
         assert shared not in files
 
 
@@ -159,7 +161,9 @@ def test_requires_only_what_glibc_2_17_and_rpm_4_11_have(package):
         if m:
             assert m.group(1) in RPMLIB_4_11, "%s: rpm 4.11 has no rpmlib(%s)" % (req, m.group(1))
             continue
-        if req == "/bin/sh":  # the plugin's trampoline and the %postun scriptlet
+        if req == "/bin/sh":  # the plugin's trampoline and the scriptlets
+            continue
+        if req == "systemd":  # Requires(post), (preun), (postun): the scriptlets' systemctl, any version
             continue
         if req == "config(%s) = %s-1" % (NAME, VERSION):  # rpm's own, for vgpu.conf
             continue
@@ -172,34 +176,111 @@ def test_requires_only_what_glibc_2_17_and_rpm_4_11_have(package):
     assert seen_glibc, reqs
 
 
-def test_no_triggers_and_only_the_postun_scriptlet(package):
+SCRIPTLETS = ("PREIN", "POSTIN", "PREUN", "POSTUN")
+UNITS = (REFRESH_SERVICE_NAME, REFRESH_TIMER_NAME)
+RPM_STATE = "/var/lib/rpm-state/vgpu-registry"
+RUNNING = "[ -d /run/systemd/system ]"
+ERASE = '[ "$1" = 0 ]'
+
+
+def scriptlet_lines(text):
+    """[(line, [enclosing if-conditions])] of a scriptlet's commands (comments and blanks dropped,
+    continued lines joined); an if without its fi, or the reverse, fails."""
+    out, conditions = [], []
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("if ") and line.endswith("; then"):
+            conditions.append(line[3:-6])
+        elif line == "fi":
+            assert conditions, "fi without if:\n" + text
+            conditions.pop()
+        else:
+            out.append((line, list(conditions)))
+    assert conditions == [], "if without fi:\n" + text
+    return out
+
+
+@pytest.fixture(scope="module")
+def scriptlets(package):
+    return {t: query(package, "%%{%s}" % t) for t in SCRIPTLETS}
+
+
+def test_no_triggers_and_only_the_four_scriptlets(package, scriptlets, tmp_path):
     assert run(["rpm", "-qp", "--triggers", package])[1].strip() == ""
     assert run(["rpm", "-qp", "--filetriggers", package])[1].strip() == ""
     tags = ("PRETRANS", "PREIN", "POSTIN", "PREUN", "POSTUN", "POSTTRANS", "VERIFYSCRIPT")
     present = {t: v for t, v in query_tags(package, *tags).items() if v != "(none)"}
-    assert sorted(present) == ["POSTUN"]
-    assert query(package, "%{POSTUNPROG}") == "/bin/sh"
+    assert sorted(present) == sorted(SCRIPTLETS)
+    for tag in SCRIPTLETS:
+        assert query(package, "%%{%sPROG}" % tag) == "/bin/sh"
+        path = tmp_path / tag
+        path.write_text(scriptlets[tag])
+        status, out, err = run(["sh", "-n", str(path)], check=False)
+        assert status == 0, (tag, err)
+    # What `rpm --scripts` shows is those four.
+    assert scripts(package).count("scriptlet") == 4
 
 
-def test_no_scriptlet_can_change_the_registry(package):
-    """The one scriptlet removes only the plugin helper's bytecode, and looks at the registry only
-    to say it is kept."""
-    text = query(package, "%{POSTUN}")
-    assert '[ "$1" = 0 ]' in text  # erase only, never on upgrade
-    commands = [line.strip() for line in text.replace("\\\n", " ").splitlines()]
-    for line in commands:
-        if line.startswith("echo "):
-            continue
-        if line.startswith("rm "):
-            targets = line[3:].split("||")[0].split()
-            assert targets[0] == "-f"
-            assert targets[1:] and all(t.startswith(PLUGIN_DIR + "/") and t.endswith((".pyc", ".pyo"))
-                                       for t in targets[1:]), line
-            continue
-        assert CONF_DIR not in line or line == "if [ -e %s ]; then" % REGISTRY, line
-    assert "kept" in text and REGISTRY in text
-    # What `rpm --scripts` shows is that one scriptlet.
-    assert scripts(package).count("scriptlet") == 1
+def test_no_scriptlet_can_change_the_registry_or_fail_the_transaction(scriptlets):
+    """Every command but echo ends in `|| :`; the files removed are the plugin helper's bytecode and
+    the scriptlets' own mark; the registry is looked at only to say it is kept; systemctl is given
+    the package's units only."""
+    for tag, text in scriptlets.items():
+        for line, conditions in scriptlet_lines(text):
+            if line.startswith("echo "):
+                assert ERASE in conditions, (tag, line)
+                continue
+            assert line.endswith(" || :"), "%s: %r can fail the transaction" % (tag, line)
+            words = line[:-len(" || :")].split()
+            if words[0] == "rm":
+                if words[1] == "-rf":
+                    assert words[2:] == [RPM_STATE], line
+                else:
+                    assert words[1] == "-f" and ERASE in conditions, line
+                    assert words[2:] and all(t.startswith(PLUGIN_DIR + "/") and t.endswith((".pyc", ".pyo"))
+                                             for t in words[2:]), line
+            elif words[0] == "mkdir":
+                assert line == "mkdir -p %s && : > %s/enable-units || :" % (RPM_STATE, RPM_STATE), line
+            elif words[0] == "systemctl":
+                verb = [w for w in words[1:] if not w.startswith("--")]
+                assert verb[0] in ("enable", "disable", "start", "stop", "try-restart", "daemon-reload"), line
+                assert set(verb[1:]) <= set(UNITS), line
+                if verb[0] not in ("enable", "disable"):
+                    # Only a running systemd starts or stops anything.
+                    assert RUNNING in conditions, (tag, line)
+            else:
+                raise AssertionError("%s: unexpected command %r" % (tag, line))
+            assert CONF_DIR not in line, line
+        for condition in re.findall(r"^\s*if (.*); then$", text, re.M):
+            assert CONF_DIR not in condition or condition == "[ -e %s ]" % REGISTRY, condition
+    assert "kept" in scriptlets["POSTUN"] and REGISTRY in scriptlets["POSTUN"]
+
+
+def test_the_scriptlets_enable_start_stop_and_disable_the_units(scriptlets):
+    """What each scriptlet does with the units (test_rpm_scriptlets.py runs them)."""
+    def systemctl(tag):
+        return [(line[:-len(" || :")], conditions) for line, conditions in scriptlet_lines(scriptlets[tag])
+                if line.startswith("systemctl ")]
+
+    units = " ".join(UNITS)
+    timer = REFRESH_TIMER_NAME
+    # %pre marks a release installed where none of the units was yet (first install, or an upgrade
+    # from a release without them), for %post to enable them.
+    pre = scriptlet_lines(scriptlets["PREIN"])
+    assert [c for _, c in pre] == [['[ "$1" = 1 ] || [ ! -e %s ]' % REFRESH_TIMER]], pre
+    post = systemctl("POSTIN")
+    mark = '[ "$1" = 1 ] || [ -e %s/enable-units ]' % RPM_STATE
+    assert post == [("systemctl enable %s" % units, [mark]), ("systemctl start %s" % timer, [mark, RUNNING])]
+    assert ("rm -rf %s || :" % RPM_STATE, []) in scriptlet_lines(scriptlets["POSTIN"])
+    preun = systemctl("PREUN")
+    reversed_units = " ".join(reversed(UNITS))
+    assert preun == [("systemctl stop %s" % reversed_units, [ERASE, RUNNING]),
+                     ("systemctl --no-reload disable %s" % reversed_units, [ERASE])]
+    postun = systemctl("POSTUN")
+    assert postun == [("systemctl daemon-reload", [RUNNING]),
+                      ("systemctl try-restart %s" % timer, [RUNNING, '[ "$1" -ge 1 ]'])]
 
 
 def test_every_elf_file_needs_glibc_2_17_at_most(contents, tmp_path):
