@@ -22,6 +22,7 @@ import threading
 import time
 
 from xapi_sim.client import JsonRpcClient, XapiFault, XapiHttpError  # noqa: F401 (re-exported)
+from xapi_sim.generate import generated_fixture, generated_fixture_data  # noqa: F401 (re-exported)
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 TESTS_DIR = os.path.dirname(PACKAGE_DIR)

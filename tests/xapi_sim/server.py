@@ -208,6 +208,9 @@ class Handler(BaseHTTPRequestHandler):
 class _Threading(socketserver.ThreadingMixIn):
     daemon_threads = True
     block_on_close = False
+    # socketserver's default listen backlog of 5 refuses connections (EAGAIN on a unix socket)
+    # when a pool's hosts all call at once.
+    request_queue_size = 128
 
 
 class UnixServer(_Threading, socketserver.UnixStreamServer):
@@ -248,12 +251,22 @@ def build_parser():
     serve.add_argument("--plugin-timeout", type=float, default=plugins.DEFAULT_TIMEOUT,
                        help="safety cap on a plugin's run time in seconds (xapi has none; default 300)")
     serve.add_argument("--log", metavar="FILE", help="append one line per call to FILE")
+    gen = sub.add_parser("generate", help="write a generated large pool as a fixture file")
+    gen.add_argument("output", help="the fixture file to write")
+    gen.add_argument("--hosts", type=int, default=16, help="number of hosts (default 16; the first is master)")
+    gen.add_argument("--vms", type=int, default=2000, help="number of ordinary VMs (default 2000)")
+    gen.add_argument("--seed", default="0", help="seed of the uuids (default 0)")
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        from xapi_sim.generate import generated_fixture
+
+        sys.stdout.write(generated_fixture(args.output, hosts=args.hosts, vms=args.vms, seed=args.seed) + "\n")
+        return 0
     if args.command != "serve":
         parser.print_help(sys.stderr)
         return 2

@@ -1219,3 +1219,102 @@ def test_readme_lists_every_fixture_uuid():
             data = json.load(f)
         for obj in [data["pool"]] + data["hosts"] + data["vms"]:
             assert obj["uuid"] in readme, obj["name_label"]
+
+
+def test_many_simultaneous_connections(sim):
+    # A pool's hosts call the master at once: none may be refused (listen backlog).
+    s = sim.login()
+    results = []
+    barrier = threading.Barrier(40)
+
+    def worker():
+        conn = raw_conn(sim)
+        barrier.wait(10)
+        body = json.dumps({"jsonrpc": "2.0", "method": "pool.get_all", "params": [s], "id": 1})
+        conn.request("POST", "/jsonrpc", body, {"Content-Type": "application/json"})
+        results.append(json.loads(conn.getresponse().read())["result"])
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 40 and all(r == [make_ref("pool", SAMPLE["pool"]["uuid"])] for r in results)
+
+
+# ---------------------------------------------------------------------------- generated large pools
+
+
+def test_generated_fixture_shape(tmp_path):
+    from xapi_sim.harness import generated_fixture
+
+    path = generated_fixture(tmp_path / "big.json", hosts=16, vms=2000, seed=7)
+    assert path == str(tmp_path / "big.json")
+    with open(path) as f:
+        data = json.load(f)
+    hosts = data["hosts"]
+    assert [h["name_label"] for h in hosts] == ["host-%02d" % i for i in range(1, 17)]
+    assert data["pool"]["master"] == hosts[0]["uuid"]
+    host_uuids = [h["uuid"] for h in hosts]
+    real = [v for v in data["vms"] if not v["is_control_domain"] and not v["is_a_template"]]
+    assert len(real) == 2000
+    assert len([v for v in data["vms"] if v["is_control_domain"]]) == 16
+    running = [v for v in real if v["power_state"] == "Running"]
+    halted = [v for v in real if v["power_state"] == "Halted"]
+    assert len(running) == 1200 and len(halted) == 800
+    assert {v["resident_on"] for v in running} == set(host_uuids)  # spread over every host
+    assert all(v["resident_on"] is None for v in halted)
+    assert all("vgpu-registry" not in v["other_config"] and "device-model-args" not in v["platform"]
+               for v in data["vms"])
+    uuids = [o["uuid"] for o in [data["pool"]] + hosts + data["vms"]]
+    assert len(set(uuids)) == len(uuids)
+    # deterministic for a seed, different for another
+    again = generated_fixture(tmp_path / "again.json", hosts=16, vms=2000, seed=7)
+    assert open(again).read() == open(path).read()
+    other = generated_fixture(tmp_path / "other.json", hosts=16, vms=2000, seed=8)
+    assert json.load(open(other))["hosts"][0]["uuid"] != hosts[0]["uuid"]
+
+
+def test_generate_command_line(tmp_path):
+    from xapi_sim.generate import generated_fixture_data
+
+    out = tmp_path / "g.json"
+    p = subprocess.run([sys.executable, "-m", "xapi_sim", "generate", str(out), "--hosts", "3", "--vms", "10",
+                        "--seed", "5"], env=dict(os.environ, PYTHONPATH=TESTS_DIR), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().strip() == str(out)
+    assert json.loads(out.read_text()) == generated_fixture_data(hosts=3, vms=10, seed=5)
+    assert [h["name_label"] for h in json.loads(out.read_text())["hosts"]] == ["host-01", "host-02", "host-03"]
+
+
+def test_generated_pool_served(tmp_path):
+    from xapi_sim.harness import generated_fixture
+
+    path = generated_fixture(tmp_path / "big.json", hosts=16, vms=2000, seed=1)
+    with open(path) as f:
+        data = json.load(f)
+    with Simulator(fixture=path) as sim:
+        s = sim.login()
+        recs = sim.call("VM.get_all_records_where", s, SCAN_EXPR)
+        assert len(recs) == 2000
+        assert sorted(r["name_label"] for r in recs.values()) == ["vm-%04d" % i for i in range(1, 2001)]
+        assert sim.master_uuid == data["hosts"][0]["uuid"]
+        assert len(sim.call("host.get_all", s)) == 16
+        assert sim.host_uuid("host-16") == data["hosts"][15]["uuid"]
+        # the 16 hosts read every VM record at once
+        clients = [sim.client() for _ in range(16)]
+        counts = []
+
+        def worker(c):
+            counts.append(len(c.call("VM.get_all_records_where", s, SCAN_EXPR)))
+
+        threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for c in clients:
+            c.close()
+        assert counts == [2000] * 16
