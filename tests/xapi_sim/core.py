@@ -22,7 +22,8 @@ from xapi_sim.errors import XapiError
 from xapi_sim.events import EventTracker, format_token, parse_token
 from xapi_sim.records import (
     HOST_FIELDS, NULL_REF, POOL_FIELDS, POWER_STATES, SESSION_FIELDS, TASK_FIELDS, VM_FIELDS, VM_MAP_FIELDS,
-    HOST_MAP_FIELDS, POOL_MAP_FIELDS, host_record, make_ref, pool_record, session_record, task_record, vm_record,
+    HOST_MAP_FIELDS, POOL_MAP_FIELDS, host_record, make_ref, pool_record, ref_target, resident_index,
+    session_record, snapshot_index, task_record, vm_record,
 )
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -36,6 +37,43 @@ ASYNC_METHODS = frozenset([
     "host.call_plugin", "VM.start", "VM.start_on", "VM.clean_shutdown", "VM.hard_shutdown", "VM.shutdown",
     "VM.clean_reboot", "VM.hard_reboot", "VM.pause", "VM.unpause", "VM.suspend", "VM.resume",
 ])
+# Calls that change nothing a VM / host / pool record shows; every other call moves
+# the state generation on, which drops the cached records (a new method is safe by default).
+_NO_RECORD_CHANGE = frozenset([
+    "system.listMethods", "session.login_with_password", "session.logout", "event.from", "event.inject",
+    "host.call_plugin", "task.create", "task.cancel", "task.destroy",
+])
+_READ_ONLY_CONTROLS = frozenset([
+    "sim.faults", "sim.call_log", "sim.get_vm", "sim.get_plugin_env", "sim.stats",
+    "sim.inject_fault", "sim.clear_faults", "sim.clear_call_log",
+])
+# Classes whose get_all_records(_where) answers are cached per state generation.
+_CACHED_CLASSES = ("VM", "host", "pool")
+
+
+class Shared(object):
+    """A result shared by every call made at one state generation (it is never mutated): the
+    server encodes it once per wire format (``encoded``) instead of once per call."""
+
+    __slots__ = ("value", "encoded", "lock")
+
+    def __init__(self, value):
+        self.value = value
+        self.encoded = {}
+        self.lock = threading.Lock()
+
+    def encode(self, fmt, encoder):
+        with self.lock:
+            data = self.encoded.get(fmt)
+            if data is None:
+                data = self.encoded[fmt] = encoder(self.value)
+            return data
+
+
+def _mutates(method):
+    if method in _NO_RECORD_CHANGE or method.startswith("Async."):
+        return False
+    return ".get_" not in method
 
 
 class Ctx(object):
@@ -108,6 +146,10 @@ class SimCore(object):
         self.events = EventTracker()
         # Waits in event.from release the state lock; every finished call wakes them.
         self.changed = threading.Condition(self.lock)
+        # State generation: moved on by every call that may change a record (see _mutates).
+        self.gen = 0
+        self._cache = {}
+        self._cache_gen = -1
         self._load(self.fixture)
         self.methods = self._method_table()
         self.controls = self._control_table()
@@ -146,6 +188,7 @@ class SimCore(object):
         self.plugin_python = self.default_plugin_python
         self.host_plugin_dirs = {}
         self.tasks = collections.OrderedDict()
+        self.gen += 1
 
     def _normalize_vm(self, vm, explicit_resident=False):
         ps = vm.get("power_state", "Halted")
@@ -216,30 +259,34 @@ class SimCore(object):
 
     # refs <-> objects
 
-    def _vm_by_ref(self, ref):
+    def _find(self, cls, objects, ref):
         if isinstance(ref, str):
-            for u, vm in self.vms.items():
-                if make_ref("VM", u) == ref:
-                    return vm
-        raise XapiError("HANDLE_INVALID", ["VM", ref if isinstance(ref, str) else str(ref)])
+            target = ref_target(ref)
+            if target is not None:
+                if target[0] == cls and target[1] in objects:
+                    return objects[target[1]]
+            else:
+                for u, obj in objects.items():
+                    if make_ref(cls, u) == ref:
+                        return obj
+        raise XapiError("HANDLE_INVALID", [cls, ref if isinstance(ref, str) else str(ref)])
+
+    def _vm_by_ref(self, ref):
+        return self._find("VM", self.vms, ref)
 
     def _host_by_ref(self, ref):
-        if isinstance(ref, str):
-            for u, h in self.hosts.items():
-                if make_ref("host", u) == ref:
-                    return h
-        raise XapiError("HANDLE_INVALID", ["host", ref if isinstance(ref, str) else str(ref)])
+        return self._find("host", self.hosts, ref)
 
     def _pool_by_ref(self, ref):
         if ref == make_ref("pool", self.pool["uuid"]):
             return self.pool
         raise XapiError("HANDLE_INVALID", ["pool", ref if isinstance(ref, str) else str(ref)])
 
-    def _vm_rec(self, vm):
-        return vm_record(vm, self.vms, lambda u: u in self.hosts, lambda u: u in self.vms)
+    def _vm_rec(self, vm, snapshots=None):
+        return vm_record(vm, self.vms, lambda u: u in self.hosts, lambda u: u in self.vms, snapshots)
 
-    def _host_rec(self, host):
-        return host_record(host, self.vms)
+    def _host_rec(self, host, resident=None):
+        return host_record(host, self.vms, resident)
 
     def _pool_rec(self):
         return pool_record(self.pool, lambda u: u in self.hosts)
@@ -262,7 +309,14 @@ class SimCore(object):
 
     # ------------------------------------------------------------------ dispatch
 
-    def call(self, method, params, ctx=None):
+    def call(self, method, params, ctx=None, shared=False):
+        """Run one call. With ``shared``, a cached answer comes back as its ``Shared`` wrapper."""
+        result = self._call(method, params, ctx)
+        if isinstance(result, Shared) and not shared:
+            return result.value
+        return result
+
+    def _call(self, method, params, ctx):
         ctx = ctx or Ctx()
         params = list(params) if isinstance(params, (list, tuple)) else [params]
         if not isinstance(method, str):
@@ -317,6 +371,7 @@ class SimCore(object):
         return None
 
     def _dispatch(self, method, params, ctx):
+        """The call's answer: a fresh value, or a ``Shared`` one (read-only) for cached reads."""
         if method.startswith("Async."):
             return self._start_async(method, params, ctx)
         entry = self._lookup(method)
@@ -328,12 +383,43 @@ class SimCore(object):
         if method == "host.call_plugin":
             return self._call_plugin(ctx, *params)
         with self.lock:
-            if entry.session:
-                self._check_session(params[0])
-                result = entry.fn(ctx, *params[1:])
-            else:
-                result = entry.fn(ctx, *params)
+            try:
+                if entry.session:
+                    self._check_session(params[0])
+                    result = entry.fn(ctx, *params[1:])
+                else:
+                    result = entry.fn(ctx, *params)
+            finally:
+                if _mutates(method):
+                    self.gen += 1
+            if isinstance(result, Shared):
+                return result
             return copy.deepcopy(result)
+
+    def _cached(self, key, build):
+        """``build()`` once per state generation, as a ``Shared`` answer (call under the lock)."""
+        if self._cache_gen != self.gen:
+            self._cache = {}
+            self._cache_gen = self.gen
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = Shared(build())
+        return hit
+
+    def _all_records(self, cls):
+        """{ref: record} of every object of ``cls``, built in one pass (shared: do not mutate)."""
+        if cls in _CACHED_CLASSES:
+            return self._cached(("records", cls), lambda: self._build_records(cls)).value
+        return self._build_records(cls)
+
+    def _build_records(self, cls):
+        if cls == "VM":
+            snaps = snapshot_index(self.vms)
+            return {make_ref("VM", u): self._vm_rec(o, snaps) for u, o in self.vms.items()}
+        if cls == "host":
+            resident = resident_index(self.vms)
+            return {make_ref("host", u): self._host_rec(o, resident) for u, o in self.hosts.items()}
+        return {make_ref(cls, u): self._record_of(cls, o) for u, o in self._objects(cls).items()}
 
     def _match_faults(self, method):
         latency = 0
@@ -444,18 +530,20 @@ class SimCore(object):
 
     def _get_all_records(self, cls):
         def fn(ctx):
-            return {make_ref(cls, u): self._record_of(cls, o) for u, o in self._objects(cls).items()}
+            if cls in _CACHED_CLASSES:
+                return self._cached(("records", cls), lambda: self._build_records(cls))
+            return self._build_records(cls)
         return fn
 
     def _get_all_records_where(self, cls):
+        def build(pred):
+            return {ref: rec for ref, rec in self._all_records(cls).items() if pred(rec)}
+
         def fn(ctx, expr):
             pred = xfilter.compile_filter(_require_str(expr, "expr"))
-            out = {}
-            for u, o in self._objects(cls).items():
-                rec = self._record_of(cls, o)
-                if pred(rec):
-                    out[make_ref(cls, u)] = rec
-            return out
+            if cls in _CACHED_CLASSES:
+                return self._cached(("where", cls, expr), lambda: build(pred))
+            return build(pred)
         return fn
 
     def _get_record(self, cls):
@@ -697,7 +785,10 @@ class SimCore(object):
 
     def _run_async(self, task_uuid, method, params, ctx):
         try:
-            fields = {"status": "success", "result": _task_result(self._dispatch(method, params, ctx))}
+            value = self._dispatch(method, params, ctx)
+            if isinstance(value, Shared):
+                value = value.value
+            fields = {"status": "success", "result": _task_result(value)}
         except XapiError as e:
             fields = {"status": "failure", "error_info": [e.code] + e.params}
         except Exception as e:  # a simulator bug: the task fails the way xapi reports internal errors
@@ -775,7 +866,11 @@ class SimCore(object):
             raise XapiError("MESSAGE_PARAMETER_COUNT_MISMATCH", [method, str(nargs), str(len(params))])
         try:
             with self.lock:
-                return copy.deepcopy(fn(*params))
+                try:
+                    return copy.deepcopy(fn(*params))
+                finally:
+                    if method not in _READ_ONLY_CONTROLS:
+                        self.gen += 1
         finally:
             self._after_change()
 

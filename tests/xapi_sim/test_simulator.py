@@ -1221,6 +1221,42 @@ def test_readme_lists_every_fixture_uuid():
             assert obj["uuid"] in readme, obj["name_label"]
 
 
+def test_cached_records_follow_every_change(sim):
+    # get_all_records(_where) answers are reused while nothing changes; every kind of change shows.
+    s = sim.login()
+    pool = sim.call("pool.get_all", s)[0]
+    vm_u = vm_uuid("render-01")
+    vm = make_ref("VM", vm_u)
+    host1, host2 = make_ref("host", HOST1), make_ref("host", HOST2)
+
+    def scan():
+        return sim.call("VM.get_all_records_where", s, SCAN_EXPR)
+
+    first = scan()
+    assert scan() == first
+    seeded = first[vm]["other_config"]
+    sim.call("VM.add_to_other_config", s, vm, "k", "v")
+    assert scan()[vm]["other_config"] == dict(seeded, k="v")
+    sim.call("VM.clean_shutdown", s, vm)
+    assert scan()[vm]["power_state"] == "Halted"
+    assert vm not in sim.call("host.get_all_records", s)[host1]["resident_VMs"]
+    wait_task(sim, s, sim.call("Async.VM.start_on", s, vm, host2, False, False))
+    assert scan()[vm]["resident_on"] == host2
+    assert vm in sim.call("host.get_all_records", s)[host2]["resident_VMs"]
+    sim.set_vm(vm_u, name_label="renamed")
+    assert scan()[vm]["name_label"] == "renamed"
+    added = sim.add_vm(name_label="fresh")
+    assert added["ref"] in scan()
+    sim.destroy_vm(added["uuid"])
+    assert added["ref"] not in scan()
+    sim.set_master(HOST2)
+    assert sim.call("pool.get_all_records", s)[pool]["master"] == host2
+    sim.reset()
+    assert scan() == first
+    # the XML-RPC answer is the same data
+    assert xmlrpc_proxy(sim).VM.get_all_records_where(s, SCAN_EXPR)["Value"].keys() == first.keys()
+
+
 def test_many_simultaneous_connections(sim):
     # A pool's hosts call the master at once: none may be refused (listen backlog).
     s = sim.login()
