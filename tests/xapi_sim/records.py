@@ -38,6 +38,11 @@ def ref_target(ref):
     return _REF_TARGETS.get(ref) if isinstance(ref, str) else None
 
 
+def metrics_uuid(host_uuid):
+    """The uuid of a host's host_metrics object (derived, so stable like refs)."""
+    return str(uuidlib.uuid5(_REF_NAMESPACE, "host_metrics:%s" % host_uuid))
+
+
 def _copy(value):
     """A deep copy of the plain data records hold (dicts, lists, scalars), much faster than
     copy.deepcopy, which dominates building thousands of records."""
@@ -205,8 +210,9 @@ def resident_index(vms):
     return index
 
 
-def host_record(host, vms, resident=None):
-    """``resident``: ``resident_index(vms)`` when the caller builds many records."""
+def host_record(host, vms, live=True, resident=None):
+    """``live``: the host's host_metrics.live; a host that is not live shows ``enabled`` false,
+    as xapi marks a host it has declared dead. ``resident``: ``resident_index(vms)``."""
     rec = {
         "uuid": host["uuid"],
         "name_label": "",
@@ -291,6 +297,8 @@ def host_record(host, vms, resident=None):
         rec[key] = _copy(value)
     if not rec["hostname"]:
         rec["hostname"] = rec["name_label"]
+    rec["enabled"] = bool(rec["enabled"]) and bool(live)
+    rec["metrics"] = make_ref("host_metrics", metrics_uuid(host["uuid"]))
     if resident is None:
         on_host = [u for u, vm in vms.items() if vm.get("resident_on") == host["uuid"]]
     else:
@@ -301,6 +309,18 @@ def host_record(host, vms, resident=None):
             rec["control_domain"] = make_ref("VM", u)
             break
     return rec
+
+
+def host_metrics_record(host_uuid, live):
+    """A host's host_metrics record: ``live`` is what xapi's liveness checks read."""
+    return {
+        "uuid": metrics_uuid(host_uuid),
+        "memory_total": 68719476736,
+        "memory_free": 34359738368,
+        "live": bool(live),
+        "last_updated": XDateTime(EPOCH),
+        "other_config": {},
+    }
 
 
 def pool_record(pool, host_exists):
@@ -423,3 +443,4 @@ HOST_FIELDS = frozenset(host_record({"uuid": _DUMMY_VM["uuid"]}, {}))
 POOL_FIELDS = frozenset(pool_record({"uuid": _DUMMY_VM["uuid"]}, lambda u: False))
 SESSION_FIELDS = frozenset(session_record("", {"uuid": "", "created": EPOCH}))
 TASK_FIELDS = frozenset(task_record({"uuid": _DUMMY_VM["uuid"]}))
+HOST_METRICS_FIELDS = frozenset(host_metrics_record(_DUMMY_VM["uuid"], True))
