@@ -21,8 +21,9 @@ from xapi_sim import plugins
 from xapi_sim.errors import XapiError
 from xapi_sim.events import EventTracker, format_token, parse_token
 from xapi_sim.records import (
-    HOST_FIELDS, NULL_REF, POOL_FIELDS, POWER_STATES, SESSION_FIELDS, TASK_FIELDS, VM_FIELDS, VM_MAP_FIELDS,
-    HOST_MAP_FIELDS, POOL_MAP_FIELDS, host_record, make_ref, pool_record, session_record, task_record, vm_record,
+    HOST_FIELDS, HOST_METRICS_FIELDS, NULL_REF, POOL_FIELDS, POWER_STATES, SESSION_FIELDS, TASK_FIELDS, VM_FIELDS,
+    VM_MAP_FIELDS, HOST_MAP_FIELDS, POOL_MAP_FIELDS, host_metrics_record, host_record, make_ref, metrics_uuid,
+    pool_record, ref_target, resident_index, session_record, snapshot_index, task_record, vm_record,
 )
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -30,12 +31,50 @@ DEFAULT_PLUGIN_DIR = os.path.normpath(os.path.join(PACKAGE_DIR, "..", "..", "plu
 DEFAULT_FIXTURE = os.path.join(PACKAGE_DIR, "fixtures", "sample_pool.json")
 DEFAULT_USERS = {"root": "password"}
 # The classes event.from reports, as the API spells them; event records use them in lower case.
-EVENT_CLASSES = ("VM", "host", "pool", "task")
+EVENT_CLASSES = ("VM", "host", "host_metrics", "pool", "task")
 # The methods that have an Async. form here (in xapi: the messages the datamodel marks async).
 ASYNC_METHODS = frozenset([
     "host.call_plugin", "VM.start", "VM.start_on", "VM.clean_shutdown", "VM.hard_shutdown", "VM.shutdown",
     "VM.clean_reboot", "VM.hard_reboot", "VM.pause", "VM.unpause", "VM.suspend", "VM.resume",
+    "pool.designate_new_master",
 ])
+# Calls that change nothing a VM / host / host_metrics / pool record shows; every other call moves
+# the state generation on, which drops the cached records (a new method is safe by default).
+_NO_RECORD_CHANGE = frozenset([
+    "system.listMethods", "session.login_with_password", "session.logout", "event.from", "event.inject",
+    "host.call_plugin", "task.create", "task.cancel", "task.destroy",
+])
+_READ_ONLY_CONTROLS = frozenset([
+    "sim.faults", "sim.call_log", "sim.get_vm", "sim.get_host", "sim.get_pool", "sim.get_plugin_env", "sim.stats",
+    "sim.inject_fault", "sim.clear_faults", "sim.clear_call_log",
+])
+# Classes whose get_all_records(_where) answers are cached per state generation.
+_CACHED_CLASSES = ("VM", "host", "host_metrics", "pool")
+
+
+class Shared(object):
+    """A result shared by every call made at one state generation (it is never mutated): the
+    server encodes it once per wire format (``encoded``) instead of once per call."""
+
+    __slots__ = ("value", "encoded", "lock")
+
+    def __init__(self, value):
+        self.value = value
+        self.encoded = {}
+        self.lock = threading.Lock()
+
+    def encode(self, fmt, encoder):
+        with self.lock:
+            data = self.encoded.get(fmt)
+            if data is None:
+                data = self.encoded[fmt] = encoder(self.value)
+            return data
+
+
+def _mutates(method):
+    if method in _NO_RECORD_CHANGE or method.startswith("Async."):
+        return False
+    return ".get_" not in method
 
 
 class Ctx(object):
@@ -61,6 +100,11 @@ def _require_str_map(value, name):
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise XapiError("FIELD_TYPE_ERROR", [name])
     return dict(value)
+
+
+def _fixture_map(value, what):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("fixture %s must be a map of strings to strings" % what)
 
 
 def _require_str(value, name):
@@ -108,6 +152,10 @@ class SimCore(object):
         self.events = EventTracker()
         # Waits in event.from release the state lock; every finished call wakes them.
         self.changed = threading.Condition(self.lock)
+        # State generation: moved on by every call that may change a record (see _mutates).
+        self.gen = 0
+        self._cache = {}
+        self._cache_gen = -1
         self._load(self.fixture)
         self.methods = self._method_table()
         self.controls = self._control_table()
@@ -124,6 +172,12 @@ class SimCore(object):
             h.setdefault("name_label", h["uuid"])
             h.setdefault("address", "")
             h.setdefault("plugin_env", {})
+            # The record's defaults become the host's own maps, so map operations edit what
+            # get_record shows (a first add_to_other_config keeps agent_start_time …).
+            defaults = host_record({"uuid": h["uuid"]}, {})
+            for field in HOST_MAP_FIELDS:
+                h.setdefault(field, defaults[field])
+                _fixture_map(h[field], "host %s %s" % (h["uuid"], field))
             hosts[h["uuid"]] = h
         if not hosts:
             raise ValueError("fixture has no hosts")
@@ -133,8 +187,13 @@ class SimCore(object):
         pool.setdefault("master", next(iter(hosts)))
         if pool["master"] not in hosts:
             raise ValueError("pool master %s is not a fixture host" % pool["master"])
+        for field in POOL_MAP_FIELDS:
+            pool.setdefault(field, {})
+            _fixture_map(pool[field], "pool %s" % field)
         self.hosts = hosts
         self.pool = pool
+        self.host_live = {u: True for u in hosts}
+        self.plugin_delays = {}
         self.vms = collections.OrderedDict()
         for v in fixture.get("vms", []):
             self._insert_vm(copy.deepcopy(v), from_fixture=True)
@@ -146,6 +205,7 @@ class SimCore(object):
         self.plugin_python = self.default_plugin_python
         self.host_plugin_dirs = {}
         self.tasks = collections.OrderedDict()
+        self.gen += 1
 
     def _normalize_vm(self, vm, explicit_resident=False):
         ps = vm.get("power_state", "Halted")
@@ -216,30 +276,45 @@ class SimCore(object):
 
     # refs <-> objects
 
-    def _vm_by_ref(self, ref):
+    def _find(self, cls, objects, ref):
         if isinstance(ref, str):
-            for u, vm in self.vms.items():
-                if make_ref("VM", u) == ref:
-                    return vm
-        raise XapiError("HANDLE_INVALID", ["VM", ref if isinstance(ref, str) else str(ref)])
+            target = ref_target(ref)
+            if target is not None:
+                if target[0] == cls and target[1] in objects:
+                    return objects[target[1]]
+            else:
+                for u, obj in objects.items():
+                    if make_ref(cls, u) == ref:
+                        return obj
+        raise XapiError("HANDLE_INVALID", [cls, ref if isinstance(ref, str) else str(ref)])
+
+    def _vm_by_ref(self, ref):
+        return self._find("VM", self.vms, ref)
 
     def _host_by_ref(self, ref):
+        return self._find("host", self.hosts, ref)
+
+    def _host_metrics_by_ref(self, ref):
+        """The host whose host_metrics object ``ref`` is."""
         if isinstance(ref, str):
             for u, h in self.hosts.items():
-                if make_ref("host", u) == ref:
+                if make_ref("host_metrics", metrics_uuid(u)) == ref:
                     return h
-        raise XapiError("HANDLE_INVALID", ["host", ref if isinstance(ref, str) else str(ref)])
+        raise XapiError("HANDLE_INVALID", ["host_metrics", ref if isinstance(ref, str) else str(ref)])
 
     def _pool_by_ref(self, ref):
         if ref == make_ref("pool", self.pool["uuid"]):
             return self.pool
         raise XapiError("HANDLE_INVALID", ["pool", ref if isinstance(ref, str) else str(ref)])
 
-    def _vm_rec(self, vm):
-        return vm_record(vm, self.vms, lambda u: u in self.hosts, lambda u: u in self.vms)
+    def _vm_rec(self, vm, snapshots=None):
+        return vm_record(vm, self.vms, lambda u: u in self.hosts, lambda u: u in self.vms, snapshots)
 
-    def _host_rec(self, host):
-        return host_record(host, self.vms)
+    def _host_rec(self, host, resident=None):
+        return host_record(host, self.vms, self.host_live.get(host["uuid"], True), resident)
+
+    def _host_metrics_rec(self, host):
+        return host_metrics_record(host["uuid"], self.host_live.get(host["uuid"], True))
 
     def _pool_rec(self):
         return pool_record(self.pool, lambda u: u in self.hosts)
@@ -262,7 +337,14 @@ class SimCore(object):
 
     # ------------------------------------------------------------------ dispatch
 
-    def call(self, method, params, ctx=None):
+    def call(self, method, params, ctx=None, shared=False):
+        """Run one call. With ``shared``, a cached answer comes back as its ``Shared`` wrapper."""
+        result = self._call(method, params, ctx)
+        if isinstance(result, Shared) and not shared:
+            return result.value
+        return result
+
+    def _call(self, method, params, ctx):
         ctx = ctx or Ctx()
         params = list(params) if isinstance(params, (list, tuple)) else [params]
         if not isinstance(method, str):
@@ -307,16 +389,17 @@ class SimCore(object):
         entry = self.methods.get(method)
         if entry is not None:
             return entry
-        m = re.match(r"^(VM|host|pool|session|task)\.get_([A-Za-z0-9_]+)$", method)
+        m = re.match(r"^(VM|host|host_metrics|pool|session|task)\.get_([A-Za-z0-9_]+)$", method)
         if m:
             cls, field = m.group(1), m.group(2)
             fields = {"VM": VM_FIELDS, "host": HOST_FIELDS, "pool": POOL_FIELDS, "session": SESSION_FIELDS,
-                      "task": TASK_FIELDS}[cls]
+                      "task": TASK_FIELDS, "host_metrics": HOST_METRICS_FIELDS}[cls]
             if field in fields or (cls == "VM" and any(field in v for v in self.vms.values())):
                 return _Method(self._generic_getter(cls, field), 2)
         return None
 
     def _dispatch(self, method, params, ctx):
+        """The call's answer: a fresh value, or a ``Shared`` one (read-only) for cached reads."""
         if method.startswith("Async."):
             return self._start_async(method, params, ctx)
         entry = self._lookup(method)
@@ -328,12 +411,43 @@ class SimCore(object):
         if method == "host.call_plugin":
             return self._call_plugin(ctx, *params)
         with self.lock:
-            if entry.session:
-                self._check_session(params[0])
-                result = entry.fn(ctx, *params[1:])
-            else:
-                result = entry.fn(ctx, *params)
+            try:
+                if entry.session:
+                    self._check_session(params[0])
+                    result = entry.fn(ctx, *params[1:])
+                else:
+                    result = entry.fn(ctx, *params)
+            finally:
+                if _mutates(method):
+                    self.gen += 1
+            if isinstance(result, Shared):
+                return result
             return copy.deepcopy(result)
+
+    def _cached(self, key, build):
+        """``build()`` once per state generation, as a ``Shared`` answer (call under the lock)."""
+        if self._cache_gen != self.gen:
+            self._cache = {}
+            self._cache_gen = self.gen
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = Shared(build())
+        return hit
+
+    def _all_records(self, cls):
+        """{ref: record} of every object of ``cls``, built in one pass (shared: do not mutate)."""
+        if cls in _CACHED_CLASSES:
+            return self._cached(("records", cls), lambda: self._build_records(cls)).value
+        return self._build_records(cls)
+
+    def _build_records(self, cls):
+        if cls == "VM":
+            snaps = snapshot_index(self.vms)
+            return {make_ref("VM", u): self._vm_rec(o, snaps) for u, o in self.vms.items()}
+        if cls == "host":
+            resident = resident_index(self.vms)
+            return {make_ref("host", u): self._host_rec(o, resident) for u, o in self.hosts.items()}
+        return {make_ref(cls, u): self._record_of(cls, o) for u, o in self._objects(cls).items()}
 
     def _match_faults(self, method):
         latency = 0
@@ -364,13 +478,14 @@ class SimCore(object):
         add("session.logout", self.session_logout, 1, session=False)
         add("session.get_record", self.session_get_record, 2)
         add("system.listMethods", self.system_list_methods, 0, session=False)
-        for name in ("VM", "host", "pool", "task"):
+        for name in ("VM", "host", "host_metrics", "pool", "task"):
             add(name + ".get_all", self._get_all(name), 1)
             add(name + ".get_all_records", self._get_all_records(name), 1)
             add(name + ".get_all_records_where", self._get_all_records_where(name), 2)
             add(name + ".get_record", self._get_record(name), 2)
             add(name + ".get_by_uuid", self._get_by_uuid(name), 2)
-            add(name + ".get_by_name_label", self._get_by_name_label(name), 2)
+            if name != "host_metrics":  # it has no name_label
+                add(name + ".get_by_name_label", self._get_by_name_label(name), 2)
         for field in VM_MAP_FIELDS:
             add("VM.set_" + field, self._map_set("VM", field), 3)
             add("VM.add_to_" + field, self._map_add("VM", field), 4)
@@ -398,6 +513,7 @@ class SimCore(object):
         add("VM.suspend", self.vm_suspend, 2)
         add("VM.resume", self.vm_resume, 4)
         add("host.call_plugin", None, 5)
+        add("pool.designate_new_master", self.pool_designate_new_master, 2)
         add("task.create", self.task_create, 3)
         add("task.destroy", self.task_destroy, 2)
         add("task.cancel", self.task_cancel, 2)
@@ -406,12 +522,15 @@ class SimCore(object):
         return t
 
     def _objects(self, cls):
+        """uuid -> internal object; host_metrics objects are the hosts (keyed by their metrics uuid)."""
         if cls == "VM":
             return self.vms
         if cls == "host":
             return self.hosts
         if cls == "task":
             return self.tasks
+        if cls == "host_metrics":
+            return collections.OrderedDict((metrics_uuid(u), h) for u, h in self.hosts.items())
         return {self.pool["uuid"]: self.pool}
 
     def _record_of(self, cls, obj):
@@ -421,6 +540,8 @@ class SimCore(object):
             return self._host_rec(obj)
         if cls == "task":
             return task_record(obj)
+        if cls == "host_metrics":
+            return self._host_metrics_rec(obj)
         return self._pool_rec()
 
     def _by_ref(self, cls, ref):
@@ -430,6 +551,8 @@ class SimCore(object):
             return self._host_by_ref(ref)
         if cls == "task":
             return self._task_by_ref(ref)
+        if cls == "host_metrics":
+            return self._host_metrics_by_ref(ref)
         return self._pool_by_ref(ref)
 
     def _task_by_ref(self, ref):
@@ -444,18 +567,20 @@ class SimCore(object):
 
     def _get_all_records(self, cls):
         def fn(ctx):
-            return {make_ref(cls, u): self._record_of(cls, o) for u, o in self._objects(cls).items()}
+            if cls in _CACHED_CLASSES:
+                return self._cached(("records", cls), lambda: self._build_records(cls))
+            return self._build_records(cls)
         return fn
 
     def _get_all_records_where(self, cls):
+        def build(pred):
+            return {ref: rec for ref, rec in self._all_records(cls).items() if pred(rec)}
+
         def fn(ctx, expr):
             pred = xfilter.compile_filter(_require_str(expr, "expr"))
-            out = {}
-            for u, o in self._objects(cls).items():
-                rec = self._record_of(cls, o)
-                if pred(rec):
-                    out[make_ref(cls, u)] = rec
-            return out
+            if cls in _CACHED_CLASSES:
+                return self._cached(("where", cls, expr), lambda: build(pred))
+            return build(pred)
         return fn
 
     def _get_record(self, cls):
@@ -494,12 +619,19 @@ class SimCore(object):
             return ""
         return fn
 
+    def _map_of(self, cls, obj, field):
+        """The object's own map ``field``; a map it does not hold yet starts as the record shows it
+        (HVM_boot_params' "order" …), so an add or remove edits what get_record showed."""
+        if field not in obj:
+            obj[field] = dict(self._record_of(cls, obj).get(field) or {})
+        return obj[field]
+
     def _map_add(self, cls, field):
         def fn(ctx, ref, key, value):
             obj = self._by_ref(cls, ref)
             key = _require_str(key, "key")
             value = _require_str(value, "value")
-            current = obj.setdefault(field, {})
+            current = self._map_of(cls, obj, field)
             if key in current:
                 raise XapiError("MAP_DUPLICATE_KEY", [cls, field, ref, key])
             current[key] = value
@@ -510,7 +642,7 @@ class SimCore(object):
         def fn(ctx, ref, key):
             obj = self._by_ref(cls, ref)
             key = _require_str(key, "key")
-            obj.setdefault(field, {}).pop(key, None)
+            self._map_of(cls, obj, field).pop(key, None)
             return ""
         return fn
 
@@ -630,6 +762,21 @@ class SimCore(object):
         self._set_power(vm, "Paused" if start_paused else "Running", self.pool["master"])
         return ""
 
+    # pool
+
+    def pool_designate_new_master(self, ctx, host_ref):
+        """As xapi: the call is forwarded to the new master after a liveness check (HOST_OFFLINE);
+        on the master itself it does nothing; HA must be off (HA_IS_ENABLED)."""
+        host = self._host_by_ref(host_ref)
+        if host["uuid"] == self.pool["master"]:
+            return ""
+        if not self.host_live[host["uuid"]]:
+            raise XapiError("HOST_OFFLINE", [host_ref])
+        if self.pool.get("ha_enabled"):
+            raise XapiError("HA_IS_ENABLED", [])
+        self.pool["master"] = host["uuid"]
+        return ""
+
     # host.call_plugin: prepared under the lock, run without it.
 
     def _call_plugin(self, ctx, session_ref, host_ref, plugin, fn, args):
@@ -639,6 +786,11 @@ class SimCore(object):
             plugin = _require_str(plugin, "plugin")
             fn = _require_str(fn, "fn")
             args = _require_str_map(args, "args")
+            # xapi forwards the call to the host after checking host_metrics.live (message_forwarding
+            # do_op_on / check_live). A master that is down fails the same way here: a real caller
+            # could not reach it at all.
+            if not self.host_live[host["uuid"]]:
+                raise XapiError("HOST_OFFLINE", [host_ref])
             path = plugins.find_plugin(self.host_plugin_dirs.get(host["uuid"], self.plugin_dir), plugin)
             # The host's identity first, so a test can override it (a misconfigured host).
             extra = {"VGPU_HOST_UUID": host["uuid"], "VGPU_XAPI": self.url}
@@ -647,7 +799,10 @@ class SimCore(object):
             env = plugins.plugin_environment(extra)
             plugin_session = self._new_session("root", "xapi-plugin:%s" % plugin, "internal")
             python = self.plugin_python
+            delay = self.plugin_delays.get(host["uuid"], 0)
             self.plugin_calls += 1
+        if delay:
+            time.sleep(delay)
         return plugins.run_plugin(path, fn, plugin_session, args, env, python, self.plugin_timeout)
 
     # system, tasks, Async calls, events
@@ -697,7 +852,10 @@ class SimCore(object):
 
     def _run_async(self, task_uuid, method, params, ctx):
         try:
-            fields = {"status": "success", "result": _task_result(self._dispatch(method, params, ctx))}
+            value = self._dispatch(method, params, ctx)
+            if isinstance(value, Shared):
+                value = value.value
+            fields = {"status": "success", "result": _task_result(value)}
         except XapiError as e:
             fields = {"status": "failure", "error_info": [e.code] + e.params}
         except Exception as e:  # a simulator bug: the task fails the way xapi reports internal errors
@@ -758,6 +916,12 @@ class SimCore(object):
             "sim.add_vm": (self.sim_add_vm, 1),
             "sim.destroy_vm": (self.sim_destroy_vm, 1),
             "sim.set_master": (self.sim_set_master, 1),
+            "sim.set_host_live": (self.sim_set_host_live, 2),
+            "sim.fail_master": (self.sim_fail_master, 1),
+            "sim.set_plugin_delay": (self.sim_set_plugin_delay, 2),
+            "sim.get_host": (self.sim_get_host, 1),
+            "sim.get_pool": (self.sim_get_pool, 0),
+            "sim.set_other_config_key": (self.sim_set_other_config_key, 4),
             "sim.reset": (self.sim_reset, 0),
             "sim.set_plugin_env": (self.sim_set_plugin_env, 2),
             "sim.get_plugin_env": (self.sim_get_plugin_env, 1),
@@ -775,7 +939,11 @@ class SimCore(object):
             raise XapiError("MESSAGE_PARAMETER_COUNT_MISMATCH", [method, str(nargs), str(len(params))])
         try:
             with self.lock:
-                return copy.deepcopy(fn(*params))
+                try:
+                    return copy.deepcopy(fn(*params))
+                finally:
+                    if method not in _READ_ONLY_CONTROLS:
+                        self.gen += 1
         finally:
             self._after_change()
 
@@ -875,6 +1043,68 @@ class SimCore(object):
         self.pool["master"] = host_uuid
         return ""
 
+    def _host_by_uuid(self, host_uuid):
+        if not isinstance(host_uuid, str) or host_uuid not in self.hosts:
+            raise XapiError("UUID_INVALID", ["host", str(host_uuid)])
+        return self.hosts[host_uuid]
+
+    def sim_set_host_live(self, host_uuid, live):
+        self._host_by_uuid(host_uuid)
+        if not isinstance(live, bool):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["live must be a boolean"])
+        self.host_live[host_uuid] = live
+        return ""
+
+    def sim_fail_master(self, new_master_uuid):
+        """The master goes down and ``new_master_uuid`` takes over, in one step (HA failover)."""
+        self._host_by_uuid(new_master_uuid)
+        old = self.pool["master"]
+        if new_master_uuid == old:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["the new master must be another host than the master"])
+        if not self.host_live[new_master_uuid]:
+            raise XapiError("HOST_OFFLINE", [make_ref("host", new_master_uuid)])
+        self.host_live[old] = False
+        self.pool["master"] = new_master_uuid
+        return ""
+
+    def sim_set_plugin_delay(self, host_uuid, seconds):
+        self._host_by_uuid(host_uuid)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["seconds must be a number >= 0"])
+        if seconds:
+            self.plugin_delays[host_uuid] = float(seconds)
+        else:
+            self.plugin_delays.pop(host_uuid, None)
+        return ""
+
+    def sim_get_host(self, host_uuid):
+        return self._host_rec(self._host_by_uuid(host_uuid))
+
+    def sim_get_pool(self):
+        return self._pool_rec()
+
+    def sim_set_other_config_key(self, cls, obj_uuid, key, value):
+        """Set (or with a null value remove) one other_config key of a VM, host or the pool
+        (``obj_uuid`` null or the pool's uuid); returns the resulting map."""
+        if cls == "VM":
+            obj = self._vm_by_uuid(obj_uuid)
+        elif cls == "host":
+            obj = self._host_by_uuid(obj_uuid)
+        elif cls == "pool":
+            if obj_uuid not in (None, self.pool["uuid"]):
+                raise XapiError("UUID_INVALID", ["pool", str(obj_uuid)])
+            obj = self.pool
+        else:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["class must be \"VM\", \"host\" or \"pool\""])
+        if not isinstance(key, str) or not (value is None or isinstance(value, str)):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["key must be a string and value a string or null"])
+        current = obj.setdefault("other_config", {})
+        if value is None:
+            current.pop(key, None)
+        else:
+            current[key] = value
+        return current
+
     def sim_reset(self):
         self._load(self.fixture)
         self.faults = []
@@ -932,6 +1162,8 @@ class SimCore(object):
             "vms": len(self.vms),
             "hosts": len(self.hosts),
             "master": self.pool["master"],
+            "hosts_down": [u for u in self.hosts if not self.host_live[u]],
+            "plugin_delays": dict(self.plugin_delays),
             "url": self.url,
             "plugin_dir": self.plugin_dir,
             "plugin_python": self.plugin_python,

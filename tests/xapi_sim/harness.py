@@ -22,6 +22,7 @@ import threading
 import time
 
 from xapi_sim.client import JsonRpcClient, XapiFault, XapiHttpError  # noqa: F401 (re-exported)
+from xapi_sim.generate import generated_fixture, generated_fixture_data  # noqa: F401 (re-exported)
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 TESTS_DIR = os.path.dirname(PACKAGE_DIR)
@@ -332,6 +333,39 @@ class Simulator(object):
 
     def set_master(self, host_uuid):
         return self.call("sim.set_master", host_uuid)
+
+    def set_host_live(self, host_uuid, live=True):
+        """A host that is not live fails host.call_plugin with HOST_OFFLINE and shows enabled false."""
+        return self.call("sim.set_host_live", host_uuid, bool(live))
+
+    def fail_master(self, new_master_uuid):
+        """The master goes down and ``new_master_uuid`` becomes the master, in one step."""
+        return self.call("sim.fail_master", new_master_uuid)
+
+    def set_plugin_delay(self, host_uuid, seconds):
+        """host.call_plugin on that host waits ``seconds`` before running the plugin (0: none)."""
+        return self.call("sim.set_plugin_delay", host_uuid, seconds)
+
+    def get_host(self, host_uuid):
+        return self.call("sim.get_host", host_uuid)
+
+    def get_pool(self):
+        return self.call("sim.get_pool")
+
+    def vm_other_config(self, vm_uuid):
+        return self.get_vm(vm_uuid)["other_config"]
+
+    def host_other_config(self, host_uuid):
+        return self.get_host(host_uuid)["other_config"]
+
+    def pool_other_config(self):
+        return self.get_pool()["other_config"]
+
+    def set_other_config_key(self, cls, obj_uuid, key, value):
+        """Set one other_config key of a "VM", "host" or the "pool" (``obj_uuid`` None), or
+        remove it with ``value`` None, without an XAPI call (no call log entry, no fault).
+        Returns the resulting map."""
+        return self.call("sim.set_other_config_key", cls, obj_uuid, key, value)
 
     def stats(self):
         return self.call("sim.stats")

@@ -17,8 +17,40 @@ class XDateTime(str):
     """A string that XML-RPC encodes as <dateTime.iso8601> (JSON: a plain string)."""
 
 
+# make_ref is pure; remembering both directions turns ref lookups into dict lookups on large pools.
+_REFS = {}
+_REF_TARGETS = {}
+
+
 def make_ref(cls, obj_uuid):
-    return "OpaqueRef:" + str(uuidlib.uuid5(_REF_NAMESPACE, "%s:%s" % (cls, obj_uuid)))
+    key = (cls, obj_uuid)
+    ref = _REFS.get(key)
+    if ref is None:
+        ref = "OpaqueRef:" + str(uuidlib.uuid5(_REF_NAMESPACE, "%s:%s" % (cls, obj_uuid)))
+        if len(_REFS) < 1000000:
+            _REFS[key] = ref
+            _REF_TARGETS[ref] = key
+    return ref
+
+
+def ref_target(ref):
+    """``(class, uuid)`` of a ref ``make_ref`` has made (and remembered) in this process, else None."""
+    return _REF_TARGETS.get(ref) if isinstance(ref, str) else None
+
+
+def metrics_uuid(host_uuid):
+    """The uuid of a host's host_metrics object (derived, so stable like refs)."""
+    return str(uuidlib.uuid5(_REF_NAMESPACE, "host_metrics:%s" % host_uuid))
+
+
+def _copy(value):
+    """A deep copy of the plain data records hold (dicts, lists, scalars), much faster than
+    copy.deepcopy, which dominates building thousands of records."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
 
 
 # Keys of the internal VM/host/pool dicts that are not record fields or need conversion.
@@ -43,8 +75,19 @@ def _allowed_operations(vm):
     }.get(ps, [])
 
 
-def vm_record(vm, vms, host_exists, vm_exists):
-    """The xapi VM record of internal VM dict ``vm``; ``vms`` is the uuid->vm mapping."""
+def snapshot_index(vms):
+    """uuid -> [uuids of its snapshots], for building many VM records at once."""
+    index = {}
+    for u, vm in vms.items():
+        parent = vm.get("snapshot_of")
+        if parent:
+            index.setdefault(parent, []).append(u)
+    return index
+
+
+def vm_record(vm, vms, host_exists, vm_exists, snapshots=None):
+    """The xapi VM record of internal VM dict ``vm``; ``vms`` is the uuid->vm mapping;
+    ``snapshots``: ``snapshot_index(vms)`` when the caller builds many records."""
     is_dom0 = bool(vm.get("is_control_domain"))
     rec = {
         "uuid": vm["uuid"],
@@ -139,14 +182,18 @@ def vm_record(vm, vms, host_exists, vm_exists):
     for key, value in vm.items():
         if key in VM_REF_FIELDS:
             continue
-        rec[key] = copy.deepcopy(value)
+        rec[key] = _copy(value)
     for key, cls in VM_REF_FIELDS.items():
         target = vm.get(key)
         exists = host_exists if cls == "host" else vm_exists
         rec[key] = make_ref(cls, target) if target and exists(target) else NULL_REF
     if rec["power_state"] in ("Running", "Paused"):
         rec["domarch"] = rec.get("domarch") or "x64"
-    rec["snapshots"] = [make_ref("VM", u) for u, other in vms.items() if other.get("snapshot_of") == vm["uuid"]]
+    if snapshots is None:
+        children = [u for u, other in vms.items() if other.get("snapshot_of") == vm["uuid"]]
+    else:
+        children = snapshots.get(vm["uuid"], [])
+    rec["snapshots"] = [make_ref("VM", u) for u in children]
     if rec["is_a_snapshot"] and rec["snapshot_time"] == EPOCH:
         rec["snapshot_time"] = XDateTime("20240315T09:30:00Z")
     if isinstance(rec.get("snapshot_time"), str) and not isinstance(rec["snapshot_time"], XDateTime):
@@ -154,7 +201,18 @@ def vm_record(vm, vms, host_exists, vm_exists):
     return rec
 
 
-def host_record(host, vms):
+def resident_index(vms):
+    """host uuid -> [uuids of the VMs resident on it], for building many host records at once."""
+    index = {}
+    for u, vm in vms.items():
+        if vm.get("resident_on"):
+            index.setdefault(vm["resident_on"], []).append(u)
+    return index
+
+
+def host_record(host, vms, live=True, resident=None):
+    """``live``: the host's host_metrics.live; a host that is not live shows ``enabled`` false,
+    as xapi marks a host it has declared dead. ``resident``: ``resident_index(vms)``."""
     rec = {
         "uuid": host["uuid"],
         "name_label": "",
@@ -236,16 +294,33 @@ def host_record(host, vms):
     for key, value in host.items():
         if key in HOST_PRIVATE:
             continue
-        rec[key] = copy.deepcopy(value)
+        rec[key] = _copy(value)
     if not rec["hostname"]:
         rec["hostname"] = rec["name_label"]
-    resident = [u for u, vm in vms.items() if vm.get("resident_on") == host["uuid"]]
-    rec["resident_VMs"] = [make_ref("VM", u) for u in resident]
-    for u in resident:
+    rec["enabled"] = bool(rec["enabled"]) and bool(live)
+    rec["metrics"] = make_ref("host_metrics", metrics_uuid(host["uuid"]))
+    if resident is None:
+        on_host = [u for u, vm in vms.items() if vm.get("resident_on") == host["uuid"]]
+    else:
+        on_host = resident.get(host["uuid"], [])
+    rec["resident_VMs"] = [make_ref("VM", u) for u in on_host]
+    for u in on_host:
         if vms[u].get("is_control_domain"):
             rec["control_domain"] = make_ref("VM", u)
             break
     return rec
+
+
+def host_metrics_record(host_uuid, live):
+    """A host's host_metrics record: ``live`` is what xapi's liveness checks read."""
+    return {
+        "uuid": metrics_uuid(host_uuid),
+        "memory_total": 68719476736,
+        "memory_free": 34359738368,
+        "live": bool(live),
+        "last_updated": XDateTime(EPOCH),
+        "other_config": {},
+    }
 
 
 def pool_record(pool, host_exists):
@@ -301,7 +376,7 @@ def pool_record(pool, host_exists):
     for key, value in pool.items():
         if key == "master":
             continue
-        rec[key] = copy.deepcopy(value)
+        rec[key] = _copy(value)
     master = pool.get("master")
     rec["master"] = make_ref("host", master) if master and host_exists(master) else NULL_REF
     return rec
@@ -368,3 +443,4 @@ HOST_FIELDS = frozenset(host_record({"uuid": _DUMMY_VM["uuid"]}, {}))
 POOL_FIELDS = frozenset(pool_record({"uuid": _DUMMY_VM["uuid"]}, lambda u: False))
 SESSION_FIELDS = frozenset(session_record("", {"uuid": "", "created": EPOCH}))
 TASK_FIELDS = frozenset(task_record({"uuid": _DUMMY_VM["uuid"]}))
+HOST_METRICS_FIELDS = frozenset(host_metrics_record(_DUMMY_VM["uuid"], True))

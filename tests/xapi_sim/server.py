@@ -27,7 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from xapi_sim import plugins  # noqa: E402
-from xapi_sim.core import Ctx, SimCore  # noqa: E402
+from xapi_sim.core import Ctx, Shared, SimCore  # noqa: E402
 from xapi_sim.errors import XapiError  # noqa: E402
 from xapi_sim.records import XDateTime  # noqa: E402
 
@@ -61,6 +61,15 @@ def _to_xmlrpc(value):
     return value
 
 
+def _json_bytes(value):
+    return json.dumps(value).encode("utf-8")
+
+
+def _xmlrpc_success(value):
+    payload = {"Status": "Success", "Value": _to_xmlrpc(value)}
+    return xmlrpc.client.dumps((payload,), methodresponse=True, allow_none=True).encode("utf-8")
+
+
 def _from_xmlrpc(value):
     if isinstance(value, xmlrpc.client.DateTime):
         return value.value
@@ -92,7 +101,7 @@ class App(object):
         """Run one call; returns (ok, value_or_XapiError)."""
         t0 = time.time()
         try:
-            result = self.core.call(method, params, ctx)
+            result = self.core.call(method, params, ctx, shared=True)
             self.log("%s %s %s -> ok (%.1f ms)" % (ctx.transport, ctx.protocol, method, (time.time() - t0) * 1000))
             return True, result
         except XapiError as e:
@@ -115,8 +124,18 @@ class App(object):
         v2 = req.get("jsonrpc") == "2.0"
         ok, value = self._invoke(req["method"], req["params"], Ctx(transport, "jsonrpc"))
         if ok:
-            resp = {"jsonrpc": "2.0", "result": value, "id": req["id"]} if v2 else \
-                {"result": value, "error": None, "id": req["id"]}
+            # Spliced by hand to reuse a shared answer's encoding; the bytes are what json.dumps
+            # of the whole response would give.
+            if isinstance(value, Shared):
+                result = value.encode("json", _json_bytes)
+            else:
+                result = _json_bytes(value)
+            req_id = _json_bytes(req["id"])
+            if v2:
+                body = b'{"jsonrpc": "2.0", "result": ' + result + b', "id": ' + req_id + b'}'
+            else:
+                body = b'{"result": ' + result + b', "error": null, "id": ' + req_id + b'}'
+            return 200, "application/json", body, False
         elif v2:
             resp = {"jsonrpc": "2.0", "error": {"code": 1, "message": value.code, "data": value.params}, "id": req["id"]}
         else:
@@ -131,10 +150,11 @@ class App(object):
         if not method:
             return _html_500('Xmlrpc.Parse_error("close_tag", "open_tag", _)')
         ok, value = self._invoke(method, _from_xmlrpc(list(params)), Ctx(transport, "xmlrpc"))
+        if ok and isinstance(value, Shared):
+            return 200, "text/xml", value.encode("xmlrpc", _xmlrpc_success), False
         if ok:
-            payload = {"Status": "Success", "Value": _to_xmlrpc(value)}
-        else:
-            payload = {"Status": "Failure", "ErrorDescription": [value.code] + value.params}
+            return 200, "text/xml", _xmlrpc_success(value), False
+        payload = {"Status": "Failure", "ErrorDescription": [value.code] + value.params}
         out = xmlrpc.client.dumps((payload,), methodresponse=True, allow_none=True)
         return 200, "text/xml", out.encode("utf-8"), False
 
@@ -208,6 +228,9 @@ class Handler(BaseHTTPRequestHandler):
 class _Threading(socketserver.ThreadingMixIn):
     daemon_threads = True
     block_on_close = False
+    # socketserver's default listen backlog of 5 refuses connections (EAGAIN on a unix socket)
+    # when a pool's hosts all call at once.
+    request_queue_size = 128
 
 
 class UnixServer(_Threading, socketserver.UnixStreamServer):
@@ -248,12 +271,22 @@ def build_parser():
     serve.add_argument("--plugin-timeout", type=float, default=plugins.DEFAULT_TIMEOUT,
                        help="safety cap on a plugin's run time in seconds (xapi has none; default 300)")
     serve.add_argument("--log", metavar="FILE", help="append one line per call to FILE")
+    gen = sub.add_parser("generate", help="write a generated large pool as a fixture file")
+    gen.add_argument("output", help="the fixture file to write")
+    gen.add_argument("--hosts", type=int, default=16, help="number of hosts (default 16; the first is master)")
+    gen.add_argument("--vms", type=int, default=2000, help="number of ordinary VMs (default 2000)")
+    gen.add_argument("--seed", default="0", help="seed of the uuids (default 0)")
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        from xapi_sim.generate import generated_fixture
+
+        sys.stdout.write(generated_fixture(args.output, hosts=args.hosts, vms=args.vms, seed=args.seed) + "\n")
+        return 0
     if args.command != "serve":
         parser.print_help(sys.stderr)
         return 2

@@ -773,6 +773,10 @@ elif fn == "sleep":
     import time
     time.sleep(float(args["s"]))
     success("slept")
+elif fn == "touch":
+    with open(args["path"], "a") as f:
+        f.write("ran\n")
+    success("touched")
 else:
     failure("UNKNOWN_XENAPI_PLUGIN_FUNCTION", fn)
 '''
@@ -1219,3 +1223,565 @@ def test_readme_lists_every_fixture_uuid():
             data = json.load(f)
         for obj in [data["pool"]] + data["hosts"] + data["vms"]:
             assert obj["uuid"] in readme, obj["name_label"]
+
+
+# ---------------------------------------------------------------------------- pool-wide registry support
+# What a registry mirrored in XAPI needs: other_config maps on VM / host / pool, a change of master
+# (pool.designate_new_master, HA failover), hosts that go down, slow hosts, and large pools.
+
+HOST1_REF = make_ref("host", HOST1)
+HOST2_REF = make_ref("host", HOST2)
+
+
+def pool_ref(sim, s):
+    refs = sim.call("pool.get_all", s)
+    assert len(refs) == 1
+    return refs[0]
+
+
+def write_fixture(tmp_path, change, name="fixture.json"):
+    data = json.loads(json.dumps(SAMPLE))
+    change(data)
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_designate_new_master(sim):
+    s = sim.login()
+    pool = pool_ref(sim, s)
+    assert sim.call("pool.get_master", s, pool) == HOST1_REF
+    assert fault_of(sim.call, "pool.designate_new_master", s, "OpaqueRef:nohost") == \
+        ("HANDLE_INVALID", ["host", "OpaqueRef:nohost"])
+    assert fault_of(sim.call, "pool.designate_new_master", s, make_ref("VM", vm_uuid("render-01"))) == \
+        ("HANDLE_INVALID", ["host", make_ref("VM", vm_uuid("render-01"))])
+    assert fault_of(sim.call, "pool.designate_new_master", "OpaqueRef:bad", HOST2_REF) == \
+        ("SESSION_INVALID", ["OpaqueRef:bad"])
+    assert fault_of(sim.call, "pool.designate_new_master", s) == \
+        ("MESSAGE_PARAMETER_COUNT_MISMATCH", ["pool.designate_new_master", "2", "1"])
+    assert sim.call("pool.designate_new_master", s, HOST1_REF) == ""  # the master already: nothing happens
+    assert sim.call("pool.get_master", s, pool) == HOST1_REF
+    sim.clear_call_log()
+    assert sim.call("pool.designate_new_master", s, HOST2_REF) == ""
+    assert sim.call("pool.get_master", s, pool) == HOST2_REF
+    assert sim.call("pool.get_record", s, pool)["master"] == HOST2_REF
+    assert sim.call("pool.get_all_records", s)[pool]["master"] == HOST2_REF
+    assert sim.master_uuid == HOST2
+    assert [e["params"] for e in sim.call_log("pool.designate_new_master")] == [[s, HOST2_REF]]
+    # both hosts stay live and enabled: a planned change of master takes nobody down
+    assert sim.call("host.get_enabled", s, HOST1_REF) is True
+    assert sim.call("host.get_enabled", s, HOST2_REF) is True
+    assert sim.call("pool.designate_new_master", s, HOST1_REF) == ""  # and back
+    assert sim.call("pool.get_master", s, pool) == HOST1_REF
+
+
+def test_designate_new_master_to_a_host_that_is_down(sim):
+    s = sim.login()
+    pool = pool_ref(sim, s)
+    sim.set_host_live(HOST2, False)
+    assert fault_of(sim.call, "pool.designate_new_master", s, HOST2_REF) == ("HOST_OFFLINE", [HOST2_REF])
+    assert sim.call("pool.get_master", s, pool) == HOST1_REF
+    sim.set_host_live(HOST2, True)
+    sim.call("pool.designate_new_master", s, HOST2_REF)
+    assert sim.call("pool.get_master", s, pool) == HOST2_REF
+
+
+def test_designate_new_master_listed_faults_and_async(sim):
+    s = sim.login()
+    pool = pool_ref(sim, s)
+    methods = sim.call("system.listMethods")
+    assert "pool.designate_new_master" in methods and "Async.pool.designate_new_master" in methods
+    sim.inject_fault("pool.designate_new_master", code="INTERNAL_ERROR", params=["injected"])
+    assert fault_of(sim.call, "pool.designate_new_master", s, HOST2_REF) == ("INTERNAL_ERROR", ["injected"])
+    assert sim.call("pool.get_master", s, pool) == HOST1_REF  # the fault fired before the change
+    task = sim.call("Async.pool.designate_new_master", s, HOST2_REF)
+    rec = wait_task(sim, s, task)
+    assert (rec["status"], rec["name_label"], rec["result"]) == ("success", "Async.pool.designate_new_master", "")
+    assert sim.call("pool.get_master", s, pool) == HOST2_REF
+    sim.set_host_live(HOST1, False)
+    rec = wait_task(sim, s, sim.call("Async.pool.designate_new_master", s, HOST1_REF))
+    assert (rec["status"], rec["error_info"]) == ("failure", ["HOST_OFFLINE", HOST1_REF])
+    assert sim.call("pool.get_master", s, pool) == HOST2_REF
+
+
+def test_designate_new_master_refused_with_ha_enabled(tmp_path):
+    path = write_fixture(tmp_path, lambda d: d["pool"].update(ha_enabled=True))
+    with Simulator(fixture=path) as sim:
+        s = sim.login()
+        pool = pool_ref(sim, s)
+        assert sim.call("pool.get_ha_enabled", s, pool) is True
+        assert fault_of(sim.call, "pool.designate_new_master", s, HOST2_REF) == ("HA_IS_ENABLED", [])
+        assert sim.call("pool.designate_new_master", s, HOST1_REF) == ""
+        assert sim.call("pool.get_master", s, pool) == HOST1_REF
+
+
+def test_host_liveness_records_and_host_metrics(sim):
+    s = sim.login()
+    metrics1 = sim.call("host.get_metrics", s, HOST1_REF)
+    metrics2 = sim.call("host.get_metrics", s, HOST2_REF)
+    assert metrics1.startswith("OpaqueRef:") and metrics1 != metrics2
+    assert sorted(sim.call("host_metrics.get_all", s)) == sorted([metrics1, metrics2])
+    assert sim.call("host_metrics.get_live", s, metrics2) is True
+    assert sim.call("host.get_enabled", s, HOST2_REF) is True
+    sim.set_host_live(HOST2, False)
+    assert sim.call("host_metrics.get_live", s, metrics2) is False
+    assert sim.call("host_metrics.get_live", s, metrics1) is True
+    rec = sim.call("host_metrics.get_record", s, metrics2)
+    assert rec["live"] is False and set(rec) >= {"uuid", "memory_total", "memory_free", "live", "last_updated",
+                                                  "other_config"}
+    assert sim.call("host_metrics.get_by_uuid", s, rec["uuid"]) == metrics2
+    assert sim.call("host_metrics.get_all_records", s)[metrics2]["live"] is False
+    assert list(sim.call("host_metrics.get_all_records_where", s, 'field "live"="false"')) == [metrics2]
+    assert sim.call("host.get_enabled", s, HOST2_REF) is False
+    assert sim.call("host.get_record", s, HOST2_REF)["enabled"] is False
+    assert sim.call("host.get_all_records", s)[HOST1_REF]["enabled"] is True
+    assert sim.get_host(HOST2)["enabled"] is False
+    assert sim.stats()["hosts_down"] == [HOST2]
+    assert fault_of(sim.call, "host_metrics.get_live", s, "OpaqueRef:nope") == \
+        ("HANDLE_INVALID", ["host_metrics", "OpaqueRef:nope"])
+    sim.set_host_live(HOST2, True)
+    assert sim.call("host_metrics.get_live", s, metrics2) is True
+    assert sim.call("host.get_enabled", s, HOST2_REF) is True
+    assert sim.stats()["hosts_down"] == []
+    assert fault_of(sim.set_host_live, "nope", False) == ("UUID_INVALID", ["host", "nope"])
+    assert fault_of(sim.call, "sim.set_host_live", HOST2, "no")[0] == "SIM_INVALID_ARGUMENT"
+
+
+def test_call_plugin_on_a_host_that_is_down(psim, tmp_path):
+    marker = tmp_path / "ran"
+    psim.set_host_live(HOST2, False)
+    psim.set_plugin_delay(HOST2, 5)  # a host that is down answers at once, whatever its delay
+    t0 = time.time()
+    assert fault_of(call_plugin, psim, HOST2, "tester", "touch", {"path": str(marker)}) == \
+        ("HOST_OFFLINE", [HOST2_REF])
+    assert time.time() - t0 < 2
+    assert not marker.exists()  # no plugin ran
+    s = psim.login()
+    rec = wait_task(psim, s, psim.call("Async.host.call_plugin", s, HOST2_REF, "tester", "touch",
+                                       {"path": str(marker)}))
+    assert (rec["status"], rec["error_info"]) == ("failure", ["HOST_OFFLINE", HOST2_REF])
+    assert not marker.exists()
+    assert call_plugin(psim, HOST1, "tester", "touch", {"path": str(marker)}) == "touched"  # others work
+    assert marker.read_text() == "ran\n"
+    psim.set_plugin_delay(HOST2, 0)
+    psim.set_host_live(HOST2, True)
+    assert call_plugin(psim, HOST2, "tester", "touch", {"path": str(marker)}) == "touched"
+    assert marker.read_text() == "ran\nran\n"
+    # a master that is down (and nobody took over) cannot be reached either
+    psim.set_host_live(HOST1, False)
+    assert fault_of(call_plugin, psim, HOST1, "tester", "echo") == ("HOST_OFFLINE", [HOST1_REF])
+
+
+def test_fail_master(psim):
+    s = psim.login()
+    pool = pool_ref(psim, s)
+    metrics1 = psim.call("host.get_metrics", s, HOST1_REF)
+    assert psim.fail_master(HOST2) == ""
+    assert psim.call("pool.get_master", s, pool) == HOST2_REF
+    assert psim.master_uuid == HOST2
+    assert psim.call("host_metrics.get_live", s, metrics1) is False
+    assert psim.call("host.get_enabled", s, HOST1_REF) is False
+    assert psim.call("host.get_enabled", s, HOST2_REF) is True
+    assert fault_of(call_plugin, psim, HOST1, "tester", "echo") == ("HOST_OFFLINE", [HOST1_REF])
+    assert json.loads(call_plugin(psim, HOST2, "tester", "echo"))["env"]["VGPU_HOST_UUID"] == HOST2
+    assert fault_of(psim.call, "pool.designate_new_master", s, HOST1_REF) == ("HOST_OFFLINE", [HOST1_REF])
+    assert fault_of(psim.fail_master, HOST2)[0] == "SIM_INVALID_ARGUMENT"  # it is the master already
+    assert fault_of(psim.fail_master, HOST1) == ("HOST_OFFLINE", [HOST1_REF])  # down: cannot take over
+    assert fault_of(psim.fail_master, "nope") == ("UUID_INVALID", ["host", "nope"])
+    assert psim.call("pool.get_master", s, pool) == HOST2_REF
+    psim.set_host_live(HOST1, True)  # the old master comes back as an ordinary member
+    assert psim.call("pool.get_master", s, pool) == HOST2_REF
+    assert json.loads(call_plugin(psim, HOST1, "tester", "echo"))["argc"] == 2
+
+
+def test_fail_master_is_one_step(tmp_path):
+    # Readers never see the pool without a live master, or a dead host as master.
+    path = write_fixture(tmp_path, lambda d: None)
+    with Simulator(fixture=path) as sim:
+        s = sim.login()
+        stop = threading.Event()
+        seen = []
+        c = sim.client()
+
+        def reader():
+            while not stop.is_set():
+                snap = c.call("sim.stats")
+                seen.append((snap["master"], tuple(snap["hosts_down"])))
+
+        t = threading.Thread(target=reader)
+        t.start()
+        time.sleep(0.1)
+        sim.fail_master(HOST2)
+        time.sleep(0.1)
+        stop.set()
+        t.join(10)
+        c.close()
+        assert set(seen) == {(HOST1, ()), (HOST2, (HOST1,))}, set(seen)
+        assert sim.call("pool.get_master", s, pool_ref(sim, s)) == HOST2_REF
+
+
+def test_plugin_delay_per_host_runs_concurrently(psim):
+    psim.set_plugin_delay(HOST1, 1.0)
+    psim.set_plugin_delay(HOST2, 1.0)
+    assert psim.stats()["plugin_delays"] == {HOST1: 1.0, HOST2: 1.0}
+    results = {}
+
+    def worker(host):
+        c = psim.client()
+        s = c.call("session.login_with_password", "root", "password")
+        t = time.time()
+        out = json.loads(c.call("host.call_plugin", s, make_ref("host", host), "tester", "echo", {}))
+        results[host] = (out["env"]["VGPU_HOST_UUID"], time.time() - t)
+        c.close()
+
+    t0 = time.time()
+    threads = [threading.Thread(target=worker, args=(h,)) for h in (HOST1, HOST2)]
+    for t in threads:
+        t.start()
+    # the state lock is free while plugins wait: other calls are answered at once
+    time.sleep(0.2)
+    t1 = time.time()
+    c = psim.client()
+    assert len(c.call("VM.get_all", c.call("session.login_with_password", "root", "password"))) == len(SAMPLE["vms"])
+    c.close()
+    assert time.time() - t1 < 0.5
+    for t in threads:
+        t.join(20)
+    elapsed = time.time() - t0
+    assert results[HOST1][0] == HOST1 and results[HOST2][0] == HOST2
+    assert results[HOST1][1] >= 1.0 and results[HOST2][1] >= 1.0
+    assert elapsed < 1.8, elapsed  # one after the other would take over 2 s
+    psim.set_plugin_delay(HOST1, 0)
+    t0 = time.time()
+    call_plugin(psim, HOST1, "tester", "echo")
+    assert time.time() - t0 < 0.9
+    assert psim.stats()["plugin_delays"] == {HOST2: 1.0}
+    assert fault_of(psim.set_plugin_delay, HOST1, -1)[0] == "SIM_INVALID_ARGUMENT"
+    assert fault_of(psim.set_plugin_delay, HOST1, "1")[0] == "SIM_INVALID_ARGUMENT"
+    assert fault_of(psim.set_plugin_delay, "nope", 1) == ("UUID_INVALID", ["host", "nope"])
+
+
+def test_plugin_delay_lets_a_caller_bound_its_wait(psim):
+    psim.set_plugin_delay(HOST2, 3)
+    c = JsonRpcClient(psim.url, timeout=0.5)
+    s = c.call("session.login_with_password", "root", "password")
+    t0 = time.time()
+    with pytest.raises(OSError):  # socket.timeout
+        c.call("host.call_plugin", s, HOST2_REF, "tester", "echo", {})
+    assert time.time() - t0 < 2
+    c.close()
+
+
+@pytest.mark.parametrize("cls", ["VM", "host", "pool"])
+def test_other_config_map_operations(sim, cls):
+    s = sim.login()
+    ref = {"VM": make_ref("VM", vm_uuid("render-01")), "host": HOST2_REF, "pool": None}[cls] or pool_ref(sim, s)
+    before = sim.call(cls + ".get_other_config", s, ref)
+    assert "vgpu-registry" not in before
+    doc = '{"vm_id":1,"pool":"A","priority":"high"}'
+    assert sim.call(cls + ".add_to_other_config", s, ref, "vgpu-registry", doc) == ""
+    after = sim.call(cls + ".get_other_config", s, ref)
+    assert after == dict(before, **{"vgpu-registry": doc})  # the other keys are kept
+    assert sim.call(cls + ".get_record", s, ref)["other_config"]["vgpu-registry"] == doc
+    assert sim.call(cls + ".get_all_records", s)[ref]["other_config"]["vgpu-registry"] == doc
+    assert fault_of(sim.call, cls + ".add_to_other_config", s, ref, "vgpu-registry", "other") == \
+        ("MAP_DUPLICATE_KEY", [cls, "other_config", ref, "vgpu-registry"])
+    assert sim.call(cls + ".get_other_config", s, ref)["vgpu-registry"] == doc  # unchanged
+    assert fault_of(sim.call, cls + ".add_to_other_config", s, ref, "n", 1) == ("FIELD_TYPE_ERROR", ["value"])
+    assert fault_of(sim.call, cls + ".add_to_other_config", s, ref, "n", None) == ("FIELD_TYPE_ERROR", ["value"])
+    assert fault_of(sim.call, cls + ".add_to_other_config", s, ref, 5, "v") == ("FIELD_TYPE_ERROR", ["key"])
+    assert fault_of(sim.call, cls + ".set_other_config", s, ref, {"k": 2}) == ("FIELD_TYPE_ERROR", ["value"])
+    assert fault_of(sim.call, cls + ".add_to_other_config", s, "OpaqueRef:gone", "k", "v") == \
+        ("HANDLE_INVALID", [cls, "OpaqueRef:gone"])
+    assert sim.call(cls + ".remove_from_other_config", s, ref, "vgpu-registry") == ""
+    assert sim.call(cls + ".remove_from_other_config", s, ref, "vgpu-registry") == ""  # absent: fine
+    assert sim.call(cls + ".get_other_config", s, ref) == before
+    sim.call(cls + ".set_other_config", s, ref, {"only": "this"})
+    assert sim.call(cls + ".get_other_config", s, ref) == {"only": "this"}
+    # the same map through the control methods
+    getter = {"VM": lambda: sim.vm_other_config(vm_uuid("render-01")), "host": lambda: sim.host_other_config(HOST2),
+              "pool": sim.pool_other_config}[cls]
+    assert getter() == {"only": "this"}
+
+
+def test_host_other_config_keeps_its_default_keys(sim):
+    s = sim.login()
+    before = sim.call("host.get_other_config", s, HOST1_REF)
+    assert set(before) == {"agent_start_time", "boot_time"}
+    sim.call("host.add_to_other_config", s, HOST1_REF, "k", "v")
+    sim.call("host.remove_from_other_config", s, HOST1_REF, "boot_time")
+    assert sim.call("host.get_other_config", s, HOST1_REF) == {"agent_start_time": before["agent_start_time"],
+                                                                 "k": "v"}
+    vm = make_ref("VM", vm_uuid("render-01"))
+    assert sim.call("VM.get_HVM_boot_params", s, vm) == {"order": "cdn"}
+    sim.call("VM.add_to_HVM_boot_params", s, vm, "firmware", "uefi")
+    assert sim.call("VM.get_HVM_boot_params", s, vm) == {"order": "cdn", "firmware": "uefi"}
+
+
+def test_get_all_records_where_shows_other_config(sim):
+    s = sim.login()
+    vm = make_ref("VM", vm_uuid("cuda-dev"))
+    assert "vgpu-registry" not in sim.call("VM.get_all_records_where", s, SCAN_EXPR)[vm]["other_config"]
+    sim.call("VM.add_to_other_config", s, vm, "vgpu-registry", "{}")
+    recs = sim.call("VM.get_all_records_where", s, SCAN_EXPR)
+    assert recs[vm]["other_config"]["vgpu-registry"] == "{}"
+    assert sum("vgpu-registry" in r["other_config"] for r in recs.values()) == 1
+
+
+def test_other_config_controls(sim):
+    s = sim.login()
+    u = vm_uuid("render-02")
+    seeded = sim.vm_other_config(u)
+    assert "mac_seed" in seeded and "vgpu-registry" not in seeded
+    sim.clear_call_log()
+    assert sim.set_other_config_key("VM", u, "vgpu-registry", "{}") == dict(seeded, **{"vgpu-registry": "{}"})
+    assert sim.set_other_config_key("host", HOST1, "vgpu-replica", "7")["vgpu-replica"] == "7"
+    assert sim.set_other_config_key("pool", None, "vgpu-registry-pools", "[]") == {"vgpu-registry-pools": "[]"}
+    pool_uuid = SAMPLE["pool"]["uuid"]
+    assert sim.set_other_config_key("pool", pool_uuid, "x", "y") == {"vgpu-registry-pools": "[]", "x": "y"}
+    assert sim.call_log() == []  # no XAPI call was made
+    assert sim.call("VM.get_other_config", s, make_ref("VM", u)) == dict(seeded, **{"vgpu-registry": "{}"})
+    assert sim.call("host.get_other_config", s, HOST1_REF)["vgpu-replica"] == "7"
+    assert sim.call("pool.get_other_config", s, pool_ref(sim, s)) == {"vgpu-registry-pools": "[]", "x": "y"}
+    assert sim.vm_other_config(u) == dict(seeded, **{"vgpu-registry": "{}"})
+    assert sim.host_other_config(HOST1)["vgpu-replica"] == "7"
+    assert sim.pool_other_config() == {"vgpu-registry-pools": "[]", "x": "y"}
+    assert sim.set_other_config_key("VM", u, "vgpu-registry", None) == seeded
+    assert sim.set_other_config_key("VM", u, "absent", None) == seeded
+    assert sim.vm_other_config(u) == seeded
+    assert fault_of(sim.set_other_config_key, "VM", "nope", "k", "v") == ("UUID_INVALID", ["VM", "nope"])
+    assert fault_of(sim.set_other_config_key, "host", "nope", "k", "v") == ("UUID_INVALID", ["host", "nope"])
+    assert fault_of(sim.set_other_config_key, "pool", "nope", "k", "v") == ("UUID_INVALID", ["pool", "nope"])
+    assert fault_of(sim.set_other_config_key, "SR", None, "k", "v")[0] == "SIM_INVALID_ARGUMENT"
+    assert fault_of(sim.set_other_config_key, "VM", u, "k", 3)[0] == "SIM_INVALID_ARGUMENT"
+    assert sim.get_pool()["uuid"] == pool_uuid
+
+
+def test_fixture_seeds_other_config(tmp_path):
+    vm = vm_uuid("render-01")
+
+    def seed(d):
+        d["pool"]["other_config"] = {"vgpu-registry-pools": '[{"pool_id":"A"}]'}
+        d["hosts"][1]["other_config"] = {"vgpu-replica-generation": "4"}
+        next(v for v in d["vms"] if v["uuid"] == vm)["other_config"] = {"vgpu-registry": '{"vm_id":5}'}
+
+    with Simulator(fixture=write_fixture(tmp_path, seed)) as sim:
+        s = sim.login()
+        assert sim.call("pool.get_other_config", s, pool_ref(sim, s)) == {"vgpu-registry-pools": '[{"pool_id":"A"}]'}
+        assert sim.call("host.get_other_config", s, HOST2_REF) == {"vgpu-replica-generation": "4"}
+        assert set(sim.call("host.get_other_config", s, HOST1_REF)) == {"agent_start_time", "boot_time"}
+        assert sim.call("VM.get_all_records_where", s, SCAN_EXPR)[make_ref("VM", vm)]["other_config"] == \
+            {"vgpu-registry": '{"vm_id":5}'}
+        sim.call("pool.remove_from_other_config", s, pool_ref(sim, s), "vgpu-registry-pools")
+        sim.set_other_config_key("host", HOST2, "vgpu-replica-generation", None)
+        sim.set_other_config_key("VM", vm, "vgpu-registry", "changed")
+        sim.reset()
+        assert sim.pool_other_config() == {"vgpu-registry-pools": '[{"pool_id":"A"}]'}
+        assert sim.host_other_config(HOST2) == {"vgpu-replica-generation": "4"}
+        assert sim.vm_other_config(vm) == {"vgpu-registry": '{"vm_id":5}'}
+
+
+@pytest.mark.parametrize("where", ["pool", "host"])
+def test_fixture_with_a_bad_other_config_is_refused(tmp_path, where):
+    def bad(d):
+        target = d["pool"] if where == "pool" else d["hosts"][0]
+        target["other_config"] = {"n": 1}
+
+    with pytest.raises(RuntimeError) as ei:
+        Simulator(fixture=write_fixture(tmp_path, bad)).start()
+    assert "map of strings" in str(ei.value)
+
+
+def test_faults_on_other_config_calls_change_nothing(sim):
+    s = sim.login()
+    pool = pool_ref(sim, s)
+    vm = make_ref("VM", vm_uuid("cuda-dev"))
+    seeded = sim.vm_other_config(vm_uuid("cuda-dev"))
+    sim.call("VM.add_to_other_config", s, vm, "vgpu-registry", "{}")
+    sim.inject_fault("pool.add_to_other_config", nth=1, code="INTERNAL_ERROR", params=["pool write lost"])
+    sim.inject_fault("VM.remove_from_other_config", nth=1, code="HOST_OFFLINE", params=[HOST1_REF])
+    assert fault_of(sim.call, "pool.add_to_other_config", s, pool, "vgpu-registry-pools", "[]") == \
+        ("INTERNAL_ERROR", ["pool write lost"])
+    assert "vgpu-registry-pools" not in sim.pool_other_config()
+    assert fault_of(sim.call, "VM.remove_from_other_config", s, vm, "vgpu-registry") == \
+        ("HOST_OFFLINE", [HOST1_REF])
+    assert sim.vm_other_config(vm_uuid("cuda-dev")) == dict(seeded, **{"vgpu-registry": "{}"})
+    assert sim.call("sim.faults") == []
+    # the next calls go through
+    sim.call("pool.add_to_other_config", s, pool, "vgpu-registry-pools", "[]")
+    sim.call("VM.remove_from_other_config", s, vm, "vgpu-registry")
+    assert sim.pool_other_config() == {"vgpu-registry-pools": "[]"}
+    assert sim.vm_other_config(vm_uuid("cuda-dev")) == seeded
+    # the second call of a method, and latency only
+    sim.inject_fault("VM.add_to_other_config", nth=2, code="INTERNAL_ERROR")
+    sim.call("VM.add_to_other_config", s, vm, "a", "1")
+    assert fault_of(sim.call, "VM.add_to_other_config", s, vm, "b", "2") == ("INTERNAL_ERROR", [])
+    assert sim.vm_other_config(vm_uuid("cuda-dev")) == dict(seeded, a="1")
+    sim.inject_fault("pool.remove_from_other_config", latency_ms=300)
+    t0 = time.time()
+    assert sim.call("pool.remove_from_other_config", s, pool, "vgpu-registry-pools") == ""
+    assert time.time() - t0 >= 0.29
+    assert sim.pool_other_config() == {}  # a delayed call still applies
+
+
+def test_reset_restores_master_liveness_delays_and_other_config(sim):
+    s = sim.login()
+    pool = pool_ref(sim, s)
+    vm = vm_uuid("render-01")
+    seeded = sim.vm_other_config(vm)
+    sim.fail_master(HOST2)
+    sim.set_plugin_delay(HOST2, 2.5)
+    sim.set_other_config_key("VM", vm, "vgpu-registry", "{}")
+    sim.call("pool.add_to_other_config", s, pool, "k", "v")
+    sim.call("host.add_to_other_config", s, HOST2_REF, "k", "v")
+    st = sim.stats()
+    assert (st["master"], st["hosts_down"], st["plugin_delays"]) == (HOST2, [HOST1], {HOST2: 2.5})
+    sim.reset()
+    st = sim.stats()
+    assert (st["master"], st["hosts_down"], st["plugin_delays"]) == (HOST1, [], {})
+    assert sim.call("pool.get_master", s, pool) == HOST1_REF
+    assert sim.call("host.get_enabled", s, HOST1_REF) is True
+    assert sim.call("host_metrics.get_live", s, sim.call("host.get_metrics", s, HOST1_REF)) is True
+    assert sim.vm_other_config(vm) == seeded and "vgpu-registry" not in seeded
+    assert sim.pool_other_config() == {}
+    assert "k" not in sim.host_other_config(HOST2)
+
+
+def test_cached_records_follow_every_change(sim):
+    # get_all_records(_where) answers are reused while nothing changes; every kind of change shows.
+    s = sim.login()
+    pool = pool_ref(sim, s)
+    vm_u = vm_uuid("render-01")
+    vm = make_ref("VM", vm_u)
+
+    def scan():
+        return sim.call("VM.get_all_records_where", s, SCAN_EXPR)
+
+    first = scan()
+    assert scan() == first
+    seeded = first[vm]["other_config"]
+    sim.call("VM.add_to_other_config", s, vm, "k", "v")
+    assert scan()[vm]["other_config"] == dict(seeded, k="v")
+    sim.call("VM.clean_shutdown", s, vm)
+    assert scan()[vm]["power_state"] == "Halted"
+    assert vm not in sim.call("host.get_all_records", s)[HOST1_REF]["resident_VMs"]
+    wait_task(sim, s, sim.call("Async.VM.start_on", s, vm, HOST2_REF, False, False))
+    assert scan()[vm]["resident_on"] == HOST2_REF
+    assert vm in sim.call("host.get_all_records", s)[HOST2_REF]["resident_VMs"]
+    sim.set_vm(vm_u, name_label="renamed")
+    assert scan()[vm]["name_label"] == "renamed"
+    sim.set_other_config_key("VM", vm_u, "k", None)
+    assert scan()[vm]["other_config"] == seeded
+    added = sim.add_vm(name_label="fresh")
+    assert added["ref"] in scan()
+    sim.destroy_vm(added["uuid"])
+    assert added["ref"] not in scan()
+    sim.set_host_live(HOST2, False)
+    assert sim.call("host.get_all_records", s)[HOST2_REF]["enabled"] is False
+    sim.call("pool.designate_new_master", s, HOST1_REF)
+    sim.set_host_live(HOST2, True)
+    sim.call("pool.designate_new_master", s, HOST2_REF)
+    assert sim.call("pool.get_all_records", s)[pool]["master"] == HOST2_REF
+    sim.reset()
+    assert scan() == first
+    # the XML-RPC answer is the same data
+    assert xmlrpc_proxy(sim).VM.get_all_records_where(s, SCAN_EXPR)["Value"].keys() == first.keys()
+
+
+def test_many_simultaneous_connections(sim):
+    # A pool's hosts call the master at once: none may be refused (listen backlog).
+    s = sim.login()
+    results = []
+    barrier = threading.Barrier(40)
+
+    def worker():
+        conn = raw_conn(sim)
+        barrier.wait(10)
+        body = json.dumps({"jsonrpc": "2.0", "method": "pool.get_all", "params": [s], "id": 1})
+        conn.request("POST", "/jsonrpc", body, {"Content-Type": "application/json"})
+        results.append(json.loads(conn.getresponse().read())["result"])
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 40 and all(r == [make_ref("pool", SAMPLE["pool"]["uuid"])] for r in results)
+
+
+# ---------------------------------------------------------------------------- generated large pools
+
+
+def test_generated_fixture_shape(tmp_path):
+    from xapi_sim.harness import generated_fixture
+
+    path = generated_fixture(tmp_path / "big.json", hosts=16, vms=2000, seed=7)
+    assert path == str(tmp_path / "big.json")
+    with open(path) as f:
+        data = json.load(f)
+    hosts = data["hosts"]
+    assert [h["name_label"] for h in hosts] == ["host-%02d" % i for i in range(1, 17)]
+    assert data["pool"]["master"] == hosts[0]["uuid"]
+    host_uuids = [h["uuid"] for h in hosts]
+    real = [v for v in data["vms"] if not v["is_control_domain"] and not v["is_a_template"]]
+    assert len(real) == 2000
+    assert len([v for v in data["vms"] if v["is_control_domain"]]) == 16
+    running = [v for v in real if v["power_state"] == "Running"]
+    halted = [v for v in real if v["power_state"] == "Halted"]
+    assert len(running) == 1200 and len(halted) == 800
+    assert {v["resident_on"] for v in running} == set(host_uuids)  # spread over every host
+    assert all(v["resident_on"] is None for v in halted)
+    assert all("vgpu-registry" not in v["other_config"] and "device-model-args" not in v["platform"]
+               for v in data["vms"])
+    uuids = [o["uuid"] for o in [data["pool"]] + hosts + data["vms"]]
+    assert len(set(uuids)) == len(uuids)
+    # deterministic for a seed, different for another
+    again = generated_fixture(tmp_path / "again.json", hosts=16, vms=2000, seed=7)
+    assert open(again).read() == open(path).read()
+    other = generated_fixture(tmp_path / "other.json", hosts=16, vms=2000, seed=8)
+    assert json.load(open(other))["hosts"][0]["uuid"] != hosts[0]["uuid"]
+
+
+def test_generate_command_line(tmp_path):
+    from xapi_sim.generate import generated_fixture_data
+
+    out = tmp_path / "g.json"
+    p = subprocess.run([sys.executable, "-m", "xapi_sim", "generate", str(out), "--hosts", "3", "--vms", "10",
+                        "--seed", "5"], env=dict(os.environ, PYTHONPATH=TESTS_DIR), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().strip() == str(out)
+    assert json.loads(out.read_text()) == generated_fixture_data(hosts=3, vms=10, seed=5)
+    assert [h["name_label"] for h in json.loads(out.read_text())["hosts"]] == ["host-01", "host-02", "host-03"]
+
+
+def test_generated_pool_served(tmp_path):
+    from xapi_sim.harness import generated_fixture
+
+    path = generated_fixture(tmp_path / "big.json", hosts=16, vms=2000, seed=1)
+    with open(path) as f:
+        data = json.load(f)
+    with Simulator(fixture=path) as sim:
+        s = sim.login()
+        recs = sim.call("VM.get_all_records_where", s, SCAN_EXPR)
+        assert len(recs) == 2000
+        assert sorted(r["name_label"] for r in recs.values()) == ["vm-%04d" % i for i in range(1, 2001)]
+        assert sim.master_uuid == data["hosts"][0]["uuid"]
+        assert len(sim.call("host.get_all", s)) == 16
+        assert sim.host_uuid("host-16") == data["hosts"][15]["uuid"]
+        # the 16 hosts read every VM record at once
+        clients = [sim.client() for _ in range(16)]
+        counts = []
+
+        def worker(c):
+            counts.append(len(c.call("VM.get_all_records_where", s, SCAN_EXPR)))
+
+        threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for c in clients:
+            c.close()
+        assert counts == [2000] * 16
