@@ -1,5 +1,6 @@
-"""Pool-wide behaviour on the three-host pool (SPEC section 4, "Pool-wide"): whichever host a call
-reaches, it lands in the master's registry; members never create a registry of their own; a
+"""Pool-wide behaviour on the three-host pool (SPEC section 4, "Pool-wide", and 9): whichever host a
+call reaches, it lands in the master's registry; members hold only a replica of it, written by the
+master's refresh after each change, never a registry of their own; a
 forwarded call that reaches a non-master is refused instead of looping; concurrent registrations
 through different hosts never share a vm_id and none is lost."""
 
@@ -16,10 +17,19 @@ def db_files(path):
 
 
 def member_dbs_untouched(pool3):
+    """Members hold exactly the master's rows, as replicas, once something changed; nothing before."""
+    rows = master_rows(pool3) if db_files(pool3.db()) else []
+    changed = bool(pool3.sim.pool_other_config().get("vgpu-registry:generation"))
     for h in pool3.members:
-        assert db_files(pool3.db(h)) == [], "member %s created a registry of its own" % h
-        backups = [f for f in os.listdir(pool3.workdir) if f.startswith("registry-%s" % h[:8])]
-        assert backups == [], backups
+        if not changed:
+            assert db_files(pool3.db(h)) == [], "member %s created a registry of its own" % h
+            continue
+        with sqlite3.connect(pool3.db(h)) as c:
+            got = c.execute("SELECT vm_uuid, vm_id, pool_id, priority FROM vms ORDER BY vm_id").fetchall()
+            role = dict(c.execute("SELECT key, value FROM registry_meta").fetchall())
+        assert got == rows, (h, got, rows)
+        assert role["role"] == "replica", (h, role)
+        assert role["generation"] == pool3.sim.pool_other_config()["vgpu-registry:generation"], (h, role)
 
 
 def master_rows(pool3):

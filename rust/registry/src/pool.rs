@@ -459,6 +459,14 @@ pub fn refresh_here(
             .map_err(|e| Error::xapi("reading the registry's copy in XAPI", e))?;
         let mirror = read_mirror(&pool, &vms);
         let tx = store.write()?;
+        let now = tx.meta()?;
+        if now.role == Some(Role::Replica) && now.generation >= mirror.generation {
+            // A refresh that read a newer mirror finished first (two changes' fan-outs
+            // overlapped): a replica never goes back.
+            report.generation = now.generation;
+            report.vms = tx.rows_json()?.len();
+            return Ok(report);
+        }
         let refused = tx.replace_all(&mirror.rows, mirror.pools.as_deref())?;
         tx.set_meta(Role::Replica, mirror.generation.unwrap_or(0))?;
         tx.commit()?;

@@ -34,6 +34,9 @@ __all__ = [
     "remove",
     "status",
     "sync",
+    "refresh",
+    "adopt",
+    "rebuild",
     # exceptions.__all__, spelled out for type checkers (the suite checks that they agree)
     "VgpuError",
     "InvalidArgumentError",
@@ -311,3 +314,33 @@ def sync(
         restart=restart,
         yes=yes,
     )
+
+
+def refresh(*, session: Optional[str] = None, config: Optional[Path] = None) -> Json:
+    """Refreshes this host's copy of the registry from the pool's copy in XAPI (a replica on a
+    member, the primary on the master); acts on the host it runs on."""
+    return _object("refresh", session, config)
+
+
+def adopt(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    all: bool = False,
+    dry_run: bool = False,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Registers VMs that already carry a vgpu device with the device's values; ``skipped``
+    lists those left alone and why; ``dry_run=True`` only reports."""
+    return _object(
+        "adopt", session, config, vm_uuid=vm_uuid, vm_name=vm_name, all=all, dry_run=dry_run
+    )
+
+
+def rebuild(
+    dry_run: bool = False, *, session: Optional[str] = None, config: Optional[Path] = None
+) -> Json:
+    """Rebuilds the master's registry from the pool's copy in XAPI (backing up what was there),
+    then adopts VMs that carry a device but have no copy; ``dry_run=True`` only reports."""
+    return _object("rebuild", session, config, dry_run=dry_run)
