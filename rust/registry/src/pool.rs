@@ -25,6 +25,19 @@ pub const POOLS_KEY: &str = "vgpu-registry:pools";
 /// `pool.other_config` key: the mirror's generation, bumped by every change. The same key on a
 /// host's `other_config` records the generation its replica holds.
 pub const GENERATION_KEY: &str = "vgpu-registry:generation";
+/// `pool.other_config` key: the generation of the last change and the VMs it touched, so a
+/// replica one generation behind reads those VMs instead of the whole pool.
+pub const LAST_CHANGE_KEY: &str = "vgpu-registry:last-change";
+
+/// What [`LAST_CHANGE_KEY`] holds; `vms: None` when the change touched every VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct LastChange {
+    generation: u64,
+    vms: Option<Vec<String>>,
+}
+
+/// Past this many VMs a replica reads the whole pool rather than each VM (two calls each).
+const DELTA_MAX_VMS: usize = 64;
 
 /// The generation the pool's mirror is at; `None` when nothing was ever published.
 pub fn pool_generation(pool: &PoolRecord) -> Option<u64> {
@@ -389,6 +402,29 @@ fn publish(
             )
             .map_err(step("the pool rows".into()))?;
     }
+    let last = LastChange {
+        generation: next,
+        vms: (primary.generation.is_some() && touched.len() <= DELTA_MAX_VMS).then(|| {
+            touched
+                .iter()
+                .map(|t| t.vm_uuid.to_ascii_lowercase())
+                .collect()
+        }),
+    };
+    let last_text = serde_json::to_string(&last).unwrap_or_default();
+    journal
+        .set(
+            Class::Pool,
+            &primary.pool.opaque_ref,
+            LAST_CHANGE_KEY,
+            primary
+                .pool
+                .other_config
+                .get(LAST_CHANGE_KEY)
+                .map(String::as_str),
+            Some(&last_text),
+        )
+        .map_err(step("the pool's last change".into()))?;
     let old_gen = primary.pool.other_config.get(GENERATION_KEY).cloned();
     journal
         .set(
@@ -453,6 +489,9 @@ pub fn refresh_here(
         && before.generation == report.generation;
     if current {
         report.vms = store.rows_json()?.len();
+    } else if let Some(n) = refresh_delta(xapi, store, &pool, before)? {
+        report.changed = true;
+        report.vms = n;
     } else {
         let vms = xapi
             .list_vms()
@@ -500,6 +539,67 @@ pub fn refresh_here(
         }
     }
     Ok(report)
+}
+
+/// A replica exactly one generation behind reads only the VMs of the last change (two calls
+/// each) instead of the whole pool. `None` when it cannot (further behind, a change of every
+/// VM, a row the registry refuses): the caller then reads everything.
+fn refresh_delta(
+    xapi: &dyn Xapi,
+    store: &mut Store,
+    pool: &PoolRecord,
+    before: Meta,
+) -> Result<Option<usize>> {
+    let Some(g) = pool_generation(pool) else {
+        return Ok(None);
+    };
+    let last: Option<LastChange> = pool
+        .other_config
+        .get(LAST_CHANGE_KEY)
+        .and_then(|t| serde_json::from_str(t).ok());
+    let Some(LastChange {
+        generation,
+        vms: Some(vms),
+    }) = last
+    else {
+        return Ok(None);
+    };
+    if generation != g
+        || before.role != Some(Role::Replica)
+        || before.generation != Some(g.saturating_sub(1))
+    {
+        return Ok(None);
+    }
+    let mut rows = Vec::new();
+    for uuid in vms {
+        let vm = xapi
+            .vm_by_uuid(&uuid)
+            .map_err(|e| Error::xapi("reading the registry's copy in XAPI", e))?;
+        let row = match vm.as_ref().and_then(|v| v.other_config.get(VM_KEY)) {
+            Some(text) => match parse_row(text) {
+                Ok(r) => Some(r),
+                Err(_) => return Ok(None),
+            },
+            None => None,
+        };
+        rows.push((uuid, row));
+    }
+    let pools: Option<Vec<JsonMap>> = pool
+        .other_config
+        .get(POOLS_KEY)
+        .and_then(|t| serde_json::from_str(t).ok());
+    let tx = store.write()?;
+    if tx.meta()? != before {
+        // Another refresh got here first; start again from what it left.
+        return Ok(None);
+    }
+    if !tx.replace_some(&rows, pools.as_deref())?.is_empty() {
+        return Ok(None);
+    }
+    tx.set_meta(Role::Replica, g)?;
+    let n = tx.rows_json()?.len();
+    tx.commit()?;
+    Ok(Some(n))
 }
 
 /// Asks every host but `except` to refresh its replica, all at once, each bounded by `timeout`.

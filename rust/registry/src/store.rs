@@ -647,9 +647,38 @@ impl WriteTx<'_> {
         rows: &[(String, JsonMap)],
         pools: Option<&[JsonMap]>,
     ) -> Result<Vec<(String, String)>> {
+        self.tx
+            .execute("DELETE FROM vms", [])
+            .map_err(|e| self.err(e))?;
+        let refused = self.insert_rows(rows)?;
+        self.set_pools(pools)?;
+        Ok(refused)
+    }
+
+    /// Replaces the rows of the VMs listed (`None`: the VM has no row any more), leaving every
+    /// other row alone; as [`WriteTx::replace_all`] otherwise.
+    pub fn replace_some(
+        &self,
+        rows: &[(String, Option<JsonMap>)],
+        pools: Option<&[JsonMap]>,
+    ) -> Result<Vec<(String, String)>> {
+        for (uuid, _) in rows {
+            self.tx
+                .execute("DELETE FROM vms WHERE lower(vm_uuid) = lower(?1)", [uuid])
+                .map_err(|e| self.err(e))?;
+        }
+        let present: Vec<(String, JsonMap)> = rows
+            .iter()
+            .filter_map(|(u, r)| r.clone().map(|r| (u.clone(), r)))
+            .collect();
+        let refused = self.insert_rows(&present)?;
+        self.set_pools(pools)?;
+        Ok(refused)
+    }
+
+    fn insert_rows(&self, rows: &[(String, JsonMap)]) -> Result<Vec<(String, String)>> {
         let err = |e| self.err(e);
         let vm_cols = column_names(&self.tx, "vms").map_err(err)?;
-        self.tx.execute("DELETE FROM vms", []).map_err(err)?;
         let mut refused = Vec::new();
         for (uuid, row) in rows {
             let mut cols = vec!["vm_uuid".to_string()];
@@ -677,6 +706,11 @@ impl WriteTx<'_> {
                 Err(e) => return Err(err(e)),
             }
         }
+        Ok(refused)
+    }
+
+    fn set_pools(&self, pools: Option<&[JsonMap]>) -> Result<()> {
+        let err = |e| self.err(e);
         if let Some(pools) = pools {
             let pool_cols = column_names(&self.tx, "pools").map_err(err)?;
             for row in pools {
@@ -703,7 +737,7 @@ impl WriteTx<'_> {
                     .map_err(err)?;
             }
         }
-        Ok(refused)
+        Ok(())
     }
 
     pub fn commit(self) -> Result<()> {

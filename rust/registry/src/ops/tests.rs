@@ -11,6 +11,8 @@ struct FakePool {
     vms: RefCell<Vec<VmRecord>>,
     /// pool.other_config
     pool_config: RefCell<BTreeMap<String, String>>,
+    /// other_config of the one member host
+    host_config: RefCell<BTreeMap<String, String>>,
     calls: RefCell<Vec<String>>,
     /// (method, remaining calls to let through before failing, failures left)
     faults: RefCell<Vec<(String, usize, usize)>>,
@@ -172,7 +174,13 @@ impl Xapi for FakePool {
                     v.other_config.insert(key.into(), value.into());
                 });
             }
-            xapi::Class::Host => unreachable!("not used by these operations"),
+            xapi::Class::Host => {
+                let mut m = self.host_config.borrow_mut();
+                if m.contains_key(key) {
+                    return Err(duplicate());
+                }
+                m.insert(key.into(), value.into());
+            }
         }
         Ok(())
     }
@@ -190,7 +198,9 @@ impl Xapi for FakePool {
             xapi::Class::Vm => self.edit(obj, |v| {
                 v.other_config.remove(key);
             }),
-            xapi::Class::Host => unreachable!("not used by these operations"),
+            xapi::Class::Host => {
+                self.host_config.borrow_mut().remove(key);
+            }
         }
         Ok(())
     }
@@ -1060,4 +1070,64 @@ fn adopt_takes_the_device_values_and_leaves_conflicts_alone() {
         Some("-device vgpu-cuda,pool_id=A,priority=high,vm_id=3"),
         "left untouched"
     );
+}
+
+#[test]
+fn a_replica_follows_each_change_reading_only_what_changed() {
+    let (mut w, x) = (world(), pool());
+    let member = HostRecord {
+        opaque_ref: "OpaqueRef:h2".into(),
+        uuid: "h2".into(),
+        name_label: "member".into(),
+        other_config: BTreeMap::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = Store::open(&dir.path().join("replica.db")).unwrap();
+    let refresh = |replica: &mut Store| crate::pool::refresh_here(&x, replica, &member).unwrap();
+    let rows =
+        |s: &Store| -> Vec<(i64, Pool)> { dump(s).iter().map(|r| (r.vm_id, r.pool)).collect() };
+    // Nothing published yet: the file is left alone.
+    let r = refresh(&mut replica);
+    assert!(!r.changed && !r.warnings.is_empty());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    let r = refresh(&mut replica);
+    assert!(r.changed);
+    assert_eq!(r.generation, Some(1));
+    assert_eq!(rows(&replica), rows(ctx.store));
+    assert_eq!(x.host_config.borrow()[crate::pool::GENERATION_KEY], "1");
+    let listings = x.count("VM.get_all_records_where");
+    ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    ctx.update(UpdateReq {
+        selector: Selector::Uuid(uuid(1)),
+        pool: Some(Pool::B),
+        priority: None,
+        vm_id: Some(9),
+        restart: Restart::default(),
+    })
+    .unwrap();
+    // Two generations behind: the whole pool is read.
+    let r = refresh(&mut replica);
+    assert_eq!(r.generation, Some(3));
+    assert_eq!(x.count("VM.get_all_records_where"), listings + 1);
+    assert_eq!(rows(&replica), rows(ctx.store));
+    // One behind: only the changed VM is read.
+    ctx.remove(&Selector::Uuid(uuid(2)), Restart::default())
+        .unwrap();
+    let r = refresh(&mut replica);
+    assert!(r.changed);
+    assert_eq!(r.generation, Some(4));
+    assert_eq!(x.count("VM.get_all_records_where"), listings + 1);
+    assert_eq!(rows(&replica), rows(ctx.store));
+    assert_eq!(rows(&replica), vec![(9, Pool::B)]);
+    // Current: nothing is read but the pool.
+    let r = refresh(&mut replica);
+    assert!(!r.changed);
+    assert_eq!(x.count("VM.get_all_records_where"), listings + 1);
 }
