@@ -3,7 +3,8 @@
 // xo-server-vgpu through the connector xo-server itself uses: a real xen-api `Xapi` connected to
 // the XAPI simulator (a pool of three hosts: a master and two members), whose host.call_plugin
 // (sync, and Async with xapi's tasks and events) runs the real plugin/vgpu over this checkout's
-// vgpu-admin. Every method, its success and each class of error callers can get.
+// vgpu-admin. Every method, its success and each class of error callers can get; the master's
+// replicas on the other hosts (SPEC §9).
 
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
@@ -43,6 +44,13 @@ async function vgpuError(promise, code) {
 const register = (vm, vgpuPool, priority, extra = {}) =>
   call('register', { vm: pool.vm(vm), vgpuPool, priority, ...extra })
 
+// After each committed change the master asks every other host to refresh its replica (SPEC §9):
+// those calls, made by the master's plugin, apart from the others.
+const isReplicaRefresh = c => c.from === 'host' && c.fn === 'refresh'
+const withoutReplicaRefreshes = calls => calls.filter(c => !isReplicaRefresh(c))
+const replicaRefreshes = calls =>
+  calls.filter(isReplicaRefresh).map(c => [c.method, c.host]).sort((a, b) => a[1].localeCompare(b[1]))
+
 describe('the pool', () => {
   test('XO sees the three hosts through xen-api, the master first', () => {
     const xoPool = pool.xo.getObject(pool.poolId, 'pool')
@@ -57,7 +65,7 @@ describe('every method, on the master', () => {
   test('scan: every VM, the one with a device among the unregistered', async () => {
     const scan = await call('scan')
     assert.deepEqual(scan.summary, {
-      total_vms: 4, registered: 0, unregistered: 4, stale: 0, configured: 0, drift: 0, not_applied: 0,
+      total_vms: 4, registered: 0, unregistered: 4, stale: 0, configured: 0, drift: 0, not_applied: 0, mirror_drift: 0,
     })
     const gamma = scan.unregistered.find(v => v.vm_name === 'gamma')
     assert.equal(gamma.device_model_args, '-device vgpu-cuda,addr=5,pool_id=B,priority=low,vm_id=7')
@@ -122,7 +130,7 @@ describe('every method, on the master', () => {
     assert.equal(alpha.restarted, true)
     assert.equal(alpha.pending_restart, false)
     const calls = await pool.pluginCalls()
-    assert.deepEqual(calls.map(c => [c.method, c.fn, c.args.restart, c.args.yes]), [
+    assert.deepEqual(withoutReplicaRefreshes(calls).map(c => [c.method, c.fn, c.args.restart, c.args.yes]), [
       ['Async.host.call_plugin', 'register', 'true', 'true'],
     ])
     const log = (await pool.sim.callLog()).map(e => e.method)
@@ -158,11 +166,17 @@ describe('every method, on the master', () => {
     await call('list')
     await call('status')
     const calls = await pool.pluginCalls()
-    assert.deepEqual(calls.map(c => [c.method, c.host, c.fn]), [
+    assert.deepEqual(calls.filter(c => c.from === 'xo').map(c => [c.method, c.host, c.fn]), [
       ['Async.host.call_plugin', 'fwd-01', 'register'],
       ['host.call_plugin', 'fwd-01', 'list'],
       ['Async.host.call_plugin', 'fwd-01', 'status'],
     ])
+    // Besides them, only the master's own requests to the members to refresh their replicas.
+    assert.deepEqual(replicaRefreshes(calls), [
+      ['host.call_plugin', 'fwd-02'],
+      ['host.call_plugin', 'fwd-03'],
+    ])
+    assert.equal(calls.length, 5)
     // The tasks are gone afterwards (xen-api destroys what it watched).
     assert.equal((await pool.sim.call('sim.stats')).tasks, 0)
   })
@@ -176,13 +190,25 @@ describe('every method, on the master', () => {
   })
 })
 
-describe('a pool with members: the registry lives on the master', () => {
-  test('members are never asked and keep no registry', async () => {
-    await register('beta', 'B', 'low')
+describe('a pool with members: the registry lives on the master, the members hold replicas', () => {
+  test('XO asks only the master; the master has the members refresh their replicas', async () => {
+    const beta = await register('beta', 'B', 'low')
     await call('list')
     assert.ok(fs.existsSync(pool.dbs['fwd-01']))
-    assert.ok(!fs.existsSync(pool.dbs['fwd-02']) && !fs.existsSync(pool.dbs['fwd-03']))
-    assert.deepEqual([...new Set((await pool.pluginCalls()).map(c => c.host))], ['fwd-01'])
+    const calls = await pool.pluginCalls()
+    assert.deepEqual([...new Set(calls.filter(c => c.from === 'xo').map(c => c.host))], ['fwd-01'])
+    assert.deepEqual(replicaRefreshes(calls), [
+      ['host.call_plugin', 'fwd-02'],
+      ['host.call_plugin', 'fwd-03'],
+    ])
+    assert.deepEqual(
+      beta.replicas.map(r => [r.host, r.name, r.ok, r.error]).sort((a, b) => a[1].localeCompare(b[1])),
+      [
+        [pool.host('fwd-02'), 'fwd-02', true, null],
+        [pool.host('fwd-03'), 'fwd-03', true, null],
+      ]
+    )
+    assert.ok(fs.existsSync(pool.dbs['fwd-02']) && fs.existsSync(pool.dbs['fwd-03']))
   })
 
   test('when XO still shows an old master, the member it calls forwards to the real one', async () => {
@@ -191,13 +217,17 @@ describe('a pool with members: the registry lives on the master', () => {
     await pool.sim.call('sim.clear_call_log')
     assert.deepEqual((await call('list')).map(r => [r.vm_uuid, r.vm_id]), [[pool.vm('alpha'), 5]])
     assert.deepEqual((await register('beta', 'B', 'low')).vm_id, 1)
-    assert.deepEqual((await pool.pluginCalls()).map(c => [c.method, c.host, c.fn]), [
-      ['host.call_plugin', 'fwd-03', 'list'],
-      ['host.call_plugin', 'fwd-01', 'list'],
-      ['Async.host.call_plugin', 'fwd-03', 'register'],
-      ['host.call_plugin', 'fwd-01', 'register'],
+    const calls = await pool.pluginCalls()
+    assert.deepEqual(withoutReplicaRefreshes(calls).map(c => [c.method, c.host, c.fn, c.from]), [
+      ['host.call_plugin', 'fwd-03', 'list', 'xo'],
+      ['host.call_plugin', 'fwd-01', 'list', 'host'],
+      ['Async.host.call_plugin', 'fwd-03', 'register', 'xo'],
+      ['host.call_plugin', 'fwd-01', 'register', 'host'],
     ])
-    assert.ok(!fs.existsSync(pool.dbs['fwd-03']))
+    assert.deepEqual(replicaRefreshes(calls), [
+      ['host.call_plugin', 'fwd-02'],
+      ['host.call_plugin', 'fwd-03'],
+    ])
   })
 
   test('after a change of master, XO (through XAPI events) calls the new one', async () => {
