@@ -44,13 +44,17 @@ const ARGUMENTS = {
   },
   all: {
     param: 'all',
-    schema: { type: 'boolean', description: 'every registered VM' },
+    schema: {
+      type: 'boolean',
+      description: 'every VM it applies to (sync: every registered VM; adopt: every VM with a device to adopt)',
+    },
   },
 }
 
 // `long`: may run for minutes (restarts a VM, walks every VM of the pool), so it runs as an XAPI
 // task (`callAsync`) rather than inside one HTTP request. `read`: changes nothing; also served by
-// the REST API.
+// the REST API. `local`: acts on the host it is called on (SPEC §9), so it runs on the host the
+// caller names in `host` instead of the master.
 const FUNCTIONS = [
   {
     name: 'scan',
@@ -145,6 +149,28 @@ const FUNCTIONS = [
     required: [],
     optional: ['vm-uuid', 'vm-name', 'all', 'dry-run', 'restart'],
   },
+  {
+    name: 'refresh',
+    description: "refresh one host's replica of the registry from the copy in XAPI",
+    long: true,
+    local: true,
+    required: [],
+    optional: [],
+  },
+  {
+    name: 'adopt',
+    description: 'register VMs that carry a vgpu device but are not in the registry, with its values',
+    long: true,
+    required: [],
+    optional: ['vm-uuid', 'vm-name', 'all', 'dry-run'],
+  },
+  {
+    name: 'rebuild',
+    description: "rebuild the master's registry from the copy in XAPI (after a backup), then adopt",
+    long: true,
+    required: [],
+    optional: ['dry-run'],
+  },
 ]
 
 // `set-vm-id` -> `setVmId`
@@ -153,11 +179,17 @@ const methodName = fn => fn.replace(/-([a-z])/g, (_, letter) => letter.toUpperCa
 // The XO parameter that carries the pool's id (XO's own parameter name for a pool).
 const POOL_PARAM = 'pool'
 
+// The XO parameter that names the host a `local` function runs on (XO's name for a host).
+const HOST_PARAM = 'host'
+
 // XO's params dialect: every parameter required unless `optional`, no other keys accepted,
 // strings non-empty.
 function methodParams(fn) {
   const params = {
     [POOL_PARAM]: { type: 'string', description: 'the pool (its XO id, the pool UUID)' },
+  }
+  if (fn.local) {
+    params[HOST_PARAM] = { type: 'string', description: 'the host of the pool to run it on: its UUID or name-label' }
   }
   for (const key of fn.required) {
     params[ARGUMENTS[key].param] = { ...ARGUMENTS[key].schema }
@@ -183,4 +215,19 @@ function pluginArgs(fn, params) {
   return args
 }
 
-module.exports = { ARGUMENTS, FUNCTIONS, POOL_PARAM, methodName, methodParams, pluginArgs }
+// How callPlugin runs a function for these parameters: as a task or not, and on which host
+// (`undefined`: the pool's master).
+function callOptions(fn, params) {
+  return { long: Boolean(fn.long), host: fn.local ? params[HOST_PARAM] : undefined }
+}
+
+module.exports = {
+  ARGUMENTS,
+  FUNCTIONS,
+  HOST_PARAM,
+  POOL_PARAM,
+  callOptions,
+  methodName,
+  methodParams,
+  pluginArgs,
+}

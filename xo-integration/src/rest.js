@@ -1,11 +1,12 @@
 'use strict'
 
 const { VgpuError, callPlugin } = require('./call.js')
-const { ARGUMENTS, FUNCTIONS, pluginArgs } = require('./functions.js')
+const { ARGUMENTS, FUNCTIONS, HOST_PARAM, callOptions, pluginArgs } = require('./functions.js')
 
 // Where xo-server offers plugin REST routes, the read functions are also served as
 // GET /rest/v0/plugins/vgpu/pools/{id}/<function>, with the method's parameters in the query
-// string. A route without an ACL middleware is for administrators only.
+// string (`host` too, for a function that acts on the host it runs on). A route without an ACL
+// middleware is for administrators only.
 const BASE = 'plugins/vgpu/pools'
 
 // xo-server's REST error handler answers 500 for errors it does not know, without their code:
@@ -32,16 +33,18 @@ function restRoutes(xo) {
   return FUNCTIONS.filter(fn => fn.read).map(fn => ({
     method: 'get',
     endpoint: `${BASE}/{id}/${fn.name}`,
-    description: `${fn.description} (the vgpu plugin's "${fn.name}" on the pool's master)`,
+    description: `${fn.description} (the vgpu plugin's "${fn.name}" on ${fn.local ? '`host`' : "the pool's master"})`,
     tags: ['vgpu'],
     params: { id: { type: 'string' } },
     query: Object.fromEntries([
+      ...(fn.local ? [[HOST_PARAM, { type: 'string' }]] : []),
       ...fn.required.map(key => queryField(key, true)),
       ...fn.optional.map(key => queryField(key, false)),
     ]),
     callback: async ({ req, res }) => {
       try {
-        return await callPlugin(xo, req.params.id, fn.name, pluginArgs(fn, req.query), fn)
+        const args = pluginArgs(fn, req.query)
+        return await callPlugin(xo, req.params.id, fn.name, args, callOptions(fn, req.query))
       } catch (error) {
         if (!(error instanceof VgpuError)) {
           throw error

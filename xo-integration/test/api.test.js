@@ -117,6 +117,11 @@ describe('what the methods send', () => {
     ],
     ['vgpu.remove', { vm: VM.uuid, restart: true }, 'remove', { 'vm-uuid': VM.uuid, restart: 'true', yes: 'true' }],
     ['vgpu.sync', { all: true, dryRun: true }, 'sync', { all: 'true', 'dry-run': 'true' }],
+    ['vgpu.adopt', { vm: VM.uuid, dryRun: true }, 'adopt', { 'vm-uuid': VM.uuid, 'dry-run': 'true' }],
+    ['vgpu.adopt', { all: true }, 'adopt', { all: 'true' }],
+    ['vgpu.adopt', { vmName: 'old box', dryRun: false }, 'adopt', { 'vm-name': 'old box', 'dry-run': 'false' }],
+    ['vgpu.rebuild', { dryRun: true }, 'rebuild', { 'dry-run': 'true' }],
+    ['vgpu.rebuild', {}, 'rebuild', {}],
   ]
   for (const [name, params, fn, args] of cases) {
     test(`${name} -> ${fn} on the master, string arguments`, async () => {
@@ -131,8 +136,71 @@ describe('what the methods send', () => {
     })
   }
 
+  // The functions that act on the host they are called on: on the host given, by UUID or name-label.
+  const localCases = [
+    [{ host: MEMBER.uuid }, MEMBER],
+    [{ host: MEMBER.name_label }, MEMBER],
+    [{ host: MASTER.name_label }, MASTER],
+  ]
+  for (const [params, host] of localCases) {
+    test(`vgpu.refresh host=${params.host} -> refresh on ${host.name_label}, no arguments`, async () => {
+      const { xo, xapi } = setup({ answer: () => '{"host":"h"}' })
+      assert.deepEqual(await xo.call('vgpu.refresh', { pool: POOL.uuid, ...params }), { host: 'h' })
+      assert.deepEqual(xapi.calls, [
+        { via: 'callAsync', method: 'host.call_plugin', args: [ref(host.uuid), 'vgpu', 'refresh', {}] },
+      ])
+    })
+  }
+
+  test('vgpu.refresh: a host that is not one of the pool\'s is refused before any call, naming it', async () => {
+    const { xo, xapi } = setup()
+    for (const host of ['nowhere', VM.uuid, POOL.uuid, 'STUB-MEMBER']) {
+      await assert.rejects(xo.call('vgpu.refresh', { pool: POOL.uuid, host }), e => {
+        assert.equal(e.code, -32000)
+        assert.equal(e.message, `host "${host}" is not a host of pool ${POOL.name_label} (${POOL.uuid})`)
+        assert.equal(e.data.code, 'VGPU_INVALID_ARGUMENT')
+        assert.deepEqual(e.data.details, {
+          argument: 'host',
+          value: host,
+          pool: POOL.uuid,
+          reason: 'not a host of this pool',
+          hosts: [MASTER, MEMBER].map(h => ({ uuid: h.uuid, name_label: h.name_label })),
+        })
+        return true
+      })
+    }
+    assert.equal(xapi.calls.length, 0)
+  })
+
+  test('vgpu.refresh: a name-label two hosts share is refused; their UUIDs still work', async () => {
+    const { xo, xapi } = setup()
+    const twin = { uuid: '5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d', name_label: MEMBER.name_label }
+    xapi.objects.all[twin.uuid] = { ...twin, $id: twin.uuid, $ref: ref(twin.uuid), $type: 'host' }
+    await assert.rejects(xo.call('vgpu.refresh', { pool: POOL.uuid, host: MEMBER.name_label }), e => {
+      assert.equal(e.data.code, 'VGPU_INVALID_ARGUMENT')
+      assert.equal(
+        e.message,
+        `several hosts of pool ${POOL.name_label} (${POOL.uuid}) are named "${MEMBER.name_label}": give the host's UUID`
+      )
+      assert.deepEqual(e.data.details.hosts.map(h => h.uuid).sort(), [MEMBER.uuid, twin.uuid].sort())
+      return true
+    })
+    assert.equal(xapi.calls.length, 0)
+    await xo.call('vgpu.refresh', { pool: POOL.uuid, host: twin.uuid })
+    assert.equal(xapi.calls[0].args[0], ref(twin.uuid))
+  })
+
+  test('vgpu.refresh: errors name the host it ran on', async () => {
+    const { xo } = setup({ answer: failWith(xapiError('XENAPI_MISSING_PLUGIN', ['vgpu'])) })
+    await assert.rejects(xo.call('vgpu.refresh', { pool: POOL.uuid, host: MEMBER.name_label }), e => {
+      assert.equal(e.message, `vgpu plugin not installed on ${MEMBER.name_label} (${MEMBER.uuid})`)
+      assert.deepEqual(e.data.details, { host: MEMBER.uuid, host_name: MEMBER.name_label, function: 'refresh' })
+      return true
+    })
+  })
+
   test('the calls cover every method', () => {
-    assert.deepEqual([...new Set(cases.map(c => c[0]))].sort(), ALL_METHODS)
+    assert.deepEqual([...new Set([...cases.map(c => c[0]), 'vgpu.refresh'])].sort(), ALL_METHODS)
   })
 
   test('a method follows the pool master XO knows', async () => {
@@ -170,8 +238,12 @@ describe('what callers get for bad calls', () => {
       { vm: VM.uuid, vmId: '7', restart: 'true' }, // a string where a boolean goes
       { vm: VM.uuid, vmId: '7', yes: true }, // not a parameter
       { vm: VM.uuid, vmId: '7', vgpuPool: 'A' }, // not this method's
+      { vm: VM.uuid, vmId: '7', host: MASTER.uuid }, // only for the functions that run on a host given
     ]) {
       await rejectsWithCode(xo.call('vgpu.setVmId', { pool: POOL.uuid, ...bad }), 10)
+    }
+    for (const bad of [{}, { host: '' }, { host: MEMBER.uuid, dryRun: true }]) {
+      await rejectsWithCode(xo.call('vgpu.refresh', { pool: POOL.uuid, ...bad }), 10)
     }
     await rejectsWithCode(xo.call('vgpu.scan', {}), 10)
     assert.equal(xapi.calls.length, 2, 'nothing reached XAPI')

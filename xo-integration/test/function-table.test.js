@@ -2,13 +2,14 @@
 
 // The XO methods against the core's function table (`vgpu-admin functions --format json`): every
 // function has its method and every method its function; each method's parameters are exactly the
-// function's arguments in XO's spelling, required exactly when the function requires them.
+// function's arguments in XO's spelling, required exactly when the function requires them, plus a
+// required `host` for the functions that act on the host they are called on (`local`).
 
 const assert = require('node:assert/strict')
 const { test } = require('node:test')
 
 const createPlugin = require('../index.js')
-const { ARGUMENTS, FUNCTIONS, methodName } = require('../src/functions.js')
+const { ARGUMENTS, FUNCTIONS, HOST_PARAM, callOptions, methodName } = require('../src/functions.js')
 const { FakeXo } = require('../testing/fake-xo.js')
 const { functionTable } = require('../testing/harness.js')
 
@@ -35,7 +36,14 @@ function loadedMethods() {
 }
 
 test('the table lists the functions and arguments this suite knows how to check', () => {
-  assert.ok(table.functions.length >= 13, 'fewer functions than SPEC §4 lists')
+  assert.ok(table.functions.length >= 16, 'fewer functions than SPEC §4 and §9 list')
+  const names = table.functions.map(f => f.name)
+  for (const fn of ['refresh', 'adopt', 'rebuild']) {
+    assert.ok(names.includes(fn), `SPEC §9: ${fn}`)
+  }
+  for (const fn of table.functions) {
+    assert.equal(typeof fn.local, 'boolean', `${fn.name}: local`)
+  }
   for (const key of table.arguments.map(a => a.key)) {
     assert.ok(key in PARAM_OF || NOT_A_PARAM.has(key), `the core has an argument ${key} that has no XO parameter here`)
   }
@@ -57,6 +65,9 @@ test('method names are the function names in camelCase (SPEC §6)', () => {
     ['set-priority', 'setPriority'],
     ['list', 'list'],
     ['scan', 'scan'],
+    ['refresh', 'refresh'],
+    ['adopt', 'adopt'],
+    ['rebuild', 'rebuild'],
   ]) {
     assert.equal(methodName(fn), method)
     assert.ok(`vgpu.${method}` in methods, `vgpu.${method}`)
@@ -68,6 +79,7 @@ test('each method takes the pool plus exactly its function arguments, required a
   for (const fn of table.functions) {
     const { params } = methods[`vgpu.${methodName(fn.name)}`]
     const want = { pool: true }
+    if (fn.local) want.host = true
     for (const key of fn.required) want[PARAM_OF[key]] = true
     for (const key of [...fn.optional, ...fn.flags]) {
       if (!NOT_A_PARAM.has(key)) want[PARAM_OF[key]] = false
@@ -105,5 +117,27 @@ test('functions that change things or walk the pool run as XAPI tasks; reads are
   const read = FUNCTIONS.filter(f => f.read).map(f => f.name)
   for (const fn of ['scan', 'list', 'show', 'list-pools', 'show-pool', 'status']) {
     assert.ok(read.includes(fn), fn)
+  }
+})
+
+test('a function that acts on the host it is called on takes a required `host` and runs there', () => {
+  const methods = loadedMethods()
+  const ours = Object.fromEntries(FUNCTIONS.map(f => [f.name, f]))
+  const local = table.functions.filter(f => f.local).map(f => f.name)
+  assert.ok(local.includes('refresh'), 'SPEC §9: refresh is local')
+  for (const name of ['adopt', 'rebuild', 'register', 'list']) {
+    assert.ok(!local.includes(name), `${name} goes to the master`)
+  }
+  for (const fn of table.functions) {
+    assert.equal(Boolean(ours[fn.name].local), fn.local, `${fn.name}: local`)
+    const { params } = methods[`vgpu.${methodName(fn.name)}`]
+    if (fn.local) {
+      assert.equal(params[HOST_PARAM]?.type, 'string', `vgpu.${methodName(fn.name)} takes host`)
+      assert.ok(!params[HOST_PARAM].optional, `vgpu.${methodName(fn.name)}: host is required`)
+      assert.equal(callOptions(ours[fn.name], { host: 'h1' }).host, 'h1', fn.name)
+    } else {
+      assert.ok(!(HOST_PARAM in params), `vgpu.${methodName(fn.name)} runs on the master: no host`)
+      assert.equal(callOptions(ours[fn.name], { host: 'h1' }).host, undefined, fn.name)
+    }
   }
 })

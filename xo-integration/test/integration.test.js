@@ -3,7 +3,8 @@
 // xo-server-vgpu through the connector xo-server itself uses: a real xen-api `Xapi` connected to
 // the XAPI simulator (a pool of three hosts: a master and two members), whose host.call_plugin
 // (sync, and Async with xapi's tasks and events) runs the real plugin/vgpu over this checkout's
-// vgpu-admin. Every method, its success and each class of error callers can get.
+// vgpu-admin. Every method, its success and each class of error callers can get; the master's
+// replicas on the other hosts (SPEC §9); adoption and rebuild on the sample pool.
 
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
@@ -43,6 +44,13 @@ async function vgpuError(promise, code) {
 const register = (vm, vgpuPool, priority, extra = {}) =>
   call('register', { vm: pool.vm(vm), vgpuPool, priority, ...extra })
 
+// After each committed change the master asks every other host to refresh its replica (SPEC §9):
+// those calls, made by the master's plugin, apart from the others.
+const isReplicaRefresh = c => c.from === 'host' && c.fn === 'refresh'
+const withoutReplicaRefreshes = calls => calls.filter(c => !isReplicaRefresh(c))
+const replicaRefreshes = calls =>
+  calls.filter(isReplicaRefresh).map(c => [c.method, c.host]).sort((a, b) => a[1].localeCompare(b[1]))
+
 describe('the pool', () => {
   test('XO sees the three hosts through xen-api, the master first', () => {
     const xoPool = pool.xo.getObject(pool.poolId, 'pool')
@@ -57,7 +65,7 @@ describe('every method, on the master', () => {
   test('scan: every VM, the one with a device among the unregistered', async () => {
     const scan = await call('scan')
     assert.deepEqual(scan.summary, {
-      total_vms: 4, registered: 0, unregistered: 4, stale: 0, configured: 0, drift: 0, not_applied: 0,
+      total_vms: 4, registered: 0, unregistered: 4, stale: 0, configured: 0, drift: 0, not_applied: 0, mirror_drift: 0,
     })
     const gamma = scan.unregistered.find(v => v.vm_name === 'gamma')
     assert.equal(gamma.device_model_args, '-device vgpu-cuda,addr=5,pool_id=B,priority=low,vm_id=7')
@@ -122,7 +130,7 @@ describe('every method, on the master', () => {
     assert.equal(alpha.restarted, true)
     assert.equal(alpha.pending_restart, false)
     const calls = await pool.pluginCalls()
-    assert.deepEqual(calls.map(c => [c.method, c.fn, c.args.restart, c.args.yes]), [
+    assert.deepEqual(withoutReplicaRefreshes(calls).map(c => [c.method, c.fn, c.args.restart, c.args.yes]), [
       ['Async.host.call_plugin', 'register', 'true', 'true'],
     ])
     const log = (await pool.sim.callLog()).map(e => e.method)
@@ -158,11 +166,17 @@ describe('every method, on the master', () => {
     await call('list')
     await call('status')
     const calls = await pool.pluginCalls()
-    assert.deepEqual(calls.map(c => [c.method, c.host, c.fn]), [
+    assert.deepEqual(calls.filter(c => c.from === 'xo').map(c => [c.method, c.host, c.fn]), [
       ['Async.host.call_plugin', 'fwd-01', 'register'],
       ['host.call_plugin', 'fwd-01', 'list'],
       ['Async.host.call_plugin', 'fwd-01', 'status'],
     ])
+    // Besides them, only the master's own requests to the members to refresh their replicas.
+    assert.deepEqual(replicaRefreshes(calls), [
+      ['host.call_plugin', 'fwd-02'],
+      ['host.call_plugin', 'fwd-03'],
+    ])
+    assert.equal(calls.length, 5)
     // The tasks are gone afterwards (xen-api destroys what it watched).
     assert.equal((await pool.sim.call('sim.stats')).tasks, 0)
   })
@@ -176,13 +190,25 @@ describe('every method, on the master', () => {
   })
 })
 
-describe('a pool with members: the registry lives on the master', () => {
-  test('members are never asked and keep no registry', async () => {
-    await register('beta', 'B', 'low')
+describe('a pool with members: the registry lives on the master, the members hold replicas', () => {
+  test('XO asks only the master; the master has the members refresh their replicas', async () => {
+    const beta = await register('beta', 'B', 'low')
     await call('list')
     assert.ok(fs.existsSync(pool.dbs['fwd-01']))
-    assert.ok(!fs.existsSync(pool.dbs['fwd-02']) && !fs.existsSync(pool.dbs['fwd-03']))
-    assert.deepEqual([...new Set((await pool.pluginCalls()).map(c => c.host))], ['fwd-01'])
+    const calls = await pool.pluginCalls()
+    assert.deepEqual([...new Set(calls.filter(c => c.from === 'xo').map(c => c.host))], ['fwd-01'])
+    assert.deepEqual(replicaRefreshes(calls), [
+      ['host.call_plugin', 'fwd-02'],
+      ['host.call_plugin', 'fwd-03'],
+    ])
+    assert.deepEqual(
+      beta.replicas.map(r => [r.host, r.name, r.ok, r.error]).sort((a, b) => a[1].localeCompare(b[1])),
+      [
+        [pool.host('fwd-02'), 'fwd-02', true, null],
+        [pool.host('fwd-03'), 'fwd-03', true, null],
+      ]
+    )
+    assert.ok(fs.existsSync(pool.dbs['fwd-02']) && fs.existsSync(pool.dbs['fwd-03']))
   })
 
   test('when XO still shows an old master, the member it calls forwards to the real one', async () => {
@@ -191,13 +217,20 @@ describe('a pool with members: the registry lives on the master', () => {
     await pool.sim.call('sim.clear_call_log')
     assert.deepEqual((await call('list')).map(r => [r.vm_uuid, r.vm_id]), [[pool.vm('alpha'), 5]])
     assert.deepEqual((await register('beta', 'B', 'low')).vm_id, 1)
-    assert.deepEqual((await pool.pluginCalls()).map(c => [c.method, c.host, c.fn]), [
-      ['host.call_plugin', 'fwd-03', 'list'],
-      ['host.call_plugin', 'fwd-01', 'list'],
-      ['Async.host.call_plugin', 'fwd-03', 'register'],
-      ['host.call_plugin', 'fwd-01', 'register'],
+    const calls = await pool.pluginCalls()
+    assert.deepEqual(withoutReplicaRefreshes(calls).map(c => [c.method, c.host, c.fn, c.from]), [
+      ['host.call_plugin', 'fwd-03', 'list', 'xo'],
+      ['host.call_plugin', 'fwd-01', 'list', 'host'],
+      ['Async.host.call_plugin', 'fwd-03', 'register', 'xo'],
+      ['host.call_plugin', 'fwd-01', 'register', 'host'],
     ])
-    assert.ok(!fs.existsSync(pool.dbs['fwd-03']))
+    assert.deepEqual(replicaRefreshes(calls), [
+      ['host.call_plugin', 'fwd-02'],
+      ['host.call_plugin', 'fwd-03'],
+    ])
+    // The member that forwarded holds a replica of the master's registry, never a registry of its own.
+    const fwd03 = await call('refresh', { host: 'fwd-03' })
+    assert.deepEqual([fwd03.host, fwd03.role, fwd03.vms], [pool.host('fwd-03'), 'replica', 2])
   })
 
   test('after a change of master, XO (through XAPI events) calls the new one', async () => {
@@ -206,6 +239,226 @@ describe('a pool with members: the registry lives on the master', () => {
     assert.equal(pool.xo.getObject(pool.poolId, 'pool').master, pool.host('fwd-02'))
     await call('listPools')
     assert.deepEqual((await pool.pluginCalls()).map(c => [c.host, c.fn]), [['fwd-02', 'list-pools']])
+  })
+})
+
+describe('refresh: one host\'s replica, on the host given', () => {
+  test('runs on the host named by uuid or name-label and answers that host\'s report', async () => {
+    const alpha = await register('alpha', 'A', 'high', { vmId: 4 })
+    const generation = Object.fromEntries(alpha.replicas.map(r => [r.name, r.generation]))
+    await pool.sim.call('sim.clear_call_log')
+
+    const fwd02 = await call('refresh', { host: pool.host('fwd-02') })
+    assert.deepEqual(fwd02, {
+      host: pool.host('fwd-02'),
+      name: 'fwd-02',
+      role: 'replica',
+      generation: generation['fwd-02'],
+      previous_generation: generation['fwd-02'],
+      changed: false,
+      vms: 1,
+    })
+    const fwd03 = await call('refresh', { host: 'fwd-03' })
+    assert.deepEqual([fwd03.host, fwd03.name, fwd03.role, fwd03.vms], [pool.host('fwd-03'), 'fwd-03', 'replica', 1])
+    const master = await call('refresh', { host: 'fwd-01' })
+    assert.deepEqual([master.host, master.name, master.role], [pool.host('fwd-01'), 'fwd-01', 'primary'])
+
+    // Each on its own host, as a task, with no arguments: nothing else was called.
+    assert.deepEqual((await pool.pluginCalls()).map(c => [c.method, c.host, c.fn, c.args, c.from]), [
+      ['Async.host.call_plugin', 'fwd-02', 'refresh', {}, 'xo'],
+      ['Async.host.call_plugin', 'fwd-03', 'refresh', {}, 'xo'],
+      ['Async.host.call_plugin', 'fwd-01', 'refresh', {}, 'xo'],
+    ])
+  })
+
+  test('a replica the master could not reach is brought up to date', async () => {
+    const member = pool.host('fwd-02')
+    await pool.sim.call('sim.set_plugin_dir', member, pool.emptyPluginDir)
+    const alpha = await register('alpha', 'B', 'low')
+    const replicas = Object.fromEntries(alpha.replicas.map(r => [r.name, r]))
+    assert.equal(replicas['fwd-02'].ok, false)
+    assert.match(replicas['fwd-02'].error, /XENAPI_MISSING_PLUGIN/)
+    assert.equal(replicas['fwd-03'].ok, true)
+    assert.ok(!fs.existsSync(pool.dbs['fwd-02']))
+
+    await pool.sim.call('sim.set_plugin_dir', member, null)
+    const caughtUp = await call('refresh', { host: member })
+    assert.equal(caughtUp.host, member)
+    assert.equal(caughtUp.changed, true)
+    assert.equal(caughtUp.generation, replicas['fwd-03'].generation)
+    assert.notEqual(caughtUp.previous_generation, caughtUp.generation)
+    assert.equal(caughtUp.vms, 1)
+    assert.ok(fs.existsSync(pool.dbs['fwd-02']))
+    const again = await call('refresh', { host: member })
+    assert.deepEqual([again.changed, again.previous_generation, again.generation], [
+      false, caughtUp.generation, caughtUp.generation,
+    ])
+  })
+
+  test('a host that is not one of the pool\'s is refused, naming it, before any call', async () => {
+    const hosts = ['fwd-01', 'fwd-02', 'fwd-03'].map(name => ({ uuid: pool.host(name), name_label: name }))
+    for (const host of ['fwd-09', pool.vm('alpha'), '00000000-0000-4000-8000-000000000000', 'FWD-02']) {
+      const e = await vgpuError(call('refresh', { host }), 'VGPU_INVALID_ARGUMENT')
+      assert.equal(e.message, `host "${host}" is not a host of pool fwd-pool (${pool.poolId})`)
+      assert.deepEqual(e.data.details, {
+        argument: 'host', value: host, pool: pool.poolId, reason: 'not a host of this pool', hosts,
+      })
+    }
+    await assert.rejects(call('refresh'), e => e.code === 10, 'host is required')
+    await assert.rejects(call('refresh', { host: '' }), e => e.code === 10)
+    await assert.rejects(call('adopt', { all: true, host: 'fwd-02' }), e => e.code === 10, 'only local functions')
+    assert.deepEqual(await pool.pluginCalls(), [])
+  })
+
+  test('two hosts with the name given: refused, asking for the uuid', async () => {
+    const twin = pool.xapi.getObjectByUuid(pool.host('fwd-03'))
+    await pool.xapi.call('host.set_name_label', twin.$ref, 'fwd-02')
+    await pool.xapi.barrier()
+    const e = await vgpuError(call('refresh', { host: 'fwd-02' }), 'VGPU_INVALID_ARGUMENT')
+    assert.match(e.message, /are named "fwd-02": give the host's UUID$/)
+    assert.deepEqual(e.data.details.hosts.map(h => h.uuid).sort(), [pool.host('fwd-02'), pool.host('fwd-03')].sort())
+    assert.equal((await call('refresh', { host: pool.host('fwd-03') })).host, pool.host('fwd-03'))
+  })
+
+  test('errors name the host given, not the master', async () => {
+    const member = pool.host('fwd-03')
+    await pool.sim.call('sim.set_plugin_dir', member, pool.emptyPluginDir)
+    const e = await vgpuError(call('refresh', { host: 'fwd-03' }), 'XENAPI_MISSING_PLUGIN')
+    assert.equal(e.message, `vgpu plugin not installed on fwd-03 (${member})`)
+    assert.deepEqual(e.data.details, { host: member, host_name: 'fwd-03', function: 'refresh' })
+
+    await pool.sim.call('sim.set_plugin_dir', member, pool.oldPluginDir)
+    const old = await vgpuError(call('refresh', { host: member }), 'UNKNOWN_XENAPI_PLUGIN_FUNCTION')
+    assert.match(old.message, new RegExp(`^vgpu plugin not installed on fwd-03 \\(${member}\\): .*"refresh"`))
+
+    const offline = { method: 'Async.host.call_plugin', code: 'HOST_OFFLINE', params: [pool.hostRef('fwd-03')] }
+    await pool.sim.call('sim.inject_fault', offline)
+    await assert.rejects(call('refresh', { host: member }), e => {
+      assert.equal(e.code, 18)
+      assert.deepEqual(e.data, { objectId: member })
+      return true
+    })
+  })
+})
+
+describe('adopt and rebuild, on the sample pool (a legacy vgpu-stub VM)', () => {
+  let lab
+  before(async () => {
+    lab = await Pool.start({ fixture: 'sample_pool.json' })
+  })
+  after(async () => {
+    await lab?.stop()
+  })
+  beforeEach(async () => {
+    await lab.reset()
+  })
+  const call = (method, params = {}) => lab.xo.call(`vgpu.${method}`, { pool: lab.poolId, ...params })
+  const vmRecord = name => lab.sim.call('sim.get_vm', lab.vm(name))
+
+  const LEGACY = '-device vgpu-stub,pool_id=B,priority=1,vm_id=3'
+  // The standard form (SPEC §9): type from the configuration (vgpu-cuda by default), priority as a word.
+  const ADOPTED = '-device vgpu-cuda,pool_id=B,priority=medium,vm_id=3'
+  // Already in the standard form: adopted as it is.
+  const CUDA_DEV = '-device vgpu-cuda,addr=5,pool_id=A,priority=high,vm_id=1'
+
+  test('dryRun shows the before and after of its device-model-args and changes nothing', async () => {
+    const before = await vmRecord('legacy-stub')
+    assert.equal(before.platform['device-model-args'], LEGACY)
+
+    const dry = await call('adopt', { vm: lab.vm('legacy-stub'), dryRun: true })
+    assert.deepEqual(dry, {
+      dry_run: true,
+      adopted: [
+        {
+          vm_uuid: lab.vm('legacy-stub'),
+          vm_name: 'legacy-stub',
+          pool: 'B',
+          priority: 'medium',
+          vm_id: 3,
+          before: LEGACY,
+          after: ADOPTED,
+          pending_restart: false,
+        },
+      ],
+      skipped: [],
+    })
+    assert.deepEqual(await vmRecord('legacy-stub'), before)
+    assert.deepEqual(await call('list'), [])
+    assert.ok(!fs.existsSync(lab.dbs['xcp-lab-02']), 'no replica refreshed')
+    assert.deepEqual((await lab.pluginCalls()).map(c => [c.method, c.host, c.fn, c.args]), [
+      ['Async.host.call_plugin', 'xcp-lab-01', 'adopt', { 'vm-uuid': lab.vm('legacy-stub'), 'dry-run': 'true' }],
+      ['host.call_plugin', 'xcp-lab-01', 'list', {}],
+    ])
+  })
+
+  test('then for real: registered with its values, device in the standard form, mirror and replica', async () => {
+    const done = await call('adopt', { vmName: 'legacy-stub' })
+    assert.equal(done.dry_run, false)
+    assert.deepEqual(done.adopted.map(a => [a.vm_uuid, a.pool, a.priority, a.vm_id, a.before, a.after]), [
+      [lab.vm('legacy-stub'), 'B', 'medium', 3, LEGACY, ADOPTED],
+    ])
+    assert.deepEqual(done.skipped, [])
+    assert.deepEqual(done.replicas.map(r => [r.host, r.name, r.ok]), [[lab.host('xcp-lab-02'), 'xcp-lab-02', true]])
+
+    const vm = await vmRecord('legacy-stub')
+    assert.equal(vm.platform['device-model-args'], ADOPTED)
+    assert.equal(vm.other_config['XenCenter.CustomFields.vgpu'], 'pool B, medium, vm_id 3')
+    assert.deepEqual(
+      (({ pool: p, priority, vm_id }) => ({ pool: p, priority, vm_id }))(JSON.parse(vm.other_config['vgpu-registry'])),
+      { pool: 'B', priority: 'medium', vm_id: 3 }
+    )
+    assert.deepEqual((await call('list')).map(r => [r.vm_name, r.pool, r.priority, r.vm_id]), [
+      ['legacy-stub', 'B', 'medium', 3],
+    ])
+
+    // The member's replica holds it: its refresh finds nothing new.
+    const replica = await call('refresh', { host: 'xcp-lab-02' })
+    assert.deepEqual([replica.host, replica.changed, replica.vms, replica.generation], [
+      lab.host('xcp-lab-02'), false, 1, done.replicas[0].generation,
+    ])
+
+    // Registered now: a second adoption skips it.
+    const again = await call('adopt', { vm: lab.vm('legacy-stub') })
+    assert.deepEqual(again.adopted, [])
+    assert.deepEqual(again.skipped.map(s => [s.vm_uuid, s.reason]), [[lab.vm('legacy-stub'), 'already registered']])
+  })
+
+  test('all: every VM with a device; one whose vm_id is taken is skipped with the reason and left alone', async () => {
+    await call('register', { vmName: 'render-01', vgpuPool: 'A', priority: 'low', vmId: 1 })
+    const all = await call('adopt', { all: true })
+    assert.deepEqual(all.adopted.map(a => a.vm_name), ['legacy-stub'])
+    assert.deepEqual(all.skipped.map(s => [s.vm_name, s.device_model_args]), [['cuda-dev', CUDA_DEV]])
+    assert.match(all.skipped[0].reason, new RegExp(`vm_id 1 .*${lab.vm('render-01')}`))
+    assert.equal((await vmRecord('cuda-dev')).platform['device-model-args'], CUDA_DEV)
+    assert.deepEqual((await call('list')).map(r => r.vm_name).sort(), ['legacy-stub', 'render-01'])
+  })
+
+  test('rebuild: dryRun changes nothing; after the master\'s file is lost, everything comes back', async () => {
+    await call('adopt', { vmName: 'legacy-stub' })
+    const master = lab.dbs['xcp-lab-01']
+    const dry = await call('rebuild', { dryRun: true })
+    assert.deepEqual([dry.dry_run, dry.backup, dry.restored], [true, null, 1])
+    assert.deepEqual(dry.adopt.adopted.map(a => [a.vm_name, a.before, a.after]), [
+      ['cuda-dev', CUDA_DEV, CUDA_DEV],
+    ])
+    assert.deepEqual(fs.readdirSync(path.dirname(master)).filter(f => f.includes('pre-rebuild')), [])
+    assert.deepEqual((await call('list')).map(r => r.vm_name), ['legacy-stub'])
+
+    fs.rmSync(master)
+    const done = await call('rebuild')
+    assert.deepEqual([done.dry_run, done.backup, done.restored], [false, null, 1])
+    assert.deepEqual(done.adopt.adopted.map(a => a.vm_name), ['cuda-dev'])
+    assert.deepEqual((await call('list')).map(r => [r.vm_name, r.pool, r.priority, r.vm_id]), [
+      ['cuda-dev', 'A', 'high', 1],
+      ['legacy-stub', 'B', 'medium', 3],
+    ])
+
+    // Over an existing file: a copy of it is kept beside it first.
+    const over = await call('rebuild')
+    assert.equal(path.dirname(over.backup), path.dirname(master))
+    assert.ok(path.basename(over.backup).startsWith(`${path.basename(master)}.pre-rebuild-`), over.backup)
+    assert.ok(fs.existsSync(over.backup))
+    assert.equal(over.restored, 2)
   })
 })
 

@@ -199,13 +199,22 @@ class Pool {
     await this.sim.call('sim.clear_call_log')
   }
 
-  // The plugin calls the simulator saw (sync and Async), as [host name, fn, args].
+  // The plugin calls the simulator saw (sync and Async), as { method, host (its name), plugin,
+  // fn, args, from }: `from` is 'xo' for XO's own calls (its session), 'host' for the calls a
+  // plugin made (forwarding to the master, the master asking the others to refresh).
   async pluginCalls() {
     const names = Object.fromEntries(this.fixture.hosts.map(h => [this.hostRef(h.name_label), h.name_label]))
     const log = await this.sim.callLog()
     return log
       .filter(e => e.method === 'host.call_plugin' || e.method === 'Async.host.call_plugin')
-      .map(({ method, params: [, host, plugin, fn, args] }) => ({ method, host: names[host], plugin, fn, args }))
+      .map(({ method, params: [session, host, plugin, fn, args] }) => ({
+        method,
+        host: names[host],
+        plugin,
+        fn,
+        args,
+        from: session === this.xapi.sessionId ? 'xo' : 'host',
+      }))
   }
 
   async stop() {

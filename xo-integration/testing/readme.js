@@ -13,7 +13,7 @@ const { spawnSync } = require('node:child_process')
 const path = require('node:path')
 const { inspect } = require('node:util')
 
-const { ARGUMENTS, FUNCTIONS, methodName } = require('../src/functions.js')
+const { FUNCTIONS, POOL_PARAM, methodName, methodParams } = require('../src/functions.js')
 const { REPO_DIR, python } = require('./harness.js')
 
 const BEGIN = '<!-- examples -->'
@@ -156,11 +156,12 @@ async function runSteps(pool, steps) {
 // The README's method table, from the declaration the methods are made of.
 function methodsTable() {
   const rows = FUNCTIONS.map(fn => {
-    const params = [
-      ...fn.required.map(key => `**\`${ARGUMENTS[key].param}\`**`),
-      ...fn.optional.map(key => `\`${ARGUMENTS[key].param}\``),
-    ]
-    const plugin = `\`${fn.name}\`${fn.long ? ' (task)' : ''}`
+    const params = Object.entries(methodParams(fn))
+      .filter(([name]) => name !== POOL_PARAM)
+      .map(([name, schema]) => (schema.optional ? `\`${name}\`` : `**\`${name}\`**`))
+    const where = fn.local ? 'on `host`' : ''
+    const notes = [fn.long ? 'task' : '', where].filter(Boolean).join(', ')
+    const plugin = `\`${fn.name}\`${notes ? ` (${notes})` : ''}`
     return `| \`vgpu.${methodName(fn.name)}\` | ${fn.description} | ${params.join(', ') || '—'} | ${plugin} |`
   })
   return [
