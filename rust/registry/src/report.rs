@@ -145,6 +145,9 @@ pub struct ScanUnregistered {
     pub device_model_args: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<FoundDevice>,
+    /// `orphan` when XAPI's copy registers this VM but the registry does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -134,6 +134,10 @@ pub fn build_scan(
                 });
             }
             None => report.unregistered.push(ScanUnregistered {
+                mirror: vm
+                    .other_config
+                    .contains_key(crate::pool::VM_KEY)
+                    .then(|| "orphan".to_string()),
                 device: found_device(dma.as_deref(), device_type),
                 vm_uuid: vm.uuid,
                 vm_name: vm.name_label,

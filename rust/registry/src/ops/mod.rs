@@ -578,6 +578,14 @@ impl Ctx<'_> {
                 (None, Vec::new())
             }
         };
+        for u in scan.unregistered.iter().filter(|u| u.mirror.is_some()) {
+            warnings.push(format!(
+                "XAPI's copy of the registry registers VM {} ({}) but the registry does not \
+                 (two registries claimed one vm_id?): check it with `vgpu-admin scan-vms`, then \
+                 `vgpu-admin adopt --vm-uuid {}` or remove its other_config key vgpu-registry",
+                u.vm_uuid, u.vm_name, u.vm_uuid
+            ));
+        }
         let mirror_drift = scan
             .registered
             .iter()
