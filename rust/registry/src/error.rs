@@ -360,6 +360,17 @@ pub enum Error {
         source: Box<Error>,
         restore: xapi::XapiError,
     },
+    /// The registry is behind the pool's copy in XAPI, and that copy has rows it cannot take.
+    #[error(
+        "the registry must catch up with its copy in XAPI, but {count} row(s) of that copy cannot \
+         be taken (VM {vm_uuid}: {reason}); nothing was changed: see `vgpu-admin rebuild \
+         --dry-run` on the pool master"
+    )]
+    MirrorConflict {
+        vm_uuid: String,
+        reason: String,
+        count: usize,
+    },
     /// This host stopped being the pool master after the command was routed here.
     #[error("this host is no longer the pool master (the master is now {master_ref})")]
     NoLongerMaster { master_ref: String },
@@ -435,6 +446,7 @@ impl Error {
             Error::Forwarded { code, .. } => *code,
             Error::MirrorUnrestored { source, .. } => source.code(),
             Error::NoLongerMaster { .. } => ErrorCode::XapiError,
+            Error::MirrorConflict { .. } => ErrorCode::DatabaseError,
         }
     }
 
@@ -544,6 +556,11 @@ impl Error {
                 d
             }
             Error::NoLongerMaster { master_ref } => json!({ "master_ref": master_ref }),
+            Error::MirrorConflict {
+                vm_uuid,
+                reason,
+                count,
+            } => json!({"vm_uuid": vm_uuid, "reason": reason, "count": count}),
             Error::Setting { setting, .. } => json!({ "setting": setting }),
             Error::NoFreeVmId | Error::Internal(_) => json!({}),
         }

@@ -129,27 +129,76 @@ pub fn read_mirror(pool: &PoolRecord, vms: &[VmRecord]) -> Mirror {
         let Some(text) = vm.other_config.get(VM_KEY) else {
             continue;
         };
-        match parse_row(text) {
+        match parse_row(text, &vm.uuid) {
             Ok(row) => m.rows.push((vm.uuid.to_ascii_lowercase(), row)),
-            Err(why) => m.unreadable.push((vm.uuid.clone(), why)),
+            Err(RowError::Copied(_)) => {}
+            Err(RowError::Invalid(why)) => m.unreadable.push((vm.uuid.clone(), why)),
         }
     }
     m.rows.sort_by(|a, b| a.0.cmp(&b.0));
+    // Two copies claiming one vm_id (two masters at once): neither is taken, both reported.
+    let mut claims: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for (uuid, row) in &m.rows {
+        if let Some(id) = row.get("vm_id").and_then(Value::as_i64) {
+            claims.entry(id).or_default().push(uuid.clone());
+        }
+    }
+    m.rows.retain(|(uuid, row)| {
+        let id = row.get("vm_id").and_then(Value::as_i64).unwrap_or(0);
+        let owners = &claims[&id];
+        if owners.len() > 1 {
+            m.unreadable.push((
+                uuid.clone(),
+                format!(
+                    "vm_id {id} is claimed by the copies of several VMs: {}",
+                    owners.join(", ")
+                ),
+            ));
+            false
+        } else {
+            true
+        }
+    });
     m
 }
 
-/// A mirror value, checked the way the registry checks its own columns.
-fn parse_row(text: &str) -> std::result::Result<JsonMap, String> {
+/// Why a VM's `vgpu-registry` value is not its registry row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowError {
+    /// The value names another VM: a copy the VM inherited (`VM.clone`, a copy of a template).
+    Copied(String),
+    Invalid(String),
+}
+
+/// A mirror value, checked the way the registry checks its own columns, and naming `vm_uuid`.
+pub fn parse_row(text: &str, vm_uuid: &str) -> std::result::Result<JsonMap, RowError> {
+    let invalid = |s: String| RowError::Invalid(s);
     let row: JsonMap =
-        serde_json::from_str(text).map_err(|e| format!("not a JSON object ({e})"))?;
+        serde_json::from_str(text).map_err(|e| invalid(format!("not a JSON object ({e})")))?;
+    match row.get("vm_uuid").and_then(Value::as_str) {
+        Some(u) if u.eq_ignore_ascii_case(vm_uuid) => {}
+        Some(u) => return Err(RowError::Copied(u.to_string())),
+        None => return Err(invalid("it names no vm_uuid".into())),
+    }
     let pool = row.get("pool").and_then(Value::as_str).unwrap_or("");
-    Pool::parse(pool).map_err(|_| format!("pool {pool:?} is not A or B"))?;
+    Pool::parse(pool).map_err(|_| invalid(format!("pool {pool:?} is not A or B")))?;
     let priority = row.get("priority").and_then(Value::as_str).unwrap_or("");
-    Priority::parse(priority).map_err(|_| format!("priority {priority:?} is not a priority"))?;
+    Priority::parse(priority)
+        .map_err(|_| invalid(format!("priority {priority:?} is not a priority")))?;
     if row.get("vm_id").and_then(Value::as_i64).is_none() {
-        return Err("vm_id is not an integer".into());
+        return Err(invalid("vm_id is not an integer".into()));
     }
     Ok(row)
+}
+
+/// What a VM that is not registered carries in its `vgpu-registry` key, if anything: `orphan`
+/// (its own row, which the registry lacks) or `copied` (another VM's row, inherited by a clone).
+pub fn unregistered_copy(vm: &VmRecord) -> Option<&'static str> {
+    let text = vm.other_config.get(VM_KEY)?;
+    Some(match parse_row(text, &vm.uuid) {
+        Err(RowError::Copied(_)) => "copied",
+        _ => "orphan",
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,7 +338,22 @@ pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> 
                 .list_vms()
                 .map_err(|e| Error::xapi("reading the registry's copy in XAPI", e))?;
             let mirror = read_mirror(&pool, &vms);
-            tx.replace_all(&mirror.rows, mirror.pools.as_deref())?;
+            if let Some((uuid, why)) = mirror.unreadable.first() {
+                // Rebuilding without those rows would lose registrations without a word.
+                return Err(Error::MirrorConflict {
+                    vm_uuid: uuid.clone(),
+                    reason: why.clone(),
+                    count: mirror.unreadable.len(),
+                });
+            }
+            let refused = tx.replace_all(&mirror.rows, mirror.pools.as_deref())?;
+            if let Some((uuid, why)) = refused.into_iter().next() {
+                return Err(Error::MirrorConflict {
+                    vm_uuid: uuid,
+                    reason: why,
+                    count: 1,
+                });
+            }
             tx.set_meta(Role::Primary, g)?;
             true
         }
@@ -576,7 +640,7 @@ fn refresh_delta(
             .vm_by_uuid(&uuid)
             .map_err(|e| Error::xapi("reading the registry's copy in XAPI", e))?;
         let row = match vm.as_ref().and_then(|v| v.other_config.get(VM_KEY)) {
-            Some(text) => match parse_row(text) {
+            Some(text) => match parse_row(text, &uuid) {
                 Ok(r) => Some(r),
                 Err(_) => return Ok(None),
             },
@@ -713,15 +777,29 @@ mod tests {
 
     #[test]
     fn mirror_values_are_checked() {
-        assert!(parse_row(r#"{"pool":"A","priority":"low","vm_id":3}"#).is_ok());
+        let ok = r#"{"vm_uuid":"U","pool":"A","priority":"low","vm_id":3}"#;
+        assert!(parse_row(ok, "u").is_ok());
+        assert_eq!(parse_row(ok, "v"), Err(RowError::Copied("U".into())));
         for (text, needle) in [
             ("[]", "not a JSON object"),
-            (r#"{"pool":"C","priority":"low","vm_id":3}"#, "pool \"C\""),
-            (r#"{"pool":"A","priority":"max","vm_id":3}"#, "priority"),
-            (r#"{"pool":"A","priority":"low","vm_id":"3"}"#, "vm_id"),
+            (r#"{"pool":"A","priority":"low","vm_id":3}"#, "no vm_uuid"),
+            (
+                r#"{"vm_uuid":"u","pool":"C","priority":"low","vm_id":3}"#,
+                "pool \"C\"",
+            ),
+            (
+                r#"{"vm_uuid":"u","pool":"A","priority":"max","vm_id":3}"#,
+                "priority",
+            ),
+            (
+                r#"{"vm_uuid":"u","pool":"A","priority":"low","vm_id":"3"}"#,
+                "vm_id",
+            ),
         ] {
-            let e = parse_row(text).unwrap_err();
-            assert!(e.contains(needle), "{text}: {e}");
+            match parse_row(text, "u") {
+                Err(RowError::Invalid(e)) => assert!(e.contains(needle), "{text}: {e}"),
+                other => panic!("{text}: {other:?}"),
+            }
         }
     }
 

@@ -66,6 +66,8 @@ pub enum VmStatus {
     Drift,
     NotApplied,
     Stale,
+    /// Only in sync results: a VM that is not registered but carries another VM's copy.
+    Unregistered,
 }
 
 impl VmStatus {
@@ -75,6 +77,7 @@ impl VmStatus {
             VmStatus::Drift => "drift",
             VmStatus::NotApplied => "not_applied",
             VmStatus::Stale => "stale",
+            VmStatus::Unregistered => "unregistered",
         }
     }
 }

@@ -47,6 +47,16 @@ pub(crate) enum Request {
 }
 
 impl Request {
+    /// A dry run reads only: it opens the registry read-only and creates nothing.
+    pub(crate) fn dry_run(&self) -> bool {
+        matches!(
+            self,
+            Request::Sync { dry_run: true, .. }
+                | Request::Adopt { dry_run: true, .. }
+                | Request::Rebuild { dry_run: true }
+        )
+    }
+
     fn restart(&self) -> Option<Restart> {
         match self {
             Request::Register(r) => Some(r.restart),

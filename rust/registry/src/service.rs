@@ -197,8 +197,8 @@ impl Service {
                 ctx.catch_up()?;
             }
         }
-        // Reading needs no write access and creates nothing.
-        let mut store = self.open(call.spec.mutating)?;
+        // Reading needs no write access and creates nothing; nor does a dry run.
+        let mut store = self.open(call.spec.mutating && !call.request.dry_run())?;
         let migration_backup = store.migration_backup().map(Path::to_path_buf);
         let mut ctx = Ctx {
             store: &mut store,
@@ -244,7 +244,17 @@ impl Service {
                             ),
                         })?,
                 ),
-                None => None,
+                None => {
+                    return Err(Error::Setting {
+                        setting: "VGPU_HOST_UUID",
+                        message: format!(
+                            "{} acts on this host's registry file, but this host's uuid is \
+                             unknown (no INSTALLATION_UUID in /etc/xensource-inventory and no \
+                             VGPU_HOST_UUID): run it in a pool host's dom0",
+                            call.spec.name
+                        ),
+                    })
+                }
             };
             return Ok(Route::Local(Here { me, pool: None }));
         }

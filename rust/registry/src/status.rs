@@ -134,10 +134,7 @@ pub fn build_scan(
                 });
             }
             None => report.unregistered.push(ScanUnregistered {
-                mirror: vm
-                    .other_config
-                    .contains_key(crate::pool::VM_KEY)
-                    .then(|| "orphan".to_string()),
+                mirror: crate::pool::unregistered_copy(&vm).map(str::to_string),
                 device: found_device(dma.as_deref(), device_type),
                 vm_uuid: vm.uuid,
                 vm_name: vm.name_label,
@@ -176,7 +173,7 @@ pub fn build_scan(
         match r.status {
             VmStatus::Configured => s.configured += 1,
             VmStatus::Drift => s.drift += 1,
-            VmStatus::NotApplied | VmStatus::Stale => s.not_applied += 1,
+            VmStatus::NotApplied | VmStatus::Stale | VmStatus::Unregistered => s.not_applied += 1,
         }
     }
     report

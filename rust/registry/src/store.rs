@@ -1241,6 +1241,8 @@ fn rows_json_where(
                     }
                     _ => String::new(),
                 };
+                // The copy names its VM, so a copy that a clone inherits is told apart.
+                map.insert("vm_uuid".into(), serde_json::Value::from(uuid.clone()));
                 continue;
             }
             if let Some(v) = to_json_value(name, r.get_ref(i)?) {

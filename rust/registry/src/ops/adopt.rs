@@ -30,6 +30,11 @@ fn skipped(vm: &VmRecord, reason: String) -> Skipped {
     }
 }
 
+/// A rewritten device reaches QEMU at the VM's next start: pending unless it is halted.
+fn will_be_pending(vm: &VmRecord) -> bool {
+    crate::report::PowerState::from_xapi(&vm.power_state) != crate::report::PowerState::Halted
+}
+
 impl Ctx<'_> {
     pub fn refresh(&mut self) -> Result<RefreshReport> {
         let me = self.me.clone().ok_or_else(|| Error::Setting {
@@ -167,6 +172,7 @@ impl Ctx<'_> {
                 .ok()
                 .flatten();
                 adopted.push(Adopted {
+                    pending_restart: after != before && will_be_pending(&c.vm),
                     vm_uuid: c.vm.uuid.clone(),
                     vm_name: name,
                     pool: c.pool,
@@ -174,7 +180,6 @@ impl Ctx<'_> {
                     vm_id: c.vm_id,
                     before,
                     after,
-                    pending_restart: false,
                 });
                 continue;
             }
@@ -195,9 +200,7 @@ impl Ctx<'_> {
             });
             match result {
                 Ok((_, after)) => adopted.push(Adopted {
-                    pending_restart: after != before
-                        && crate::report::PowerState::from_xapi(&c.vm.power_state)
-                            != crate::report::PowerState::Halted,
+                    pending_restart: after != before && will_be_pending(&c.vm),
                     vm_uuid: uuid,
                     vm_name: name,
                     pool: c.pool,
@@ -252,13 +255,18 @@ impl Ctx<'_> {
                 )
             })
             .collect();
+        let from_mirror = if mirror.generation.is_some() {
+            from_mirror
+        } else {
+            self.registered_ids()?
+        };
         if dry_run {
             let (take, skip) = self.plan_adopt(vms, &from_mirror, false);
             let adopt = self.adopt_planned(take, skip, true)?;
             return Ok(RebuildReport {
                 dry_run,
                 backup: None,
-                restored: mirror.rows.len(),
+                restored: from_mirror.len(),
                 generation: mirror.generation,
                 skipped: skipped_rows,
                 adopt,
@@ -271,8 +279,15 @@ impl Ctx<'_> {
             Some(self.store.backup_as("pre-rebuild")?)
         };
         let tx = self.store.write()?;
-        let refused = tx.replace_all(&mirror.rows, mirror.pools.as_deref())?;
-        tx.set_meta(Role::Primary, mirror.generation.unwrap_or(0))?;
+        // With nothing ever published there is no copy to restore from: the registry's rows
+        // stay, and only the adoption below runs.
+        let refused = if mirror.generation.is_some() {
+            let refused = tx.replace_all(&mirror.rows, mirror.pools.as_deref())?;
+            tx.set_meta(Role::Primary, mirror.generation.unwrap_or(0))?;
+            refused
+        } else {
+            Vec::new()
+        };
         tx.commit()?;
         skipped_rows.extend(refused.into_iter().map(|(u, why)| Skipped {
             vm_uuid: u,

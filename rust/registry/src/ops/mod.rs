@@ -578,7 +578,11 @@ impl Ctx<'_> {
                 (None, Vec::new())
             }
         };
-        for u in scan.unregistered.iter().filter(|u| u.mirror.is_some()) {
+        for u in scan
+            .unregistered
+            .iter()
+            .filter(|u| u.mirror.as_deref() == Some("orphan"))
+        {
             warnings.push(format!(
                 "XAPI's copy of the registry registers VM {} ({}) but the registry does not \
                  (two registries claimed one vm_id?): check it with `vgpu-admin scan-vms`, then \
@@ -591,6 +595,15 @@ impl Ctx<'_> {
             .iter()
             .filter(|r| r.mirror != MirrorState::Ok.as_str())
             .map(|r| r.registration.vm_ref())
+            .chain(
+                scan.unregistered
+                    .iter()
+                    .filter(|u| u.mirror.as_deref() == Some("copied"))
+                    .map(|u| VmRef {
+                        vm_uuid: u.vm_uuid.clone(),
+                        vm_name: Some(u.vm_name.clone()),
+                    }),
+            )
             .collect();
         Ok(StatusReport {
             mirror_drift,
@@ -705,6 +718,21 @@ impl Ctx<'_> {
         for step in plan {
             results.push(self.sync_step(step, dry_run));
         }
+        if *target == SyncTarget::All {
+            // Copies other VMs' rows that clones inherited: they register nothing, so they go.
+            let registered: std::collections::BTreeSet<String> = self
+                .store
+                .list(&ListFilter::default())?
+                .into_iter()
+                .map(|r| r.vm_uuid.to_ascii_lowercase())
+                .collect();
+            for vm in vms.values() {
+                if registered.contains(&vm.uuid) || pool::unregistered_copy(vm) != Some("copied") {
+                    continue;
+                }
+                results.push(self.strip_copy(vm, dry_run));
+            }
+        }
         let failed = results
             .iter()
             .filter(|r| r.action == SyncAction::Failed)
@@ -715,6 +743,42 @@ impl Ctx<'_> {
             failed,
             replicas: None,
         })
+    }
+
+    /// Removes another VM's registry copy from an unregistered VM (a clone inherited it).
+    fn strip_copy(&mut self, vm: &VmRecord, dry_run: bool) -> SyncItem {
+        let mut item = SyncItem {
+            vm_uuid: vm.uuid.clone(),
+            vm_name: Some(vm.name_label.clone()).filter(|n| !n.is_empty()),
+            status_before: VmStatus::Unregistered,
+            action: SyncAction::WouldMirror,
+            pending_restart: false,
+            restarted: false,
+            changes: vec![SyncChange {
+                field: "mirror".into(),
+                old: vm.other_config.get(VM_KEY).cloned(),
+                new: None,
+            }],
+            error: None,
+        };
+        if dry_run {
+            return item;
+        }
+        let xapi = self.xapi;
+        let result = self.begin().and_then(|(tx, primary)| {
+            pool::publish_and_commit(xapi, tx, &primary, &[Touched::of(vm)])
+        });
+        match result {
+            Ok(g) => {
+                self.committed = Some(g);
+                item.action = SyncAction::Mirrored;
+            }
+            Err(e) => {
+                item.action = SyncAction::Failed;
+                item.error = Some(e.to_json()["error"].clone());
+            }
+        }
+        item
     }
 
     /// Carries out one step of a sync plan; a failure is reported in the item, not raised, so

@@ -955,7 +955,10 @@ fn a_registry_behind_the_pool_is_rebuilt_before_it_assigns_an_id() {
     x.edit("OpaqueRef:2", |v| {
         v.other_config.insert(
             crate::pool::VM_KEY.into(),
-            r#"{"vm_id":1,"pool":"B","priority":"low","vm_name":"two"}"#.into(),
+            format!(
+                r#"{{"vm_id":1,"pool":"B","priority":"low","vm_name":"two","vm_uuid":"{}"}}"#,
+                uuid(2)
+            ),
         );
     });
     x.pool_config
