@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The seed workflow on the bundled XAPI simulator: scan, register three VMs (one chosen id, two
-# automatic), a vm_id conflict, set-vm-id, and a scan showing everything configured.
+# automatic), a vm_id conflict, set-vm-id, and a scan showing everything configured; then the
+# registry file is lost and rebuilt from the copy in XAPI's database.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${VGPU_ADMIN_BIN:-$repo/target/debug/vgpu-admin}
@@ -60,6 +61,16 @@ step "6. Everything registered is configured"
 run scan-vms
 run list-pools
 run show-vm --vm-name legacy-stub
+
+step "7. Every change is also in XAPI's replicated database: lose the registry file, rebuild it"
+printf '$ xe vm-param-get uuid=48df46e9-31b9-4aea-b4b8-678e9a3c70d6 param-name=other-config param-key=XenCenter.CustomFields.vgpu\n'
+XE_SIM_URL="$VGPU_XAPI" "$python" "$repo/tests/xapi_sim/xe" vm-param-get uuid=48df46e9-31b9-4aea-b4b8-678e9a3c70d6 \
+  param-name=other-config param-key=XenCenter.CustomFields.vgpu
+printf '$ rm %s\n' "$VGPU_DB"
+rm -f "$VGPU_DB" "$VGPU_DB-wal" "$VGPU_DB-shm"
+run rebuild
+run list-vms
+run status
 
 echo
 echo "Demo finished: the registry was at $VGPU_DB (removed again)."

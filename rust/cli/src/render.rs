@@ -630,6 +630,10 @@ fn skipped(page: &mut Page, s: &[Skipped]) {
 }
 
 fn adopt(page: &mut Page, a: &AdoptReport) {
+    if a.adopted.is_empty() && a.skipped.is_empty() {
+        page.line("No VM carries a vgpu device without being registered: nothing to adopt.");
+        return;
+    }
     let verb = if a.dry_run { "Would adopt" } else { "Adopted" };
     page.line(&format!("=== {verb} ({}) ===", a.adopted.len()));
     for v in &a.adopted {
