@@ -124,7 +124,8 @@ def read(path):
 
 
 def exercise_the_pool(sim, workdir):
-    """Register through the master, read through the member; (registration, log of the master)."""
+    """Register through the master, read through the member; the master's installed plugin has the
+    member's installed plugin refresh its replica. (registration, log of the master)"""
     doc = plugin_call(sim, MASTER, "register", {"vm-uuid": RENDER_01, "pool": "B", "priority": "medium"})
     assert (doc["vm_uuid"], doc["vm_id"], doc["pool"], doc["priority"]) == (RENDER_01, 1, "B", "medium")
     assert sim.get_vm(RENDER_01)["platform"][DMA] == "-device vgpu-cuda,addr=5,pool_id=B,priority=medium,vm_id=1"
@@ -133,7 +134,13 @@ def exercise_the_pool(sim, workdir):
     code, params = plugin_failure(sim, MEMBER, "list", {"colour": "red"})
     assert code == "VGPU_INVALID_ARGUMENT" and json.loads(params[1])["value"] == "colour", params
     assert os.path.exists(os.path.join(workdir, "registry-%s.db" % MASTER[:8]))
-    assert not os.path.exists(os.path.join(workdir, "registry-%s.db" % MEMBER[:8]))
+    assert [(r["name"], r["ok"]) for r in doc["replicas"]] == [("xcp-lab-02", True)], doc["replicas"]
+    replica = sqlite3.connect(os.path.join(workdir, "registry-%s.db" % MEMBER[:8]))
+    try:
+        assert replica.execute("SELECT vm_uuid, vm_id FROM vms").fetchall() == [(RENDER_01, 1)]
+        assert dict(replica.execute("SELECT key, value FROM registry_meta"))["role"] == "replica"
+    finally:
+        replica.close()
     return doc, read(os.path.join(workdir, "plugin-%s.log" % MASTER[:8]))
 
 
