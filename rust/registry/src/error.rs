@@ -371,6 +371,12 @@ pub enum Error {
         reason: String,
         count: usize,
     },
+    /// Another writer claimed the generation this change was about to publish.
+    #[error(
+        "another host ({by}) is publishing generation {generation} of the registry at the same \
+         time; nothing was changed"
+    )]
+    GenerationClaimed { generation: u64, by: String },
     /// This host stopped being the pool master after the command was routed here.
     #[error("this host is no longer the pool master (the master is now {master_ref})")]
     NoLongerMaster { master_ref: String },
@@ -446,7 +452,9 @@ impl Error {
             Error::Forwarded { code, .. } => *code,
             Error::MirrorUnrestored { source, .. } => source.code(),
             Error::NoLongerMaster { .. } => ErrorCode::XapiError,
-            Error::MirrorConflict { .. } => ErrorCode::DatabaseError,
+            Error::MirrorConflict { .. } | Error::GenerationClaimed { .. } => {
+                ErrorCode::DatabaseError
+            }
         }
     }
 
@@ -556,6 +564,9 @@ impl Error {
                 d
             }
             Error::NoLongerMaster { master_ref } => json!({ "master_ref": master_ref }),
+            Error::GenerationClaimed { generation, by } => {
+                json!({"generation": generation, "claimed_by": by})
+            }
             Error::MirrorConflict {
                 vm_uuid,
                 reason,
@@ -563,6 +574,18 @@ impl Error {
             } => json!({"vm_uuid": vm_uuid, "reason": reason, "count": count}),
             Error::Setting { setting, .. } => json!({ "setting": setting }),
             Error::NoFreeVmId | Error::Internal(_) => json!({}),
+        }
+    }
+
+    /// Whether this change was undone because another writer claimed its generation (the
+    /// claim fails inside the commit step, so it may arrive wrapped).
+    pub fn is_generation_claimed(&self) -> bool {
+        match self {
+            Error::GenerationClaimed { .. } => true,
+            Error::CommitFailed { source, .. } | Error::MirrorUnrestored { source, .. } => {
+                matches!(**source, Error::GenerationClaimed { .. })
+            }
+            _ => false,
         }
     }
 

@@ -36,6 +36,14 @@ struct LastChange {
     vms: Option<Vec<String>>,
 }
 
+/// `pool.other_config` key prefix: `<prefix><generation>` is added (never overwritten: xapi refuses
+/// an existing key) by the one writer that publishes that generation, so two hosts that both
+/// believe they are master for an instant cannot both publish it.
+pub const CLAIM_PREFIX: &str = "vgpu-registry:claim:";
+
+/// A claim older than this was left by a writer that died mid-change: it may be taken over.
+const STALE_CLAIM_S: u64 = 300;
+
 /// Past this many VMs a replica reads the whole pool rather than each VM (two calls each).
 const DELTA_MAX_VMS: usize = 64;
 
@@ -247,6 +255,16 @@ impl<'a> Journal<'a> {
         Ok(())
     }
 
+    /// Records a write made outside [`Journal::set`], so that it is undone too.
+    pub fn record(&mut self, class: Class, obj: &str, key: &str, old: Option<&str>) {
+        self.done.push((
+            class,
+            obj.to_string(),
+            key.to_string(),
+            old.map(str::to_string),
+        ));
+    }
+
     /// Puts every value back, newest first; the first failure is returned, the rest still tried.
     pub fn undo(self) -> std::result::Result<(), XapiError> {
         let mut first = None;
@@ -289,6 +307,8 @@ impl Touched {
 pub struct Primary {
     pool: PoolRecord,
     generation: Option<u64>,
+    /// Who claims the generations this write publishes (this host's uuid, or `off-pool`).
+    writer: String,
     /// The registry was rebuilt from the mirror (it was behind, or a replica).
     pub rebuilt: bool,
 }
@@ -358,9 +378,17 @@ pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> 
             true
         }
     };
+    let writer = match my_ref {
+        Some(r) => xapi
+            .host_record(r)
+            .map(|h| h.uuid)
+            .unwrap_or_else(|_| r.to_string()),
+        None => "off-pool".to_string(),
+    };
     Ok(Primary {
         pool,
         generation,
+        writer,
         rebuilt,
     })
 }
@@ -391,6 +419,65 @@ pub fn publish_and_commit(
     }
 }
 
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Claims generation `next` for this writer (see [`CLAIM_PREFIX`]), and drops older claims.
+fn claim(journal: &mut Journal<'_>, primary: &Primary, next: u64, writer: &str) -> Result<()> {
+    let xapi = journal.xapi;
+    let pool_ref = primary.pool.opaque_ref.as_str();
+    let key = format!("{CLAIM_PREFIX}{next}");
+    let value = format!("{writer} {}", now_s());
+    let err = |e| {
+        Error::xapi(
+            format!("writing the registry's copy in XAPI (claiming generation {next})"),
+            e,
+        )
+    };
+    match xapi.add_to_other_config(Class::Pool, pool_ref, &key, &value) {
+        Ok(()) => journal.record(Class::Pool, pool_ref, &key, None),
+        Err(e) if e.api_code() == Some("MAP_DUPLICATE_KEY") => {
+            let pool = xapi.pool().map_err(err)?;
+            let held = pool.other_config.get(&key).cloned().unwrap_or_default();
+            let since = held
+                .rsplit(' ')
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0);
+            if now_s().saturating_sub(since) < STALE_CLAIM_S {
+                return Err(Error::GenerationClaimed {
+                    generation: next,
+                    by: held.split(' ').next().unwrap_or("").to_string(),
+                });
+            }
+            journal
+                .set(Class::Pool, pool_ref, &key, Some(&held), Some(&value))
+                .map_err(err)?;
+        }
+        Err(e) => return Err(err(e)),
+    }
+    let old: Vec<(String, String)> = primary
+        .pool
+        .other_config
+        .iter()
+        .filter(|(k, _)| {
+            k.strip_prefix(CLAIM_PREFIX)
+                .and_then(|g| g.parse::<u64>().ok())
+                .is_some_and(|g| g < next)
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in old {
+        journal
+            .set(Class::Pool, pool_ref, &k, Some(&v), None)
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 fn publish(
     journal: &mut Journal<'_>,
     tx: &WriteTx<'_>,
@@ -399,6 +486,7 @@ fn publish(
     next: u64,
 ) -> Result<()> {
     let xapi = journal.xapi;
+    claim(journal, primary, next, &primary.writer)?;
     let step = |what: String| {
         move |e| Error::xapi(format!("writing the registry's copy in XAPI ({what})"), e)
     };
@@ -507,16 +595,19 @@ fn publish(
 
 /// Brings this host's registry file up to the mirror: a replica on a member (rewritten in place
 /// in one transaction, so a mediator's open connection sees the new rows), the primary on the
-/// master. Nothing is written when the mirror cannot be read.
+/// master. `open` opens the file for writing; it is called only once the mirror has been read
+/// and there is something to write, so nothing is created, migrated or changed when the mirror
+/// cannot be read or was never published. `path` is the file, peeked at before.
 pub fn refresh_here(
     xapi: &dyn Xapi,
-    store: &mut Store,
+    path: &std::path::Path,
+    open: &mut dyn FnMut() -> Result<Store>,
     me: &xapi::HostRecord,
 ) -> Result<RefreshReport> {
     let pool = xapi
         .pool()
         .map_err(|e| Error::xapi("reading the pool's registry generation", e))?;
-    let before = store.meta()?;
+    let (before, rows_before) = Store::peek(path)?;
     let mut report = RefreshReport {
         host: me.uuid.clone(),
         name: me.name_label.clone(),
@@ -530,6 +621,7 @@ pub fn refresh_here(
     };
     if pool.master == me.opaque_ref {
         report.role = Role::Primary.as_str().into();
+        let mut store = open()?;
         let tx = store.write()?;
         let primary = take_primary(xapi, &tx, Some(&me.opaque_ref))?;
         report.changed = primary.rebuilt || before.role != Some(Role::Primary);
@@ -540,7 +632,7 @@ pub fn refresh_here(
     if report.generation.is_none() {
         // Nothing was ever published: the file may be an older tool's or the mediator's own,
         // and an empty copy must not replace it.
-        report.vms = store.rows_json()?.len();
+        report.vms = rows_before;
         report.warnings.push(
             "the pool has no registry copy in XAPI yet (nothing has been changed through \
              vgpu-registry on the pool master): this host's file is left as it is"
@@ -552,8 +644,8 @@ pub fn refresh_here(
         && before.generation.is_some()
         && before.generation == report.generation;
     if current {
-        report.vms = store.rows_json()?.len();
-    } else if let Some(n) = refresh_delta(xapi, store, &pool, before)? {
+        report.vms = rows_before;
+    } else if let Some(n) = refresh_delta(xapi, open, &pool, before)? {
         report.changed = true;
         report.vms = n;
     } else {
@@ -561,11 +653,12 @@ pub fn refresh_here(
             .list_vms()
             .map_err(|e| Error::xapi("reading the registry's copy in XAPI", e))?;
         let mirror = read_mirror(&pool, &vms);
+        let mut store = open()?;
         let tx = store.write()?;
         let now = tx.meta()?;
-        if now.role == Some(Role::Replica) && now.generation >= mirror.generation {
+        if now.generation.is_some() && now.generation >= mirror.generation {
             // A refresh that read a newer mirror finished first (two changes' fan-outs
-            // overlapped): a replica never goes back.
+            // overlapped), or this file is a primary that is not behind: never go back.
             report.generation = now.generation;
             report.vms = tx.rows_json()?.len();
             return Ok(report);
@@ -573,6 +666,7 @@ pub fn refresh_here(
         let refused = tx.replace_all(&mirror.rows, mirror.pools.as_deref())?;
         tx.set_meta(Role::Replica, mirror.generation.unwrap_or(0))?;
         tx.commit()?;
+        store.checkpoint();
         report.changed = true;
         report.vms = mirror.rows.len() - refused.len();
         report.skipped = mirror
@@ -610,7 +704,7 @@ pub fn refresh_here(
 /// VM, a row the registry refuses): the caller then reads everything.
 fn refresh_delta(
     xapi: &dyn Xapi,
-    store: &mut Store,
+    open: &mut dyn FnMut() -> Result<Store>,
     pool: &PoolRecord,
     before: Meta,
 ) -> Result<Option<usize>> {
@@ -652,6 +746,7 @@ fn refresh_delta(
         .other_config
         .get(POOLS_KEY)
         .and_then(|t| serde_json::from_str(t).ok());
+    let mut store = open()?;
     let tx = store.write()?;
     if tx.meta()? != before {
         // Another refresh got here first; start again from what it left.
@@ -663,6 +758,7 @@ fn refresh_delta(
     tx.set_meta(Role::Replica, g)?;
     let n = tx.rows_json()?.len();
     tx.commit()?;
+    store.checkpoint();
     Ok(Some(n))
 }
 

@@ -388,7 +388,12 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, req: Request) -> Result<Outcome> {
             dry_run,
             restart,
         } => Outcome::Sync(ctx.sync(&target, dry_run, restart)?),
-        Request::Refresh => Outcome::Refresh(ctx.refresh()?),
+        // It opens this host's file only once it knows there is something to write.
+        Request::Refresh => {
+            return Err(Error::Internal(
+                "refresh is run by the service, not as an operation".into(),
+            ))
+        }
         Request::Adopt { target, dry_run } => Outcome::Adopt(ctx.adopt(&target, dry_run)?),
         Request::Rebuild { dry_run } => Outcome::Rebuild(ctx.rebuild(dry_run)?),
     })

@@ -179,6 +179,32 @@ impl Service {
     }
 
     fn run_here(&self, xapi: &dyn Xapi, call: &Call, here: Here) -> Result<Answer> {
+        // Another writer publishing the same generation (two masters for an instant) made this
+        // attempt undo everything: try again, for as long as a write may wait for the lock.
+        let deadline = std::time::Instant::now() + Duration::from_secs(self.config.lock_timeout_s);
+        loop {
+            match self.run_here_once(xapi, call, &here) {
+                Err(e) if e.is_generation_claimed() && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn run_here_once(&self, xapi: &dyn Xapi, call: &Call, here: &Here) -> Result<Answer> {
+        if call.request == crate::request::Request::Refresh {
+            let me = here.me.as_ref().ok_or_else(|| {
+                Error::Internal("refresh was routed here without this host's record".into())
+            })?;
+            let mut open = || self.open(true);
+            return Ok(Answer {
+                outcome: Outcome::Refresh(crate::pool::refresh_here(
+                    xapi, &self.db, &mut open, me,
+                )?),
+                migration_backup: None,
+            });
+        }
         let master_here = here.pool.is_some();
         if master_here && !call.spec.mutating {
             // On the master even a read first brings the registry to the pool's generation.

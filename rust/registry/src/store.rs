@@ -380,6 +380,38 @@ impl Store {
         pools(&self.conn).map_err(|e| self.db_err(e))
     }
 
+    /// The role and generation `path` records and how many rows it holds, read without opening
+    /// it as a registry: it is read `immutable`, so nothing is created, migrated, or written beside
+    /// it, and a file that is not ours (an older tool's, the mediator's) stays byte for byte as it
+    /// is. What is still in the WAL is not seen (refresh checkpoints after writing); callers
+    /// decide again inside their write transaction.
+    pub fn peek(path: &Path) -> Result<(Meta, usize)> {
+        if !path.exists() {
+            return Ok((Meta::default(), 0));
+        }
+        let conn = Connection::open_with_flags(
+            immutable_uri(path),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(|e| Error::database(path, e))?;
+        let rows = if table_exists(&conn, "vms").map_err(|e| Error::database(path, e))? {
+            conn.query_row("SELECT count(*) FROM vms", [], |r| r.get::<_, i64>(0))
+                .map_err(|e| Error::database(path, e))?
+        } else {
+            0
+        };
+        let meta = meta(&conn).map_err(|e| Error::database(path, e))?;
+        Ok((meta, usize::try_from(rows).unwrap_or(0)))
+    }
+
+    /// Copies what the WAL holds into the file, as far as readers allow, so that [`Store::peek`]
+    /// sees it. Best effort: a reader that holds an old snapshot only delays it.
+    pub fn checkpoint(&self) {
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    }
+
     /// The role and generation this file records (schema 3).
     pub fn meta(&self) -> Result<Meta> {
         meta(&self.conn).map_err(|e| self.db_err(e))

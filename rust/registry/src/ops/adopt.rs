@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::{parse_vm_id, Pool, Priority, Registration};
 use crate::ops::apply::{new_dma, DeviceChange};
 use crate::pool::{self, read_mirror};
-use crate::report::{AdoptReport, Adopted, RebuildReport, RefreshReport, Skipped};
+use crate::report::{AdoptReport, Adopted, RebuildReport, Skipped};
 use crate::status::{dma_of, found_device, is_real_vm};
 use crate::store::{ListFilter, NewValues, Role};
 use std::collections::BTreeMap;
@@ -36,17 +36,6 @@ fn will_be_pending(vm: &VmRecord) -> bool {
 }
 
 impl Ctx<'_> {
-    pub fn refresh(&mut self) -> Result<RefreshReport> {
-        let me = self.me.clone().ok_or_else(|| Error::Setting {
-            setting: "VGPU_HOST_UUID",
-            message: "refresh acts on this host's registry file, but this host's uuid is \
-                      unknown (no INSTALLATION_UUID in /etc/xensource-inventory and no \
-                      VGPU_HOST_UUID): run it in a pool host's dom0"
-                .into(),
-        })?;
-        pool::refresh_here(self.xapi, self.store, &me)
-    }
-
     /// Which VMs would be adopted, and which are left alone with the reason. `registered`: the
     /// uuids (lower case) and vm_ids the registry holds.
     fn plan_adopt(

@@ -1085,13 +1085,18 @@ fn a_replica_follows_each_change_reading_only_what_changed() {
         other_config: BTreeMap::new(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut replica = Store::open(&dir.path().join("replica.db")).unwrap();
-    let refresh = |replica: &mut Store| crate::pool::refresh_here(&x, replica, &member).unwrap();
+    let path = dir.path().join("replica.db");
+    let refresh = |_: &mut Store| {
+        let mut open = || Store::open(&path);
+        crate::pool::refresh_here(&x, &path, &mut open, &member).unwrap()
+    };
     let rows =
         |s: &Store| -> Vec<(i64, Pool)> { dump(s).iter().map(|r| (r.vm_id, r.pool)).collect() };
-    // Nothing published yet: the file is left alone.
+    // Nothing published yet: the file is left alone (not even created).
+    let mut replica = Store::open_read(&path).unwrap();
     let r = refresh(&mut replica);
     assert!(!r.changed && !r.warnings.is_empty());
+    assert!(!path.exists());
     let mut ctx = Ctx {
         store: &mut w.store,
         xapi: &x,
@@ -1103,6 +1108,7 @@ fn a_replica_follows_each_change_reading_only_what_changed() {
     let r = refresh(&mut replica);
     assert!(r.changed);
     assert_eq!(r.generation, Some(1));
+    let mut replica = Store::open(&path).unwrap();
     assert_eq!(rows(&replica), rows(ctx.store));
     assert_eq!(x.host_config.borrow()[crate::pool::GENERATION_KEY], "1");
     let listings = x.count("VM.get_all_records_where");
@@ -1133,4 +1139,61 @@ fn a_replica_follows_each_change_reading_only_what_changed() {
     let r = refresh(&mut replica);
     assert!(!r.changed);
     assert_eq!(x.count("VM.get_all_records_where"), listings + 1);
+}
+
+#[test]
+fn a_generation_another_writer_claimed_is_not_published_twice() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    assert!(x
+        .pool_config
+        .borrow()
+        .contains_key(&format!("{}1", crate::pool::CLAIM_PREFIX)));
+    let before = (
+        dump(ctx.store),
+        x.dma("OpaqueRef:1"),
+        x.vm("OpaqueRef:1").other_config,
+    );
+    // Another master is publishing generation 2 right now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = format!("{}2", crate::pool::CLAIM_PREFIX);
+    x.pool_config
+        .borrow_mut()
+        .insert(key.clone(), format!("other-host {now}"));
+    let e = ctx
+        .register(reg(1, Pool::A, Priority::High, None))
+        .unwrap_err();
+    assert!(e.is_generation_claimed(), "{e}");
+    assert!(e.to_string().contains("publishing generation 2"), "{e}");
+    let after = (
+        dump(ctx.store),
+        x.dma("OpaqueRef:1"),
+        x.vm("OpaqueRef:1").other_config,
+    );
+    assert_eq!(before, after, "nothing changed");
+    assert_eq!(generation(&x).as_deref(), Some("1"));
+    // A claim left by a writer that died long ago is taken over.
+    x.pool_config
+        .borrow_mut()
+        .insert(key.clone(), format!("other-host {}", now - 3600));
+    ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    assert_eq!(generation(&x).as_deref(), Some("2"));
+    let claims: Vec<String> = x
+        .pool_config
+        .borrow()
+        .keys()
+        .filter(|k| k.starts_with(crate::pool::CLAIM_PREFIX))
+        .cloned()
+        .collect();
+    assert_eq!(claims, [key], "older claims are dropped");
 }
