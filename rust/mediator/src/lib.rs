@@ -13,8 +13,10 @@
 //! It depends on the standard library only (and `thiserror`), so the CLI, the Python extension
 //! and tests can all use it.
 
+mod client;
 mod protocol;
 
+pub use client::{Client, MediatorError, DEFAULT_ADMIN_SOCKET, DEFAULT_TIMEOUT};
 pub use protocol::{
     decode_header, decode_response, encode_request, encode_response, Answer, Command, Header,
     ProtocolError, HEADER_LEN, MAGIC, MAX_DATA_LEN, REQUEST_LEN,
