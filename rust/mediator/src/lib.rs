@@ -14,9 +14,11 @@
 //! and tests can all use it.
 
 mod client;
+mod prometheus;
 mod protocol;
 
 pub use client::{Client, MediatorError, DEFAULT_ADMIN_SOCKET, DEFAULT_TIMEOUT};
+pub use prometheus::{parse_prometheus, Sample};
 pub use protocol::{
     decode_header, decode_response, encode_request, encode_response, Answer, Command, Header,
     ProtocolError, HEADER_LEN, MAGIC, MAX_DATA_LEN, REQUEST_LEN,
