@@ -104,7 +104,7 @@ shells:
 	fi
 
 test-python: build venv shells
-	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) $(VPY) -m pytest -q tests/xapi_sim tests/cli
+	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) $(VPY) -m pytest -q tests/xapi_sim tests/mediator_sim tests/cli
 
 # The vgpu_registry package from the wheel in dist/, installed into a venv of CPython 3.6 and of
 # 3.12 and run against the XAPI simulator; also checked against `vgpu-admin functions` (the
