@@ -219,6 +219,9 @@ Example: vgpu-admin register-vm --pool A --priority high --vm-id 1 \\
         /// Only this priority.
         #[arg(long, value_parser = priority_values())]
         priority: Option<String>,
+        /// Only quarantined VMs.
+        #[arg(long)]
+        quarantined: bool,
     },
 
     /// The pools with their VM counts, per priority.
@@ -281,7 +284,110 @@ Example: vgpu-admin register-vm --pool A --priority high --vm-id 1 \\
     /// the master it brings the primary registry to the pool's generation. Runs on the host it
     /// is called on (never forwarded); the RPM's timer runs it at boot and every few minutes.
     #[command(after_help = "Example: vgpu-admin refresh")]
-    Refresh,
+    Refresh {
+        /// Then ask this host's GPU mediator to reload its configuration.
+        #[arg(long)]
+        reload: bool,
+    },
+
+    /// Set a VM's scheduling weight for the GPU mediator (1 to 100, default 50).
+    ///
+    /// Stored, copied to every host's replica, and read by the mediator on every request.
+    #[command(
+        name = "set-weight",
+        after_help = "Example: vgpu-admin set-weight --vm-name render-01 --weight 80"
+    )]
+    SetWeight {
+        #[command(flatten)]
+        vm: VmSelector,
+        /// 1 to 100.
+        #[arg(long, value_name = "1..100", allow_negative_numbers = true)]
+        weight: String,
+    },
+
+    /// Limit the GPU jobs a VM may submit per second (0 = unlimited), and its queue depth.
+    ///
+    /// Mediators load rate limits when they reload: every host's mediator is asked to, and the
+    /// exit status is 1 when one could not load it (the limit is stored all the same).
+    #[command(
+        name = "set-rate-limit",
+        after_help = "Example: vgpu-admin set-rate-limit --vm-name render-01 --rate 200 --queue-depth 16"
+    )]
+    SetRateLimit {
+        #[command(flatten)]
+        vm: VmSelector,
+        /// Jobs per second; 0 = unlimited.
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        rate: String,
+        /// Jobs waiting at most; 0 = unlimited; kept as it is when not given.
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        queue_depth: Option<String>,
+    },
+
+    /// Have the GPU mediators reject new GPU work from a VM.
+    ///
+    /// It takes effect when each mediator reloads: the exit status is 1, naming the host and the
+    /// command that retries, when one could not.
+    #[command(
+        name = "quarantine-vm",
+        after_help = "Example: vgpu-admin quarantine-vm --vm-name render-01"
+    )]
+    QuarantineVm {
+        #[command(flatten)]
+        vm: VmSelector,
+    },
+
+    /// Lift a VM's quarantine (and zero its error count).
+    #[command(
+        name = "clear-quarantine",
+        after_help = "Example: vgpu-admin clear-quarantine --vm-name render-01"
+    )]
+    ClearQuarantine {
+        #[command(flatten)]
+        vm: VmSelector,
+    },
+
+    /// The registered VMs with their mediator weights.
+    #[command(name = "show-weights", after_help = "Example: vgpu-admin show-weights")]
+    ShowWeights {
+        /// Only this pool.
+        #[arg(long, alias = "pool-id", value_parser = pool_values())]
+        pool: Option<String>,
+    },
+
+    /// The registered VMs with their rate limits, queue depths and quarantine.
+    #[command(
+        name = "show-rate-limits",
+        after_help = "Example: vgpu-admin show-rate-limits"
+    )]
+    ShowRateLimits {
+        /// Only this pool.
+        #[arg(long, alias = "pool-id", value_parser = pool_values())]
+        pool: Option<String>,
+    },
+
+    /// Ask a GPU mediator over its admin socket: metrics, health, connections or reload.
+    ///
+    /// This host's mediator by default; --host asks another host's through its vgpu plugin,
+    /// --all-hosts every host's. The older names show-metrics, show-health, show-connections and
+    /// reload-config work too.
+    #[command(
+        after_help = "Examples:\n  vgpu-admin mediator metrics --prometheus\n  vgpu-admin mediator reload --all-hosts"
+    )]
+    Mediator {
+        /// metrics, health, connections or reload.
+        #[arg(value_parser = ["metrics", "health", "connections", "reload"])]
+        action: String,
+        /// Metrics in Prometheus' text format (parsed into samples in JSON).
+        #[arg(long)]
+        prometheus: bool,
+        /// Another host (uuid or name-label), through its vgpu plugin.
+        #[arg(long, value_name = "HOST", conflicts_with = "all_hosts")]
+        host: Option<String>,
+        /// Every host of the pool.
+        #[arg(long)]
+        all_hosts: bool,
+    },
 
     /// Register VMs that already carry a vgpu device (set up by older tools or by hand).
     ///
@@ -557,9 +663,14 @@ mod tests {
             let sub = cli
                 .find_subcommand(spec.command)
                 .unwrap_or_else(|| panic!("no command {} for {}", spec.command, spec.name));
+            // A positional argument (`mediator ACTION`) counts under its id.
             let mut options: Vec<String> = sub
                 .get_arguments()
-                .filter_map(|a| a.get_long().map(str::to_string))
+                .filter_map(|a| {
+                    a.get_long()
+                        .map(str::to_string)
+                        .or_else(|| a.is_positional().then(|| a.get_id().to_string()))
+                })
                 .filter(|l| !globals.contains(l))
                 .collect();
             // `--yes` is global: every command takes it, the function table says who uses it.

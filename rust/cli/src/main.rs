@@ -15,8 +15,32 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+/// The older admin tool's command names, as `mediator` actions.
+const OLD_MEDIATOR_COMMANDS: [(&str, &str); 4] = [
+    ("show-metrics", "metrics"),
+    ("show-health", "health"),
+    ("show-connections", "connections"),
+    ("reload-config", "reload"),
+];
+
+/// `vgpu-admin show-metrics …` is `vgpu-admin mediator metrics …`.
+fn older_names(mut raw: Vec<String>) -> Vec<String> {
+    let at = raw
+        .iter()
+        .skip(1)
+        .position(|a| OLD_MEDIATOR_COMMANDS.iter().any(|(old, _)| a == old))
+        .map(|i| i + 1);
+    if let Some(i) = at {
+        if let Some((_, action)) = OLD_MEDIATOR_COMMANDS.iter().find(|(old, _)| raw[i] == *old) {
+            raw[i] = "mediator".into();
+            raw.insert(i + 1, (*action).into());
+        }
+    }
+    raw
+}
+
 fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().collect();
+    let raw: Vec<String> = older_names(std::env::args().collect());
     let parsed = Cli::command()
         .try_get_matches_from(&raw)
         .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));

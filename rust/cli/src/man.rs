@@ -317,6 +317,24 @@ const CONFIG_KEYS: &[Key] = &[
              after a change (at least 1); a host that takes longer is reported, not waited for.",
         )
     },
+    Key {
+        table: Some("mediator"),
+        ..key(
+            "admin_socket",
+            "\"/var/vgpu/admin.sock\"",
+            "The GPU mediator's admin socket on each host; a host without it has no mediator \
+             and is skipped.",
+        )
+    },
+    Key {
+        table: Some("mediator"),
+        ..key(
+            "timeout_s",
+            "2",
+            "Seconds one request to a mediator may take, from connecting to the last byte of \
+             its answer (at least 1).",
+        )
+    },
 ];
 
 fn config_page() -> String {
@@ -461,7 +479,13 @@ mod tests {
     /// file), under their serde names.
     fn keys_of_the_core() -> Vec<(Option<String>, String)> {
         let source = include_str!("../../registry/src/config.rs");
-        let structs = ["Config", "DeviceConfig", "RestartConfig", "PoolConfig"];
+        let structs = [
+            "Config",
+            "DeviceConfig",
+            "RestartConfig",
+            "PoolConfig",
+            "MediatorConfig",
+        ];
         let fields = |name: &str| -> Vec<(String, String)> {
             let start = source
                 .find(&format!("pub struct {name} {{"))

@@ -17,8 +17,9 @@ use comfy_table::{presets, Cell, ColumnConstraint, Row, Table, Width};
 use registry::functions::FUNCTIONS;
 use registry::model::{printable, Registration};
 use registry::report::{
-    AdoptReport, Applied, Drift, PoolInfo, PowerState, RebuildReport, RefreshReport, ReplicaStatus,
-    ScanReport, ShowReport, Skipped, StatusReport, SyncAction, SyncReport, VmStatus,
+    AdoptReport, Applied, Drift, MediatorAnswer, PoolInfo, PowerState, RebuildReport,
+    RefreshReport, ReplicaStatus, ScanReport, ShowReport, Skipped, StatusReport, SyncAction,
+    SyncReport, VmStatus,
 };
 use registry::{FunctionSpec, Outcome};
 use std::io::IsTerminal;
@@ -393,7 +394,12 @@ pub fn render(outcome: &Outcome, function: &FunctionSpec) -> String {
         Outcome::Scan(s) => scan(&mut page, s),
         Outcome::Applied(a) => applied(&mut page, a, function.name),
         Outcome::Show(s) => show(&mut page, s),
-        Outcome::List(l) => list(&mut page, l),
+        Outcome::List(l) => match function.name {
+            "show-weights" => weights(&mut page, l),
+            "show-rate-limits" => rate_limits(&mut page, l),
+            _ => list(&mut page, l),
+        },
+        Outcome::Mediator(m) => mediators(&mut page, m),
         Outcome::Pools(p) => pools(&mut page, p),
         Outcome::Pool(p) => {
             pools(&mut page, std::slice::from_ref(&p.pool));
@@ -417,6 +423,7 @@ pub fn render(outcome: &Outcome, function: &FunctionSpec) -> String {
     }
     if let Outcome::Applied(a) = outcome {
         replicas(&mut page, a.replicas.as_deref());
+        reloads(&mut page, a);
     }
     page.out
 }
@@ -550,6 +557,140 @@ fn scan(page: &mut Page, s: &ScanReport) {
         "Summary: {} VMs, {} registered ({} configured, {} drift, {} not applied), {} unregistered, {} stale",
         m.total_vms, m.registered, m.configured, m.drift, m.not_applied, m.unregistered, m.stale
     ));
+}
+
+/// The mediators asked to reload after a change, and whether a control change is in effect.
+fn reloads(page: &mut Page, a: &Applied) {
+    let Some(r) = &a.reloads else { return };
+    let failed: Vec<&MediatorAnswer> = r.iter().filter(|m| !m.ok).collect();
+    if !r.is_empty() {
+        page.line(&format!(
+            "  mediators reloaded on {} of {} host(s)",
+            r.len() - failed.len(),
+            r.len()
+        ));
+    }
+    for m in &failed {
+        page.line(&format!(
+            "  {WARN} host {} ({}): {}",
+            m.name,
+            m.host,
+            m.error.as_deref().unwrap_or("failed")
+        ));
+    }
+    match a.in_effect {
+        Some(false) => {
+            page.line(&format!(
+                "{WARN} stored, but not in effect on every host: a mediator that has not reloaded \
+                 still applies the old value. Retry with:"
+            ));
+            for m in &failed {
+                let host = if m.name.is_empty() { &m.host } else { &m.name };
+                page.line(&format!("    vgpu-admin mediator reload --host {host}"));
+            }
+        }
+        Some(true) if !failed.is_empty() => page.line(&format!(
+            "  {WARN} the weight is in effect (mediators read it on every request); the failed \
+             reloads only matter for rate limits and quarantine"
+        )),
+        _ => {}
+    }
+}
+
+fn weights(page: &mut Page, l: &[Registration]) {
+    use Fit::*;
+    if l.is_empty() {
+        page.line("No registered VMs.");
+        return;
+    }
+    let mut t = Rows::new(&[
+        ("UUID", Whole),
+        ("NAME", Cut),
+        ("POOL", Whole),
+        ("PRIORITY", Whole),
+        ("VM ID", Whole),
+        ("WEIGHT", Whole),
+    ])
+    .uuid_column(0);
+    for r in l {
+        t.row([
+            r.vm_uuid.clone(),
+            name(&r.vm_name),
+            r.pool.to_string(),
+            priority(r),
+            r.vm_id.to_string(),
+            r.controls.weight.to_string(),
+        ]);
+    }
+    page.table(&t);
+}
+
+fn rate_limits(page: &mut Page, l: &[Registration]) {
+    use Fit::*;
+    if l.is_empty() {
+        page.line("No registered VMs.");
+        return;
+    }
+    let limit = |n: i64| {
+        if n == 0 {
+            "unlimited".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    let mut t = Rows::new(&[
+        ("UUID", Whole),
+        ("NAME", Cut),
+        ("VM ID", Whole),
+        ("JOBS/S", Whole),
+        ("QUEUE", Whole),
+        ("QUARANTINED", Whole),
+        ("ERRORS", Whole),
+    ])
+    .uuid_column(0);
+    for r in l {
+        let c = &r.controls;
+        t.row([
+            r.vm_uuid.clone(),
+            name(&r.vm_name),
+            r.vm_id.to_string(),
+            limit(c.max_jobs_per_sec),
+            limit(c.max_queue_depth),
+            if c.quarantined {
+                format!("{WARN} yes")
+            } else {
+                "no".into()
+            },
+            c.error_count.to_string(),
+        ]);
+    }
+    page.table(&t);
+}
+
+fn mediators(page: &mut Page, m: &[MediatorAnswer]) {
+    for (i, a) in m.iter().enumerate() {
+        if i > 0 {
+            page.blank();
+        }
+        let who = if a.host.is_empty() {
+            "this host".to_string()
+        } else {
+            format!("{} ({})", a.name, a.host)
+        };
+        if a.absent {
+            page.line(&format!("=== {who}: no mediator ==="));
+            continue;
+        }
+        let mark = if a.ok { OK } else { WARN };
+        page.line(&format!("=== {mark} {who} ==="));
+        if let Some(t) = &a.text {
+            for l in t.lines() {
+                page.line(&printable(l));
+            }
+        } else if let Some(e) = &a.error {
+            page.line(&format!("{WARN} {}", printable(e)));
+        }
+    }
 }
 
 /// The other hosts' replicas after a change on the master.

@@ -42,6 +42,25 @@ pub struct Config {
     pub device: DeviceConfig,
     pub restart: RestartConfig,
     pub pool: PoolConfig,
+    pub mediator: MediatorConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediatorConfig {
+    /// The mediator's admin socket on each host.
+    pub admin_socket: PathBuf,
+    /// Seconds one request to a mediator may take, connect to answer.
+    pub timeout_s: u64,
+}
+
+impl Default for MediatorConfig {
+    fn default() -> Self {
+        MediatorConfig {
+            admin_socket: mediator::DEFAULT_ADMIN_SOCKET.into(),
+            timeout_s: mediator::DEFAULT_TIMEOUT.as_secs(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -91,6 +110,7 @@ impl Default for Config {
             device: DeviceConfig::default(),
             restart: RestartConfig::default(),
             pool: PoolConfig::default(),
+            mediator: MediatorConfig::default(),
         }
     }
 }
@@ -180,6 +200,13 @@ impl Config {
         if self.lock_timeout_s == 0 {
             return Err(Error::invalid(
                 "lock_timeout_s",
+                "0",
+                format!("in {file}: must be at least 1"),
+            ));
+        }
+        if self.mediator.timeout_s == 0 {
+            return Err(Error::invalid(
+                "mediator.timeout_s",
                 "0",
                 format!("in {file}: must be at least 1"),
             ));

@@ -112,6 +112,33 @@ pub const VM_ID_MIN: u32 = 1;
 pub const VM_ID_MAX: u32 = u32::MAX;
 
 /// Decimal digits only (no sign, no exponent, no spaces), 1 ..= 4294967295.
+/// A whole number in `min..=max` for the argument `key` (weights, rates, queue depths): decimal
+/// digits only, no sign.
+pub fn parse_bounded(key: &str, s: &str, min: u32, max: u32) -> Result<u32> {
+    let range = if max == u32::MAX {
+        format!("a whole number of at least {min}")
+    } else {
+        format!("a whole number from {min} to {max}")
+    };
+    let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits {
+        return Err(Error::invalid(key, s, format!("expected {range}")));
+    }
+    match s.parse::<u64>() {
+        Ok(n) if n >= u64::from(min) && n <= u64::from(max) => Ok(n as u32),
+        _ => Err(Error::invalid(
+            key,
+            s,
+            format!("out of range: expected {range}"),
+        )),
+    }
+}
+
+/// The mediator's weight: 1 to 100.
+pub fn parse_weight(s: &str) -> Result<u32> {
+    parse_bounded("weight", s, 1, 100)
+}
+
 pub fn parse_vm_id(s: &str) -> Result<u32> {
     let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
     if s.strip_prefix('-').is_some_and(digits) {
@@ -261,6 +288,43 @@ pub struct Registration {
     /// `sync` keeps it.
     #[serde(skip)]
     pub name_chosen: bool,
+    /// The mediator's scheduling controls (SPEC §10).
+    #[serde(flatten)]
+    pub controls: Controls,
+}
+
+/// The per-VM controls the GPU mediator reads by vm_id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Controls {
+    /// 1…100, default 50; a number as stored (an older SQL file made it REAL).
+    #[serde(default = "default_weight")]
+    pub weight: serde_json::Number,
+    /// 0 = unlimited.
+    #[serde(default)]
+    pub max_jobs_per_sec: i64,
+    /// 0 = unlimited.
+    #[serde(default)]
+    pub max_queue_depth: i64,
+    #[serde(default)]
+    pub quarantined: bool,
+    #[serde(default)]
+    pub error_count: i64,
+}
+
+fn default_weight() -> serde_json::Number {
+    50.into()
+}
+
+impl Default for Controls {
+    fn default() -> Self {
+        Controls {
+            weight: default_weight(),
+            max_jobs_per_sec: 0,
+            max_queue_depth: 0,
+            quarantined: false,
+            error_count: 0,
+        }
+    }
 }
 
 impl Registration {
@@ -453,6 +517,7 @@ mod tests {
             created_at: None,
             updated_at: None,
             name_chosen: false,
+            controls: Controls::default(),
         };
         assert!(r.problems().is_empty());
         r.vm_id = 0;

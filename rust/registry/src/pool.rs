@@ -617,6 +617,7 @@ pub fn refresh_here(
         changed: false,
         vms: 0,
         skipped: Vec::new(),
+        reload: None,
         warnings: Vec::new(),
     };
     if pool.master == me.opaque_ref {
@@ -769,6 +770,7 @@ pub fn refresh_others(
     except: &str,
     plugin: &str,
     timeout: Duration,
+    reload: bool,
 ) -> Vec<ReplicaStatus> {
     let hosts = match xapi.hosts() {
         Ok(h) => h,
@@ -779,6 +781,7 @@ pub fn refresh_others(
                 ok: false,
                 generation: None,
                 error: Some(format!("listing the pool's hosts failed: {e}")),
+                reload: None,
             }]
         }
     };
@@ -789,7 +792,11 @@ pub fn refresh_others(
             host_ref: h.opaque_ref.clone(),
             plugin: plugin.to_string(),
             function: "refresh".into(),
-            args: BTreeMap::new(),
+            args: if reload {
+                BTreeMap::from([("reload".to_string(), "true".to_string())])
+            } else {
+                BTreeMap::new()
+            },
         })
         .collect();
     let answers = xapi.call_plugins(&calls, timeout);
@@ -797,12 +804,12 @@ pub fn refresh_others(
         .into_iter()
         .zip(answers)
         .map(|(h, answer)| {
-            let (ok, generation, error) = match answer {
+            let (ok, generation, error, reload) = match answer {
                 Ok(text) => match serde_json::from_str::<RefreshReport>(&text) {
-                    Ok(r) => (true, r.generation, None),
-                    Err(e) => (false, None, Some(format!("unexpected answer: {e}"))),
+                    Ok(r) => (true, r.generation, None, r.reload),
+                    Err(e) => (false, None, Some(format!("unexpected answer: {e}")), None),
                 },
-                Err(e) => (false, None, Some(plugin_error_text(&e))),
+                Err(e) => (false, None, Some(plugin_error_text(&e)), None),
             };
             ReplicaStatus {
                 host: h.uuid,
@@ -810,6 +817,7 @@ pub fn refresh_others(
                 ok,
                 generation,
                 error,
+                reload,
             }
         })
         .collect()

@@ -104,7 +104,7 @@ impl DriftField {
 }
 
 /// One difference between the registry and the VM's vgpu device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Drift {
     pub field: DriftField,
     pub registry: String,
@@ -112,7 +112,7 @@ pub struct Drift {
     pub device: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScanRegistered {
     #[serde(flatten)]
     pub registration: Registration,
@@ -132,7 +132,7 @@ fn mirror_ok() -> String {
 }
 
 /// The vgpu device an unregistered VM already carries, as written (what `adopt` would read).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FoundDevice {
     pub device_type: String,
     pub pool: Option<String>,
@@ -140,7 +140,7 @@ pub struct FoundDevice {
     pub vm_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScanUnregistered {
     pub vm_uuid: String,
     pub vm_name: String,
@@ -153,7 +153,7 @@ pub struct ScanUnregistered {
     pub mirror: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stale {
     #[serde(flatten)]
     pub registration: Registration,
@@ -161,7 +161,7 @@ pub struct Stale {
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScanSummary {
     pub total_vms: usize,
     pub registered: usize,
@@ -175,7 +175,7 @@ pub struct ScanSummary {
     pub mirror_drift: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScanReport {
     pub registered: Vec<ScanRegistered>,
     pub unregistered: Vec<ScanUnregistered>,
@@ -184,7 +184,7 @@ pub struct ScanReport {
 }
 
 /// The result of a mutating command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
     #[serde(flatten)]
     pub registration: Registration,
@@ -202,9 +202,41 @@ pub struct Applied {
     /// Each other host's replica, refreshed after the change (only on a pool master).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Vec<ReplicaStatus>>,
+    /// Each mediator asked to reload after the change (hosts without one are left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reloads: Option<Vec<MediatorAnswer>>,
+    /// For a change of the mediator's controls: whether every mediator the change needs has
+    /// loaded it (a weight is read on every request; rate limits and quarantine at a reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_effect: Option<bool>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One mediator's answer (`mediator …`, and the reloads after a change).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediatorAnswer {
+    pub host: String,
+    pub name: String,
+    pub ok: bool,
+    /// The mediator's status (0 = ok); null when it did not answer.
+    pub status: Option<u32>,
+    pub text: Option<String>,
+    pub error: Option<String>,
+    /// The host has no mediator (no admin socket): nothing was asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
+    /// `metrics` with `prometheus`: the samples of the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Vec<PromSample>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromSample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShowReport {
     #[serde(flatten)]
     pub registration: Registration,
@@ -217,7 +249,7 @@ pub struct ShowReport {
 }
 
 /// A pool with its counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolInfo {
     pub pool_id: Pool,
     pub pool_name: String,
@@ -227,28 +259,28 @@ pub struct PoolInfo {
     pub by_priority: ByPriority,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ByPriority {
     pub low: u64,
     pub medium: u64,
     pub high: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolDetail {
     #[serde(flatten)]
     pub pool: PoolInfo,
     pub vms: Vec<Registration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
     pub vm_uuid: String,
     pub vm_name: Option<String>,
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub pools: Vec<PoolInfo>,
     pub summary: ScanSummary,
@@ -287,7 +319,7 @@ pub enum SyncAction {
 }
 
 /// One value a sync changes (or, in a dry run, would change).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncChange {
     /// `vm_name` or `device_model_args`.
     pub field: String,
@@ -295,7 +327,7 @@ pub struct SyncChange {
     pub new: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncItem {
     pub vm_uuid: String,
     pub vm_name: Option<String>,
@@ -310,7 +342,7 @@ pub struct SyncItem {
     pub error: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncReport {
     pub dry_run: bool,
     pub results: Vec<SyncItem>,
@@ -321,7 +353,7 @@ pub struct SyncReport {
 }
 
 /// A host's replica after a change, as the master's fan-out saw it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     /// The host's uuid.
     pub host: String,
@@ -330,10 +362,13 @@ pub struct ReplicaStatus {
     /// The generation the replica holds now (null when the refresh failed).
     pub generation: Option<u64>,
     pub error: Option<String>,
+    /// What the host's mediator answered to the reload that followed (absent: not asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<MediatorAnswer>,
 }
 
 /// `refresh`: what this host's registry file holds now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefreshReport {
     pub host: String,
     pub name: String,
@@ -349,12 +384,15 @@ pub struct RefreshReport {
     /// Mirror values that are not registry rows, left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<Skipped>,
+    /// With `reload`: what this host's mediator answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<MediatorAnswer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
 
 /// One host in `status`: the generation its replica records and how far behind it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostReplica {
     pub host: String,
     pub name: String,
@@ -365,7 +403,7 @@ pub struct HostReplica {
 }
 
 /// A VM that `adopt`, `rebuild` or `refresh` left alone, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Skipped {
     pub vm_uuid: String,
     pub vm_name: Option<String>,
@@ -375,7 +413,7 @@ pub struct Skipped {
 }
 
 /// A VM `adopt` registered (or, in a dry run, would register).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Adopted {
     pub vm_uuid: String,
     pub vm_name: Option<String>,
@@ -388,7 +426,7 @@ pub struct Adopted {
     pub pending_restart: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdoptReport {
     pub dry_run: bool,
     pub adopted: Vec<Adopted>,
@@ -397,7 +435,7 @@ pub struct AdoptReport {
     pub replicas: Option<Vec<ReplicaStatus>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RebuildReport {
     pub dry_run: bool,
     /// Where the registry that was there went.
@@ -415,7 +453,7 @@ pub struct RebuildReport {
 }
 
 /// The result of any function; serialises to the contract's JSON document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Outcome {
     Scan(ScanReport),
@@ -429,6 +467,7 @@ pub enum Outcome {
     Refresh(RefreshReport),
     Adopt(AdoptReport),
     Rebuild(RebuildReport),
+    Mediator(Vec<MediatorAnswer>),
 }
 
 impl Outcome {
@@ -448,6 +487,7 @@ impl Outcome {
             ResultKind::Refresh => Outcome::Refresh(from_str(text)?),
             ResultKind::Adopt => Outcome::Adopt(from_str(text)?),
             ResultKind::Rebuild => Outcome::Rebuild(from_str(text)?),
+            ResultKind::Mediator => Outcome::Mediator(from_str(text)?),
         })
     }
 
@@ -458,6 +498,8 @@ impl Outcome {
             Outcome::Sync(r) => r.failed > 0,
             Outcome::Adopt(r) => !r.skipped.is_empty(),
             Outcome::Rebuild(r) => !r.adopt.skipped.is_empty() || !r.skipped.is_empty(),
+            Outcome::Applied(a) => a.in_effect == Some(false),
+            Outcome::Mediator(m) => m.iter().any(|a| !a.ok && !a.absent),
             _ => false,
         }
     }

@@ -5,10 +5,12 @@
 use crate::error::{Error, Result, Usage};
 use crate::functions::{FunctionSpec, VM_KEYS};
 use crate::model::{
-    parse_bool, parse_vm_id, parse_vm_name, parse_vm_selector_uuid, Pool, Priority, Selector,
+    parse_bool, parse_bounded, parse_vm_id, parse_vm_name, parse_vm_selector_uuid, parse_weight,
+    Pool, Priority, Selector,
 };
 use crate::ops::{Ctx, ListFilter, RegisterReq, Restart, SyncTarget, UpdateReq};
 use crate::report::Outcome;
+use crate::store::ControlChange;
 use std::collections::BTreeMap;
 
 /// The argument a forwarding host adds, naming itself; a call carrying it is never forwarded
@@ -36,7 +38,16 @@ pub(crate) enum Request {
         dry_run: bool,
         restart: Restart,
     },
-    Refresh,
+    Refresh {
+        /// Then ask this host's mediator to reload.
+        reload: bool,
+    },
+    SetControls(Selector, ControlChange),
+    Mediator {
+        action: MediatorAction,
+        prometheus: bool,
+        target: MediatorTarget,
+    },
     Adopt {
         target: SyncTarget,
         dry_run: bool,
@@ -285,8 +296,90 @@ pub(crate) fn show(a: &Args<'_>) -> Result<Request> {
 pub(crate) fn list(a: &Args<'_>) -> Result<Request> {
     Ok(Request::List(ListFilter {
         pool: a.pool()?,
-        priority: a.priority()?,
+        priority: if a.spec.optional.contains(&"priority") {
+            a.priority()?
+        } else {
+            None
+        },
+        quarantined: a.spec.flags.contains(&"quarantined") && a.flag("quarantined")?,
     }))
+}
+
+pub(crate) fn refresh(a: &Args<'_>) -> Result<Request> {
+    Ok(Request::Refresh {
+        reload: a.flag("reload")?,
+    })
+}
+
+pub(crate) fn set_weight(a: &Args<'_>) -> Result<Request> {
+    let weight = parse_weight(a.get("weight").ok_or_else(|| missing(a, "weight"))?)?;
+    Ok(Request::SetControls(
+        a.selector()?,
+        ControlChange {
+            weight: Some(weight),
+            ..ControlChange::default()
+        },
+    ))
+}
+
+pub(crate) fn set_rate_limit(a: &Args<'_>) -> Result<Request> {
+    let rate = parse_bounded(
+        "rate",
+        a.get("rate").ok_or_else(|| missing(a, "rate"))?,
+        0,
+        u32::MAX,
+    )?;
+    let depth = a
+        .get("queue-depth")
+        .map(|d| parse_bounded("queue-depth", d, 0, u32::MAX))
+        .transpose()?;
+    Ok(Request::SetControls(
+        a.selector()?,
+        ControlChange {
+            max_jobs_per_sec: Some(rate),
+            max_queue_depth: depth,
+            ..ControlChange::default()
+        },
+    ))
+}
+
+pub(crate) fn quarantine(a: &Args<'_>, on: bool) -> Result<Request> {
+    Ok(Request::SetControls(
+        a.selector()?,
+        ControlChange {
+            quarantined: Some(on),
+            ..ControlChange::default()
+        },
+    ))
+}
+
+pub(crate) fn mediator(a: &Args<'_>) -> Result<Request> {
+    let raw = a.get("action").ok_or_else(|| missing(a, "action"))?;
+    let action = MediatorAction::parse(raw)?;
+    let prometheus = a.flag("prometheus")?;
+    if prometheus && action != MediatorAction::Metrics {
+        return Err(Error::invalid(
+            "prometheus",
+            "true",
+            format!("only the metrics action has a Prometheus form, not {raw}"),
+        ));
+    }
+    let target = match (a.get("host"), a.flag("all-hosts")?) {
+        (Some(_), true) => {
+            return Err(Error::Usage(Usage::Conflict {
+                function: a.spec.name,
+                keys: vec!["host", "all-hosts"],
+            }))
+        }
+        (Some(h), false) => MediatorTarget::Host(h.to_string()),
+        (None, true) => MediatorTarget::AllHosts,
+        (None, false) => MediatorTarget::Here,
+    };
+    Ok(Request::Mediator {
+        action,
+        prometheus,
+        target,
+    })
 }
 
 pub(crate) fn show_pool(a: &Args<'_>) -> Result<Request> {
@@ -388,12 +481,13 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, req: Request) -> Result<Outcome> {
             dry_run,
             restart,
         } => Outcome::Sync(ctx.sync(&target, dry_run, restart)?),
-        // It opens this host's file only once it knows there is something to write.
-        Request::Refresh => {
+        // They act on this host (its file, its mediator): the service runs them.
+        Request::Refresh { .. } | Request::Mediator { .. } => {
             return Err(Error::Internal(
-                "refresh is run by the service, not as an operation".into(),
+                "refresh and mediator are run by the service, not as operations".into(),
             ))
         }
+        Request::SetControls(s, c) => Outcome::Applied(ctx.set_controls(&s, c)?),
         Request::Adopt { target, dry_run } => Outcome::Adopt(ctx.adopt(&target, dry_run)?),
         Request::Rebuild { dry_run } => Outcome::Rebuild(ctx.rebuild(dry_run)?),
     })
@@ -509,4 +603,54 @@ mod tests {
             assert!(e.to_string().contains(needle), "{f} {a:?}: {e}");
         }
     }
+}
+
+/// What `mediator` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediatorAction {
+    Metrics,
+    Health,
+    Connections,
+    Reload,
+}
+
+impl MediatorAction {
+    pub const ALL: [MediatorAction; 4] = [
+        MediatorAction::Metrics,
+        MediatorAction::Health,
+        MediatorAction::Connections,
+        MediatorAction::Reload,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediatorAction::Metrics => "metrics",
+            MediatorAction::Health => "health",
+            MediatorAction::Connections => "connections",
+            MediatorAction::Reload => "reload",
+        }
+    }
+
+    fn parse(s: &str) -> Result<MediatorAction> {
+        MediatorAction::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "action",
+                    s,
+                    "expected metrics, health, connections or reload",
+                )
+            })
+    }
+}
+
+/// Which mediators `mediator` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediatorTarget {
+    /// This host's.
+    Here,
+    /// That host's (uuid or name-label), through its plugin.
+    Host(String),
+    AllHosts,
 }

@@ -7,8 +7,9 @@
 use crate::config::{Config, Mode};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ops::Ctx;
-use crate::report::Outcome;
+use crate::report::{MediatorAnswer, Outcome, PromSample};
 use crate::request::{self, Call, FORWARDED_BY};
+use crate::request::{MediatorAction, MediatorTarget, Request};
 use crate::store::Store;
 
 pub use crate::store::Waiter;
@@ -193,14 +194,33 @@ impl Service {
     }
 
     fn run_here_once(&self, xapi: &dyn Xapi, call: &Call, here: &Here) -> Result<Answer> {
-        if call.request == crate::request::Request::Refresh {
+        if let Request::Refresh { reload } = call.request {
             let me = here.me.as_ref().ok_or_else(|| {
                 Error::Internal("refresh was routed here without this host's record".into())
             })?;
             let mut open = || self.open(true);
+            let mut report = crate::pool::refresh_here(xapi, &self.db, &mut open, me)?;
+            if reload {
+                report.reload = Some(self.ask_mediator(Some(me), MediatorAction::Reload, false));
+            }
             return Ok(Answer {
-                outcome: Outcome::Refresh(crate::pool::refresh_here(
-                    xapi, &self.db, &mut open, me,
+                outcome: Outcome::Refresh(report),
+                migration_backup: None,
+            });
+        }
+        if let Request::Mediator {
+            action,
+            prometheus,
+            target,
+        } = &call.request
+        {
+            return Ok(Answer {
+                outcome: Outcome::Mediator(self.mediators(
+                    xapi,
+                    here.me.as_ref(),
+                    *action,
+                    *prometheus,
+                    target,
                 )?),
                 migration_backup: None,
             });
@@ -235,13 +255,202 @@ impl Service {
         };
         let mut outcome = request::execute(&mut ctx, call.request.clone())?;
         if let (Some(_), true, Some(me)) = (ctx.committed, master_here, &here.me) {
+            // Every other host refreshes its replica, then has its mediator reload it; this
+            // host's mediator reloads the primary.
             let timeout = Duration::from_secs(self.config.pool.refresh_timeout_s);
-            outcome.set_replicas(crate::pool::refresh_others(xapi, &me.uuid, PLUGIN, timeout));
+            let replicas = crate::pool::refresh_others(xapi, &me.uuid, PLUGIN, timeout, true);
+            let mut reloads = vec![self.ask_mediator(Some(me), MediatorAction::Reload, false)];
+            for r in &replicas {
+                reloads.push(match &r.reload {
+                    Some(answer) => answer.clone(),
+                    // Unreachable: whether it has a mediator is unknown, so nothing it might
+                    // run is reported as loaded.
+                    None => MediatorAnswer {
+                        host: r.host.clone(),
+                        name: r.name.clone(),
+                        ok: false,
+                        status: None,
+                        text: None,
+                        error: Some(format!(
+                            "the replica was not refreshed: {}",
+                            r.error.as_deref().unwrap_or("no answer")
+                        )),
+                        absent: false,
+                        samples: None,
+                    },
+                });
+            }
+            reloads.retain(|a| !a.absent);
+            let refreshed = replicas.iter().all(|r| r.ok);
+            let reloaded = reloads.iter().all(|a| a.ok);
+            if let Outcome::Applied(a) = &mut outcome {
+                if let Request::SetControls(_, change) = &call.request {
+                    // A weight is read on every request; rate limits and quarantine at a reload.
+                    let needs_reload = change.max_jobs_per_sec.is_some()
+                        || change.max_queue_depth.is_some()
+                        || change.quarantined.is_some();
+                    a.in_effect = Some(refreshed && (!needs_reload || reloaded));
+                }
+                a.reloads = Some(reloads);
+            }
+            outcome.set_replicas(replicas);
         }
         Ok(Answer {
             outcome,
             migration_backup,
         })
+    }
+
+    /// Asks this host's mediator; a host without its admin socket has no mediator (`absent`).
+    fn ask_mediator(
+        &self,
+        me: Option<&xapi::HostRecord>,
+        action: MediatorAction,
+        prometheus: bool,
+    ) -> MediatorAnswer {
+        let socket = &self.config.mediator.admin_socket;
+        let mut answer = MediatorAnswer {
+            host: me.map(|h| h.uuid.clone()).unwrap_or_default(),
+            name: me.map(|h| h.name_label.clone()).unwrap_or_default(),
+            ok: false,
+            status: None,
+            text: None,
+            error: None,
+            absent: false,
+            samples: None,
+        };
+        let command = match action {
+            MediatorAction::Metrics => mediator::Command::ShowMetrics { prometheus },
+            MediatorAction::Health => mediator::Command::ShowHealth,
+            MediatorAction::Connections => mediator::Command::ShowConnections,
+            MediatorAction::Reload => mediator::Command::ReloadConfig,
+        };
+        let client = mediator::Client::new(
+            socket.clone(),
+            Duration::from_secs(self.config.mediator.timeout_s),
+        );
+        match client.ask(command) {
+            Ok(a) => {
+                answer.ok = a.is_ok();
+                answer.status = Some(a.status);
+                if prometheus && a.is_ok() {
+                    answer.samples = Some(
+                        mediator::parse_prometheus(&a.text)
+                            .into_iter()
+                            .map(|s| PromSample {
+                                name: s.name,
+                                labels: s.labels.into_iter().collect(),
+                                value: s.value,
+                            })
+                            .collect(),
+                    );
+                }
+                if !a.is_ok() {
+                    answer.error = Some(a.text.trim_end().to_string());
+                }
+                answer.text = Some(a.text);
+            }
+            Err(mediator::MediatorError::NoSocket { .. }) => {
+                answer.absent = true;
+                answer.error = Some(format!(
+                    "no mediator on this host (no admin socket at {})",
+                    socket.display()
+                ));
+            }
+            Err(e) => answer.error = Some(e.to_string()),
+        }
+        answer
+    }
+
+    /// `mediator`: this host's mediator, another host's through its plugin, or every host's.
+    fn mediators(
+        &self,
+        xapi: &dyn Xapi,
+        me: Option<&xapi::HostRecord>,
+        action: MediatorAction,
+        prometheus: bool,
+        target: &MediatorTarget,
+    ) -> Result<Vec<MediatorAnswer>> {
+        if *target == MediatorTarget::Here {
+            return Ok(vec![self.ask_mediator(me, action, prometheus)]);
+        }
+        let hosts = xapi
+            .hosts()
+            .map_err(|e| Error::xapi("listing the pool's hosts", e))?;
+        let chosen: Vec<xapi::HostRecord> = match target {
+            MediatorTarget::Host(h) => {
+                let found: Vec<_> = hosts
+                    .iter()
+                    .filter(|x| x.uuid.eq_ignore_ascii_case(h) || &x.name_label == h)
+                    .cloned()
+                    .collect();
+                match found.len() {
+                    1 => found,
+                    0 => {
+                        let names: Vec<String> = hosts
+                            .iter()
+                            .map(|x| format!("{} ({})", x.name_label, x.uuid))
+                            .collect();
+                        return Err(Error::invalid(
+                            "host",
+                            h,
+                            format!("not a host of this pool; its hosts: {}", names.join(", ")),
+                        ));
+                    }
+                    _ => {
+                        return Err(Error::invalid(
+                            "host",
+                            h,
+                            "several hosts have that name-label: give its uuid",
+                        ))
+                    }
+                }
+            }
+            _ => hosts,
+        };
+        let mut args = BTreeMap::from([("action".to_string(), action.as_str().to_string())]);
+        if prometheus {
+            args.insert("prometheus".into(), "true".into());
+        }
+        let is_me = |h: &xapi::HostRecord| me.is_some_and(|m| m.uuid == h.uuid);
+        let calls: Vec<xapi::PluginCall> = chosen
+            .iter()
+            .filter(|h| !is_me(h))
+            .map(|h| xapi::PluginCall {
+                host_ref: h.opaque_ref.clone(),
+                plugin: PLUGIN.into(),
+                function: "mediator".into(),
+                args: args.clone(),
+            })
+            .collect();
+        let timeout = Duration::from_secs(self.config.pool.refresh_timeout_s);
+        let mut answers = xapi.call_plugins(&calls, timeout).into_iter();
+        let mut out = Vec::new();
+        for h in &chosen {
+            if is_me(h) {
+                out.push(self.ask_mediator(Some(h), action, prometheus));
+                continue;
+            }
+            let failed = |error: String| MediatorAnswer {
+                host: h.uuid.clone(),
+                name: h.name_label.clone(),
+                ok: false,
+                status: None,
+                text: None,
+                error: Some(error),
+                absent: false,
+                samples: None,
+            };
+            match answers.next() {
+                Some(Ok(text)) => match serde_json::from_str::<Vec<MediatorAnswer>>(&text) {
+                    Ok(list) => out.extend(list),
+                    Err(e) => out.push(failed(format!("unexpected answer from its plugin: {e}"))),
+                },
+                Some(Err(e)) => out.push(failed(e.to_string())),
+                None => out.push(failed("no answer".into())),
+            }
+        }
+        Ok(out)
     }
 
     fn open(&self, write: bool) -> Result<Store> {

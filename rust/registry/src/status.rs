@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use xapi::VmRecord;
 
 /// What comparing a registration with a device found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceStatus {
     pub status: VmStatus,
     pub drift: Vec<Drift>,

@@ -5,7 +5,7 @@
 //! chosen inside the same write transaction that uses it.
 
 use crate::error::{Error, Result, VmRef};
-use crate::model::{sqlite_time_to_rfc3339, Pool, Priority, Registration};
+use crate::model::{sqlite_time_to_rfc3339, Controls, Pool, Priority, Registration};
 use crate::report::{ByPriority, PoolInfo};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeMap;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `PRAGMA user_version` of the schema this code writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Long enough to queue behind other writers that are waiting on XAPI.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,6 +57,15 @@ const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS registry_meta (
     value TEXT NOT NULL
 )";
 
+/// Schema 4: the per-VM scheduling controls the mediator reads by vm_id (`MEDIATOR.md`).
+pub const MEDIATOR_COLUMNS: [(&str, &str); 5] = [
+    ("weight", "INTEGER NOT NULL DEFAULT 50"),
+    ("max_jobs_per_sec", "INTEGER NOT NULL DEFAULT 0"),
+    ("max_queue_depth", "INTEGER NOT NULL DEFAULT 0"),
+    ("quarantined", "INTEGER NOT NULL DEFAULT 0"),
+    ("error_count", "INTEGER NOT NULL DEFAULT 0"),
+];
+
 const SEED_POOLS: &str =
     "INSERT OR IGNORE INTO pools (pool_id, pool_name) VALUES ('A', 'Pool A'), ('B', 'Pool B')";
 
@@ -79,6 +88,17 @@ pub struct Store {
 pub struct ListFilter {
     pub pool: Option<Pool>,
     pub priority: Option<Priority>,
+    /// Only quarantined VMs.
+    pub quarantined: bool,
+}
+
+/// A change of the mediator's controls (`None`: unchanged).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ControlChange {
+    pub weight: Option<u32>,
+    pub max_jobs_per_sec: Option<u32>,
+    pub max_queue_depth: Option<u32>,
+    pub quarantined: Option<bool>,
 }
 
 /// The values a registration may change to.
@@ -618,6 +638,30 @@ impl WriteTx<'_> {
         Ok(())
     }
 
+    /// Changes the mediator's controls of the row; `None` leaves a value as it is. Clearing a
+    /// quarantine also zeroes `error_count`, as the mediator's admin tool always did.
+    pub fn set_controls(&self, vm_uuid: &str, c: &ControlChange) -> Result<Registration> {
+        self.tx
+            .execute(
+                "UPDATE vms SET weight = COALESCE(?1, weight),
+                   max_jobs_per_sec = COALESCE(?2, max_jobs_per_sec),
+                   max_queue_depth = COALESCE(?3, max_queue_depth),
+                   quarantined = COALESCE(?4, quarantined),
+                   error_count = CASE WHEN ?4 = 0 THEN 0 ELSE error_count END,
+                   updated_at = CURRENT_TIMESTAMP
+                 WHERE vm_uuid = ?5",
+                params![
+                    c.weight.map(i64::from),
+                    c.max_jobs_per_sec.map(i64::from),
+                    c.max_queue_depth.map(i64::from),
+                    c.quarantined.map(i64::from),
+                    vm_uuid
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        self.must_get(vm_uuid)
+    }
+
     pub fn delete(&self, vm_uuid: &str) -> Result<bool> {
         let n = self
             .tx
@@ -779,7 +823,8 @@ impl WriteTx<'_> {
 }
 
 const SELECT_REG: &str = "SELECT vm_uuid, vm_name, vm_id, pool_id, priority, created_at, \
-     updated_at, name_chosen FROM vms";
+     updated_at, name_chosen, weight, max_jobs_per_sec, max_queue_depth, quarantined, error_count \
+     FROM vms";
 
 fn row_to_registration(r: &rusqlite::Row<'_>) -> rusqlite::Result<Registration> {
     let pool: String = r.get(3)?;
@@ -797,6 +842,27 @@ fn row_to_registration(r: &rusqlite::Row<'_>) -> rusqlite::Result<Registration> 
         created_at: time_col(r, 5)?,
         updated_at: time_col(r, 6)?,
         name_chosen: r.get::<_, Option<i64>>(7)?.unwrap_or(0) != 0,
+        controls: Controls {
+            weight: number_col(r, 8)?,
+            max_jobs_per_sec: r.get::<_, Option<i64>>(9)?.unwrap_or(0),
+            max_queue_depth: r.get::<_, Option<i64>>(10)?.unwrap_or(0),
+            quarantined: r.get::<_, Option<i64>>(11)?.unwrap_or(0) != 0,
+            error_count: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
+        },
+    })
+}
+
+/// The weight as stored: an integer, or a real in databases made by the older SQL file.
+fn number_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<serde_json::Number> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Integer(n) => n.into(),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f).unwrap_or_else(|| 0.into()),
+        ValueRef::Text(t) => String::from_utf8_lossy(t)
+            .trim()
+            .parse::<i64>()
+            .map_or_else(|_| 0.into(), Into::into),
+        ValueRef::Null | ValueRef::Blob(_) => 0.into(),
     })
 }
 
@@ -836,12 +902,14 @@ fn get(conn: &Connection, vm_uuid: &str) -> rusqlite::Result<Option<Registration
 fn list(conn: &Connection, filter: &ListFilter) -> rusqlite::Result<Vec<Registration>> {
     let mut stmt = conn.prepare_cached(&format!(
         "{SELECT_REG} WHERE (?1 IS NULL OR pool_id = ?1) AND (?2 IS NULL OR priority = ?2)
+           AND (?3 = 0 OR quarantined != 0)
          ORDER BY pool_id, priority DESC, vm_id"
     ))?;
     let rows = stmt.query_map(
         params![
             filter.pool.map(|p| p.as_str()),
-            filter.priority.map(|p| p.as_int())
+            filter.priority.map(|p| p.as_int()),
+            i64::from(filter.quarantined)
         ],
         row_to_registration,
     )?;
@@ -966,6 +1034,11 @@ fn migrate_to_current(conn: &Connection, from: i64) -> rusqlite::Result<()> {
     add_column_if_missing(conn, "vms", NAME_CHOSEN.0, NAME_CHOSEN.1)?;
     // 2 -> 3: no role recorded means a primary of before the mirror (see `pool`).
     conn.execute_batch(CREATE_META)?;
+    // 3 -> 4: the mediator's controls, with the mediator's own declarations and defaults; a
+    // column already there keeps its type and values (an older SQL file's `weight REAL`).
+    for (col, decl) in MEDIATOR_COLUMNS {
+        add_column_if_missing(conn, "vms", col, decl)?;
+    }
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
 }
 

@@ -37,6 +37,13 @@ __all__ = [
     "refresh",
     "adopt",
     "rebuild",
+    "set_weight",
+    "set_rate_limit",
+    "quarantine",
+    "clear_quarantine",
+    "show_weights",
+    "show_rate_limits",
+    "mediator",
     # exceptions.__all__, spelled out for type checkers (the suite checks that they agree)
     "VgpuError",
     "InvalidArgumentError",
@@ -238,13 +245,14 @@ def show(
 def list_vms(
     pool: Optional[str] = None,
     priority: Union[str, int, None] = None,
+    quarantined: bool = False,
     *,
     session: Optional[str] = None,
     config: Optional[Path] = None
 ) -> List[Json]:
-    """The registered VMs (optionally of one pool and/or priority), ordered by pool,
-    priority (high first), vm_id."""
-    return _array("list", session, config, pool=pool, priority=priority)
+    """The registered VMs (optionally of one pool and/or priority, or only the quarantined),
+    ordered by pool, priority (high first), vm_id."""
+    return _array("list", session, config, pool=pool, priority=priority, quarantined=quarantined)
 
 
 def list_pools(*, session: Optional[str] = None, config: Optional[Path] = None) -> List[Json]:
@@ -316,10 +324,13 @@ def sync(
     )
 
 
-def refresh(*, session: Optional[str] = None, config: Optional[Path] = None) -> Json:
+def refresh(
+    reload: bool = False, *, session: Optional[str] = None, config: Optional[Path] = None
+) -> Json:
     """Refreshes this host's copy of the registry from the pool's copy in XAPI (a replica on a
-    member, the primary on the master); acts on the host it runs on."""
-    return _object("refresh", session, config)
+    member, the primary on the master); acts on the host it runs on. ``reload=True`` then asks
+    this host's GPU mediator to reload."""
+    return _object("refresh", session, config, reload=reload)
 
 
 def adopt(
@@ -344,3 +355,96 @@ def rebuild(
     """Rebuilds the master's registry from the pool's copy in XAPI (backing up what was there),
     then adopts VMs that carry a device but have no copy; ``dry_run=True`` only reports."""
     return _object("rebuild", session, config, dry_run=dry_run)
+
+
+def set_weight(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    weight: Optional[int] = None,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Sets the VM's mediator weight (1 to 100); ``reloads`` and ``in_effect`` say where it
+    took effect."""
+    return _object("set-weight", session, config, vm_uuid=vm_uuid, vm_name=vm_name, weight=weight)
+
+
+def set_rate_limit(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    rate: Optional[int] = None,
+    queue_depth: Optional[int] = None,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Sets the VM's rate limit (jobs per second, 0 = unlimited) and, when given, its queue
+    depth; ``in_effect`` is false when a mediator could not reload it."""
+    return _object(
+        "set-rate-limit",
+        session,
+        config,
+        vm_uuid=vm_uuid,
+        vm_name=vm_name,
+        rate=rate,
+        queue_depth=queue_depth,
+    )
+
+
+def quarantine(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Quarantines the VM (mediators reject its new GPU work once they reload)."""
+    return _object("quarantine", session, config, vm_uuid=vm_uuid, vm_name=vm_name)
+
+
+def clear_quarantine(
+    vm_uuid: Optional[str] = None,
+    vm_name: Optional[str] = None,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> Json:
+    """Lifts the VM's quarantine and zeroes its error count."""
+    return _object("clear-quarantine", session, config, vm_uuid=vm_uuid, vm_name=vm_name)
+
+
+def show_weights(
+    pool: Optional[str] = None, *, session: Optional[str] = None, config: Optional[Path] = None
+) -> List[Json]:
+    """The registrations with their controls (the weights' view)."""
+    return _array("show-weights", session, config, pool=pool)
+
+
+def show_rate_limits(
+    pool: Optional[str] = None, *, session: Optional[str] = None, config: Optional[Path] = None
+) -> List[Json]:
+    """The registrations with their controls (the rate limits' view)."""
+    return _array("show-rate-limits", session, config, pool=pool)
+
+
+def mediator(
+    action: str,
+    prometheus: bool = False,
+    host: Optional[str] = None,
+    all_hosts: bool = False,
+    *,
+    session: Optional[str] = None,
+    config: Optional[Path] = None
+) -> List[Json]:
+    """Asks a GPU mediator (``metrics``, ``health``, ``connections`` or ``reload``): this
+    host's, ``host``'s through its plugin, or every host's."""
+    return _array(
+        "mediator",
+        session,
+        config,
+        action=action,
+        prometheus=prometheus,
+        host=host,
+        all_hosts=all_hosts,
+    )

@@ -15,7 +15,7 @@ use crate::report::{
     SyncAction, SyncChange, SyncItem, SyncReport, VmStatus,
 };
 use crate::status::{build_scan, device_status, dma_of, is_real_vm, vm_ref, DeviceStatus};
-use crate::store::{NewValues, Store, WriteTx};
+use crate::store::{ControlChange, NewValues, Store, WriteTx};
 use apply::{apply_to_vm, new_dma, DeviceChange};
 use std::collections::BTreeMap;
 use xapi::{VmRecord, Xapi};
@@ -418,6 +418,8 @@ impl Ctx<'_> {
                 device_model_args: None,
                 removed: true,
                 replicas: None,
+                reloads: None,
+                in_effect: None,
             });
         };
         let will_restart = self.plan_restart(&vm, restart)?;
@@ -449,6 +451,8 @@ impl Ctx<'_> {
             device_model_args: None,
             removed: true,
             replicas: None,
+            reloads: None,
+            in_effect: None,
         })
     }
 
@@ -479,7 +483,39 @@ impl Ctx<'_> {
             device_model_args: dma,
             removed,
             replicas: None,
+            reloads: None,
+            in_effect: None,
         })
+    }
+
+    /// Changes the mediator's controls of a registered VM; its device is left as it is.
+    pub fn set_controls(&mut self, selector: &Selector, change: ControlChange) -> Result<Applied> {
+        let (reg, vm) = self.resolve_registered(selector)?;
+        let uuid = reg.vm_uuid.clone();
+        let Some(vm) = vm else {
+            // A stale registration: its row and the pool's copy only.
+            let xapi = self.xapi;
+            let (tx, primary) = self.begin()?;
+            let reg = tx.set_controls(&uuid, &change)?;
+            let g = pool::publish_and_commit(xapi, tx, &primary, &[])?;
+            self.committed = Some(g);
+            return Ok(Applied {
+                registration: reg,
+                applied: false,
+                pending_restart: false,
+                restarted: false,
+                power_state: None,
+                device_model_args: None,
+                removed: false,
+                replicas: None,
+                reloads: None,
+                in_effect: None,
+            });
+        };
+        let (reg, dma) = self.apply(&vm, |tx| {
+            Ok((tx.set_controls(&uuid, &change)?, DeviceChange::Keep))
+        })?;
+        self.finish(&vm, reg, dma, false, false)
     }
 
     pub fn show(&self, selector: &Selector) -> Result<ShowReport> {
@@ -531,7 +567,7 @@ impl Ctx<'_> {
             .ok_or_else(|| Error::Internal(format!("pool {pool} missing from the pools table")))?;
         let vms = self.store.list(&ListFilter {
             pool: Some(pool),
-            priority: None,
+            ..ListFilter::default()
         })?;
         Ok(PoolDetail { pool: info, vms })
     }

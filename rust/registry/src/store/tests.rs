@@ -342,6 +342,7 @@ fn list_is_ordered_by_pool_priority_high_first_then_id() {
         .list(&ListFilter {
             pool: Some(Pool::A),
             priority: Some(Priority::High),
+            quarantined: false,
         })
         .unwrap();
     assert_eq!(a_high.len(), 2);
