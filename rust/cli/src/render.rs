@@ -824,6 +824,34 @@ fn rebuild(page: &mut Page, r: &RebuildReport) {
 
 fn applied(page: &mut Page, a: &Applied, function: &str) {
     let r = &a.registration;
+    let c = &r.controls;
+    let limit = |n: i64| {
+        if n == 0 {
+            "unlimited".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    let control = match function {
+        "set-weight" => Some(format!("weight {}", c.weight)),
+        "set-rate-limit" => Some(format!(
+            "rate limit {} job(s)/s, queue depth {}",
+            limit(c.max_jobs_per_sec),
+            limit(c.max_queue_depth)
+        )),
+        "quarantine" => Some("quarantined: the mediators reject its new GPU work".into()),
+        "clear-quarantine" => Some("quarantine lifted, error count zeroed".into()),
+        _ => None,
+    };
+    if let Some(what) = control {
+        page.line(&format!(
+            "{OK} VM {} ({}), vm_id {}: {what}",
+            r.vm_uuid,
+            name(&r.vm_name),
+            r.vm_id
+        ));
+        return;
+    }
     let verb = match function {
         "register" => "Registered",
         "remove" => "Removed",

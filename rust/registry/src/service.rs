@@ -195,8 +195,12 @@ impl Service {
 
     fn run_here_once(&self, xapi: &dyn Xapi, call: &Call, here: &Here) -> Result<Answer> {
         if let Request::Refresh { reload } = call.request {
-            let me = here.me.as_ref().ok_or_else(|| {
-                Error::Internal("refresh was routed here without this host's record".into())
+            let me = here.me.as_ref().ok_or_else(|| Error::Setting {
+                setting: "VGPU_HOST_UUID",
+                message: "refresh acts on this host's registry file, but this host's uuid is \
+                          unknown (no INSTALLATION_UUID in /etc/xensource-inventory and no \
+                          VGPU_HOST_UUID): run it in a pool host's dom0"
+                    .into(),
             })?;
             let mut open = || self.open(true);
             let mut report = crate::pool::refresh_here(xapi, &self.db, &mut open, me)?;
@@ -479,17 +483,7 @@ impl Service {
                             ),
                         })?,
                 ),
-                None => {
-                    return Err(Error::Setting {
-                        setting: "VGPU_HOST_UUID",
-                        message: format!(
-                            "{} acts on this host's registry file, but this host's uuid is \
-                             unknown (no INSTALLATION_UUID in /etc/xensource-inventory and no \
-                             VGPU_HOST_UUID): run it in a pool host's dom0",
-                            call.spec.name
-                        ),
-                    })
-                }
+                None => None,
             };
             return Ok(Route::Local(Here { me, pool: None }));
         }

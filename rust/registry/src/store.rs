@@ -432,6 +432,19 @@ impl Store {
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     }
 
+    /// The declared type of the `weight` column (`REAL` in databases made by the older SQL file).
+    pub fn weight_type(&self) -> Result<String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT type FROM pragma_table_info('vms') WHERE name = 'weight'")
+            .map_err(|e| self.db_err(e))?;
+        let t: Option<String> = stmt
+            .query_row([], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.db_err(e))?;
+        Ok(t.unwrap_or_default().to_ascii_uppercase())
+    }
+
     /// The role and generation this file records (schema 3).
     pub fn meta(&self) -> Result<Meta> {
         meta(&self.conn).map_err(|e| self.db_err(e))

@@ -601,6 +601,7 @@ impl Ctx<'_> {
             }
         }
         let mut warnings: Vec<String> = self.store.exposure().into_iter().collect();
+        warnings.extend(self.mediator_warnings()?);
         let (generation, hosts) = match self.xapi.pool() {
             Ok(p) => match pool::host_replicas(self.xapi, &p) {
                 Ok(h) => (pool::pool_generation(&p), h),
@@ -661,6 +662,50 @@ impl Ctx<'_> {
             problems,
             warnings,
         })
+    }
+
+    /// Values the mediator misreads (`MEDIATOR.md`): a weight outside 1…100 or not whole, the
+    /// older SQL file's REAL weight of 1, and controls it never loads past its 64th row.
+    fn mediator_warnings(&self) -> Result<Vec<String>> {
+        const MEDIATOR_ROWS: usize = 64;
+        let regs = self.store.list(&ListFilter::default())?;
+        let real = self.store.weight_type()? == "REAL";
+        let mut out = Vec::new();
+        for (i, r) in regs.iter().enumerate() {
+            let c = &r.controls;
+            let who = format!("VM {} (vm_id {})", r.vm_ref(), r.vm_id);
+            let w = c.weight.as_f64().unwrap_or(0.0);
+            if !(1.0..=100.0).contains(&w) || w.fract() != 0.0 {
+                out.push(format!(
+                    "{who} has weight {}, which the mediator misreads (it takes whole numbers \
+                     1 to 100, and anything at or below 0 as 50): vgpu-admin set-weight \
+                     --vm-uuid {} --weight 50",
+                    c.weight, r.vm_uuid
+                ));
+            } else if real && w == 1.0 {
+                out.push(format!(
+                    "{who} has weight 1 in a REAL weight column, the older SQL file's default, \
+                     which gives it 1/50 of the intended share: vgpu-admin set-weight --vm-uuid \
+                     {} --weight 50",
+                    r.vm_uuid
+                ));
+            }
+            let controlled = c.max_jobs_per_sec != 0 || c.max_queue_depth != 0 || c.quarantined;
+            if i >= MEDIATOR_ROWS && controlled {
+                out.push(format!(
+                    "{who} is registration {} in the mediator's order (pool, priority high first, \
+                     vm_id); a mediator loads rate limits and quarantine for the first \
+                     {MEDIATOR_ROWS} only, so its {} is not applied",
+                    i + 1,
+                    if c.quarantined {
+                        "quarantine"
+                    } else {
+                        "rate limit"
+                    }
+                ));
+            }
+        }
+        Ok(out)
     }
 
     pub fn sync(
