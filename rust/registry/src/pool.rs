@@ -806,7 +806,8 @@ pub fn refresh_others(
         .map(|(h, answer)| {
             let (ok, generation, error, reload) = match answer {
                 Ok(text) => match serde_json::from_str::<RefreshReport>(&text) {
-                    Ok(r) => (true, r.generation, None, r.reload),
+                    // A host without a mediator has nothing to report.
+                    Ok(r) => (true, r.generation, None, r.reload.filter(|a| !a.absent)),
                     Err(e) => (false, None, Some(format!("unexpected answer: {e}")), None),
                 },
                 Err(e) => (false, None, Some(plugin_error_text(&e)), None),

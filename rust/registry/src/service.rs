@@ -267,6 +267,8 @@ impl Service {
             for r in &replicas {
                 reloads.push(match &r.reload {
                     Some(answer) => answer.clone(),
+                    // Refreshed, and no mediator there to reload.
+                    None if r.ok => continue,
                     // Unreachable: whether it has a mediator is unknown, so nothing it might
                     // run is reported as loaded.
                     None => MediatorAnswer {
