@@ -33,7 +33,7 @@ import uuid as uuidlib
 import pytest
 
 from conftest import (
-    CUDA_DEV, DMA, LEGACY_STUB, ML_TRAIN_A, ML_TRAIN_B, REAL_VMS, RENDER_01, RENDER_02, TESTS_DIR, parse_error_doc,
+    CUDA_DEV, DMA, LEGACY_STUB, ML_TRAIN_A, ML_TRAIN_B, REAL_VMS, RENDER_01, RENDER_02, parse_error_doc,
     platforms, rust_debug,
 )
 import test_scan_and_concurrency as old
