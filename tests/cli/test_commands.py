@@ -14,7 +14,9 @@ from conftest import (
 )
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-REGISTRATION_KEYS = {"vm_uuid", "vm_name", "vm_id", "pool", "priority", "created_at", "updated_at"}
+# the mediator's controls travel with every registration (SPEC section 10)
+CONTROL_KEYS = {"weight", "max_jobs_per_sec", "max_queue_depth", "quarantined", "error_count"}
+REGISTRATION_KEYS = {"vm_uuid", "vm_name", "vm_id", "pool", "priority", "created_at", "updated_at"} | CONTROL_KEYS
 APPLIED_KEYS = REGISTRATION_KEYS | {"applied", "pending_restart", "restarted", "power_state", "device_model_args"}
 PRIO_RANK = {"high": 0, "medium": 1, "low": 2}
 PRIO_INT = {"low": 0, "medium": 1, "high": 2}
@@ -750,9 +752,11 @@ def test_function_table_is_what_dispatch_accepts(cli):
     names = [f["name"] for f in table["functions"]]
     assert names == ["scan", "register", "set-vm-id", "set-pool", "set-priority", "update", "show", "list",
                      "list-pools", "show-pool", "remove", "status", "sync",  # SPEC section 4
-                     "refresh", "adopt", "rebuild"]  # SPEC section 9
-    # only refresh acts on the host it is called on
-    assert [f["name"] for f in table["functions"] if f["local"]] == ["refresh"]
+                     "refresh", "adopt", "rebuild",  # SPEC section 9
+                     "set-weight", "set-rate-limit", "quarantine", "clear-quarantine", "show-weights",
+                     "show-rate-limits", "mediator"]  # SPEC section 10
+    # only refresh and mediator act on the host they are called on
+    assert [f["name"] for f in table["functions"] if f["local"]] == ["refresh", "mediator"]
     declared = {a["key"]: a for a in table["arguments"]}
     for f in table["functions"]:
         assert f["vm"] in ("none", "required", "optional")

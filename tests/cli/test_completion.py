@@ -145,15 +145,44 @@ def test_every_option_of_every_command_completes(cli, bash):
         assert set(bash.words(command, "--format", "json", "--")) == expected, command
 
 
+def help_positionals(cli, command):
+    """The positional arguments `vgpu-admin COMMAND --help` lists: {"action": [possible values]}."""
+    out = cli.ok(command, "--help", env={"COLUMNS": "200"}).out
+    if "\nArguments:\n" not in out:
+        return {}
+    section = out.split("\nArguments:\n", 1)[1].split("\nOptions:", 1)[0]
+    found = {}
+    for m in re.finditer(r"^  <([A-Z_]+)>(.*?)(?=^  <|\Z)", section, re.M | re.S):
+        values = re.search(r"\[possible values: ([^\]]*)\]", m.group(2))
+        found[m.group(1).lower().replace("_", "-")] = values.group(1).split(", ") if values else []
+    return found
+
+
 def test_every_argument_of_the_function_table_completes_on_its_command(cli, bash):
     table = json.loads(cli.ok("functions", "--format", "json").out)
     assert table["functions"]
+    positional_seen = 0
     for f in table["functions"]:
         keys = f["required"] + f["optional"] + f["flags"]
         assert keys or f["command"] in ("scan-vms", "list-pools", "status", "refresh"), f
         offered = set(bash.words(f["command"], "--"))
+        positionals = help_positionals(cli, f["command"])
         for key in keys:
+            if key in positionals:
+                # a positional word on the command line (`mediator health`): its values complete
+                values = positionals[key]
+                assert values, (f["command"], key)
+                assert set(values) <= set(bash.words(f["command"], "")), (f["command"], key)
+                positional_seen += 1
+                continue
             assert "--" + key in offered, (f["command"], key, sorted(offered))
+    # `mediator ACTION` is the one positional argument of the table (SPEC section 10)
+    assert positional_seen == 1
+
+
+def test_the_mediator_action_completes_from_a_prefix(bash):
+    assert bash.words("mediator", "re") == ["reload"]
+    assert set(bash.words("mediator", "")) >= {"connections", "health", "metrics", "reload"}
 
 
 def test_options_complete_from_a_prefix(bash):

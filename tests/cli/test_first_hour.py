@@ -135,10 +135,18 @@ def error_paths(table):
     """(argv, expected exit status) for every command of the function table: missing and
     conflicting options, bad values, a VM that does not exist, a VM that is not registered."""
     values = {"pool": ["C", "ab"], "priority": ["urgent", "3"], "vm-id": ["-1", "0", "x", "4294967296"],
-              "vm-uuid": ["not-a-uuid"], "vm-name": ["tab\there"]}
-    good = {"pool": "A", "priority": "low", "vm-id": "77"}
+              "vm-uuid": ["not-a-uuid"], "vm-name": ["tab\there"],
+              "weight": ["0", "101", "-5", "7.5", "abc"], "rate": ["-1", "abc"], "queue-depth": ["-1", "x"]}
+    good = {"pool": "A", "priority": "low", "vm-id": "77", "weight": "30", "rate": "10"}
     for f in table["functions"]:
         cmd = [f["command"]]
+        if f["name"] == "mediator":
+            # the action is a word (`mediator health`); a bad one and none are usage errors
+            yield ["mediator"], 2
+            yield ["mediator", "restart"], 2
+            yield ["mediator", "health", "--host", "no-such-host"], 2
+            yield ["mediator", "health", "--host", "no-such-host", "--all-hosts"], 2
+            continue
         base = list(cmd)
         if f["vm"] == "required":
             base += ["--vm-uuid", RENDER_01]

@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import sqlite3
+import time
 
 import pytest
 
@@ -33,6 +34,8 @@ FIELD_KEY = "XenCenter.CustomFields.vgpu"
 POOLS_KEY = "vgpu-registry:pools"
 LAST_CHANGE_KEY = "vgpu-registry:last-change"
 GENERATION_KEY = "vgpu-registry:generation"
+# `<prefix><generation>`: the writer that published that generation claimed it; older claims go
+CLAIM_PREFIX = "vgpu-registry:claim:"
 WORD = {0: "low", 1: "medium", 2: "high"}
 
 MASTER = fixture_uuid("sample_pool.json", "xcp-lab-01", kind="hosts")
@@ -181,7 +184,10 @@ def test_mirror_holds_exactly_the_registry_row(cli, sim):
             assert_mirror(cli, u)
         assert_pool_rows(cli)
         pool_oc = sim.pool_other_config()
-        assert set(pool_oc) == {FOREIGN_KEY, POOLS_KEY, GENERATION_KEY, LAST_CHANGE_KEY}
+        claim = CLAIM_PREFIX + str(gen)
+        assert set(pool_oc) == {FOREIGN_KEY, POOLS_KEY, GENERATION_KEY, LAST_CHANGE_KEY, claim}
+        writer, since = pool_oc[claim].split(" ")
+        assert writer and abs(int(since) - time.time()) < 600, pool_oc[claim]
         # the last change names the VM it touched, at the generation it made
         last = json.loads(pool_oc[LAST_CHANGE_KEY])
         # (the first change publishes every VM: null)
@@ -230,15 +236,21 @@ def test_mirror_holds_exactly_the_registry_row(cli, sim):
 
 
 def test_mirror_carries_every_column_of_the_row(cli, sim):
-    """A column the registry does not own (the mediator's weight) travels in the mirror too."""
+    """The mediator's controls travel in the mirror, and so does a column the registry does not
+    know (another tool's), with the value the row holds."""
     cli.register(RENDER_02, "A", "high", 5)
+    doc = json.loads(sim.vm_other_config(RENDER_02)[VM_KEY])
+    assert {k: doc[k] for k in ("weight", "max_jobs_per_sec", "max_queue_depth", "error_count")} == \
+        {"weight": 50, "max_jobs_per_sec": 0, "max_queue_depth": 0, "error_count": 0}
+    assert doc["quarantined"] in (False, 0)
     conn = sqlite3.connect(cli.db)
     with conn:
-        conn.execute("ALTER TABLE vms ADD COLUMN weight INTEGER NOT NULL DEFAULT 50")
-        conn.execute("UPDATE vms SET weight = 77 WHERE vm_uuid = ?", (RENDER_02,))
+        conn.execute("ALTER TABLE vms ADD COLUMN site_note TEXT")
+        conn.execute("UPDATE vms SET weight = 77, site_note = 'rack 4' WHERE vm_uuid = ?", (RENDER_02,))
     conn.close()
     cli.run_json("set-priority", "--vm-uuid", RENDER_02, "--priority", "low")
-    assert json.loads(sim.vm_other_config(RENDER_02)[VM_KEY])["weight"] == 77
+    doc = json.loads(sim.vm_other_config(RENDER_02)[VM_KEY])
+    assert doc["weight"] == 77 and doc["site_note"] == "rack 4", doc
     assert_mirror(cli, RENDER_02)
     assert generation(sim) == 2
 

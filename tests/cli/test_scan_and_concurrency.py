@@ -228,10 +228,25 @@ def rfc3339(s):
     return None if s is None else s.replace(" ", "T") + "Z"
 
 
-def expected_list(rows):
+# What a row without values of its own holds in the mediator's columns after migration: the
+# column defaults of the design (the SQL file's REAL weight 1.0), else the mediator's (SPEC §10).
+MEDIATOR_DEFAULTS = (50, 0, 0, 0, 0)
+SQL_FILE_DEFAULTS = (1.0, 0, 0, 0, 0)
+
+
+def controls_of(design, uuid):
+    schema, mediator = DESIGNS[design]
+    values = (mediator or {}).get(uuid) or (SQL_FILE_DEFAULTS if design == "later-sql-file" else MEDIATOR_DEFAULTS)
+    out = dict(zip(MEDIATOR, values))
+    out["quarantined"] = bool(out["quarantined"])
+    return out
+
+
+def expected_list(rows, design):
     words = {0: "low", 1: "medium", 2: "high"}
-    regs = [{"vm_id": r[0], "vm_uuid": r[1], "vm_name": r[2], "pool": r[3], "priority": words[r[4]],
-             "created_at": rfc3339(r[5]), "updated_at": rfc3339(r[6])} for r in rows]
+    regs = [dict({"vm_id": r[0], "vm_uuid": r[1], "vm_name": r[2], "pool": r[3], "priority": words[r[4]],
+                  "created_at": rfc3339(r[5]), "updated_at": rfc3339(r[6])}, **controls_of(design, r[1]))
+            for r in rows]
     return sorted(regs, key=lambda d: (d["pool"], -{"low": 0, "medium": 1, "high": 2}[d["priority"]], d["vm_id"]))
 
 
@@ -268,15 +283,15 @@ def test_migration_keeps_every_row_and_column(cli, design):
 
     r = cli.run("list-vms", "--format", "json")
     assert r.code == 0, r
-    assert json.loads(r.out) == expected_list(OLD_ROWS)
-    backups = glob.glob(glob.escape(cli.db) + ".pre-v3-*.bak")
+    assert json.loads(r.out) == expected_list(OLD_ROWS, design)
+    backups = glob.glob(glob.escape(cli.db) + ".pre-v4-*.bak")
     assert len(backups) == 1, os.listdir(os.path.dirname(cli.db))
     assert "migrated" in r.err and backups[0] in r.err
 
     # every column value survived, under the same names; the schema is the current one
     assert set(cols) <= set(columns_of(cli.db))
     assert select(cli.db, cols) == before
-    assert user_version(cli.db) == 3
+    assert user_version(cli.db) == 4
     conn = sqlite3.connect(cli.db)
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'vms'").fetchone()[0]
     conn.close()
@@ -301,7 +316,7 @@ def test_migration_keeps_every_row_and_column(cli, design):
     # opening again does not migrate again
     r = cli.run("list-pools", "--format", "json")
     assert r.code == 0 and "migrated" not in r.err
-    assert len(glob.glob(glob.escape(cli.db) + ".pre-v3-*.bak")) == 1
+    assert len(glob.glob(glob.escape(cli.db) + ".pre-v4-*.bak")) == 1
     if design.startswith("later"):
         pools = {p["pool_id"]: p for p in json.loads(r.out)}
         assert pools["A"]["description"] == "fast GPUs"
@@ -310,7 +325,7 @@ def test_migration_keeps_every_row_and_column(cli, design):
 def test_sql_file_design_keeps_real_weight_and_check(cli):
     build_old_db(cli.db, "later-sql-file")
     cli.ok("list-vms")
-    assert user_version(cli.db) == 3
+    assert user_version(cli.db) == 4
     rows = {r[0]: r[1:] for r in select(cli.db, ["vm_uuid", "weight", "typeof(weight)"])}
     assert rows[CUDA_DEV] == (2.5, "real") and rows[RENDER_02] == (0.25, "real")
     assert rows[RENDER_01] == (1.0, "real")  # the column default
@@ -367,9 +382,9 @@ def test_concurrent_first_opens_of_an_old_database(cli):
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
-        assert json.loads(out) == expected_list(OLD_ROWS)
-    assert len(glob.glob(glob.escape(cli.db) + ".pre-v3-*.bak")) == 1
-    assert select(cli.db, cols) == before and user_version(cli.db) == 3
+        assert json.loads(out) == expected_list(OLD_ROWS, "first-autoincrement-with-mediator-alter")
+    assert len(glob.glob(glob.escape(cli.db) + ".pre-v4-*.bak")) == 1
+    assert select(cli.db, cols) == before and user_version(cli.db) == 4
 
 
 def test_concurrent_registrations_on_a_new_registry(cli, sim):

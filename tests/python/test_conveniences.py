@@ -48,6 +48,8 @@ def test_register_then_read_back(pkg, pool):
         "vm_uuid": render_01, "vm_name": "render-01", "pool": "A", "priority": "high", "vm_id": 1,
         "power_state": "Running", "applied": True, "pending_restart": True, "restarted": False,
         "device_model_args": "-device vgpu-cuda,addr=5,pool_id=A,priority=high,vm_id=1",
+        # the mediator's controls, at the mediator's defaults
+        "weight": 50, "max_jobs_per_sec": 0, "max_queue_depth": 0, "quarantined": False, "error_count": 0,
     }
     assert (by_name["vm_uuid"], by_name["pool"], by_name["priority"], by_name["vm_id"]) == (ml_train_b, "B", "low", 7)
     assert pool.dma("render-01") == "-device vgpu-cuda,addr=5,pool_id=A,priority=high,vm_id=1"
