@@ -49,10 +49,52 @@ const ARGUMENTS = {
       description: 'every VM it applies to (sync: every registered VM; adopt: every VM with a device to adopt)',
     },
   },
+  weight: {
+    param: 'weight',
+    schema: { type: ['string', 'integer'], description: "the mediator's scheduling weight, 1 to 100" },
+  },
+  rate: {
+    param: 'rate',
+    schema: { type: ['string', 'integer'], description: 'the most GPU jobs per second, 0 = unlimited' },
+  },
+  'queue-depth': {
+    param: 'queueDepth',
+    schema: {
+      type: ['string', 'integer'],
+      description: 'the most queued GPU jobs, 0 = unlimited (kept as it is when not given)',
+    },
+  },
+  quarantined: {
+    param: 'quarantined',
+    schema: { type: 'boolean', description: 'only the quarantined VMs' },
+  },
+  action: {
+    param: 'action',
+    schema: { type: 'string', description: 'what to ask the mediator: metrics, health, connections or reload' },
+  },
+  prometheus: {
+    param: 'prometheus',
+    schema: { type: 'boolean', description: 'metrics in the Prometheus text format, with its samples parsed' },
+  },
+  'all-hosts': {
+    param: 'allHosts',
+    schema: {
+      type: 'boolean',
+      description: "every host's mediator, asked by the host given through each host's plugin",
+    },
+  },
+  reload: {
+    param: 'reload',
+    schema: { type: 'boolean', description: "then have the host's mediator reload the registry" },
+  },
 }
 
-// `long`: may run for minutes (restarts a VM, walks every VM of the pool), so it runs as an XAPI
-// task (`callAsync`) rather than inside one HTTP request. `read`: changes nothing; also served by
+// The plugin's `host` argument (the host whose mediator `mediator` asks) has no parameter: XO
+// calls the plugin on the host named by its own `host` parameter directly, which is the same
+// question without the hop through another host.
+
+// `long`: may run for minutes (restarts a VM, walks every VM of the pool, waits on other hosts and
+// their mediators), so it runs as an XAPI task (`callAsync`) rather than inside one HTTP request. `read`: changes nothing; also served by
 // the REST API. `local`: acts on the host it is called on (SPEC §9), so it runs on the host the
 // caller names in `host` instead of the master.
 const FUNCTIONS = [
@@ -108,10 +150,10 @@ const FUNCTIONS = [
   },
   {
     name: 'list',
-    description: 'the registered VMs, by pool, priority (high first) and vm_id',
+    description: 'the registered VMs, by pool, priority (high first) and vm_id, with their controls',
     read: true,
     required: [],
-    optional: ['pool', 'priority'],
+    optional: ['pool', 'priority', 'quarantined'],
   },
   {
     name: 'list-pools',
@@ -155,7 +197,7 @@ const FUNCTIONS = [
     long: true,
     local: true,
     required: [],
-    optional: [],
+    optional: ['reload'],
   },
   {
     name: 'adopt',
@@ -170,6 +212,57 @@ const FUNCTIONS = [
     long: true,
     required: [],
     optional: ['dry-run'],
+  },
+  {
+    name: 'set-weight',
+    description: "change a registered VM's scheduling weight (read by the mediator on every request)",
+    long: true,
+    required: ['weight'],
+    optional: ['vm-uuid', 'vm-name'],
+  },
+  {
+    name: 'set-rate-limit',
+    description: "change a registered VM's rate limit and queue depth (in effect once the mediators reload)",
+    long: true,
+    required: ['rate'],
+    optional: ['vm-uuid', 'vm-name', 'queue-depth'],
+  },
+  {
+    name: 'quarantine',
+    description: 'have the mediators reject new GPU work from a registered VM',
+    long: true,
+    required: [],
+    optional: ['vm-uuid', 'vm-name'],
+  },
+  {
+    name: 'clear-quarantine',
+    description: "lift a VM's quarantine and zero its error count",
+    long: true,
+    required: [],
+    optional: ['vm-uuid', 'vm-name'],
+  },
+  {
+    name: 'show-weights',
+    description: 'the registered VMs with their scheduling weights',
+    read: true,
+    required: [],
+    optional: ['pool'],
+  },
+  {
+    name: 'show-rate-limits',
+    description: 'the registered VMs with their rate limits, queue depths and quarantine',
+    read: true,
+    required: [],
+    optional: ['pool'],
+  },
+  {
+    name: 'mediator',
+    description: "ask a host's GPU mediator over its admin socket: metrics, health, connections or reload",
+    long: true,
+    read: true,
+    local: true,
+    required: ['action'],
+    optional: ['prometheus', 'all-hosts'],
   },
 ]
 

@@ -122,6 +122,21 @@ describe('what the methods send', () => {
     ['vgpu.adopt', { vmName: 'old box', dryRun: false }, 'adopt', { 'vm-name': 'old box', 'dry-run': 'false' }],
     ['vgpu.rebuild', { dryRun: true }, 'rebuild', { 'dry-run': 'true' }],
     ['vgpu.rebuild', {}, 'rebuild', {}],
+    ['vgpu.list', { quarantined: true }, 'list', { quarantined: 'true' }],
+    ['vgpu.setWeight', { vm: VM.uuid, weight: 80 }, 'set-weight', { 'vm-uuid': VM.uuid, weight: '80' }],
+    ['vgpu.setWeight', { vmName: 'web 01', weight: '5' }, 'set-weight', { 'vm-name': 'web 01', weight: '5' }],
+    [
+      'vgpu.setRateLimit',
+      { vm: VM.uuid, rate: 25, queueDepth: 0 },
+      'set-rate-limit',
+      { 'vm-uuid': VM.uuid, rate: '25', 'queue-depth': '0' },
+    ],
+    ['vgpu.setRateLimit', { vmName: 'x', rate: '0' }, 'set-rate-limit', { 'vm-name': 'x', rate: '0' }],
+    ['vgpu.quarantine', { vm: VM.uuid }, 'quarantine', { 'vm-uuid': VM.uuid }],
+    ['vgpu.clearQuarantine', { vmName: 'x' }, 'clear-quarantine', { 'vm-name': 'x' }],
+    ['vgpu.showWeights', {}, 'show-weights', {}],
+    ['vgpu.showWeights', { vgpuPool: 'A' }, 'show-weights', { pool: 'A' }],
+    ['vgpu.showRateLimits', { vgpuPool: 'B' }, 'show-rate-limits', { pool: 'B' }],
   ]
   for (const [name, params, fn, args] of cases) {
     test(`${name} -> ${fn} on the master, string arguments`, async () => {
@@ -148,6 +163,29 @@ describe('what the methods send', () => {
       assert.deepEqual(await xo.call('vgpu.refresh', { pool: POOL.uuid, ...params }), { host: 'h' })
       assert.deepEqual(xapi.calls, [
         { via: 'callAsync', method: 'host.call_plugin', args: [ref(host.uuid), 'vgpu', 'refresh', {}] },
+      ])
+    })
+  }
+
+  // Their own arguments go with them; the plugin's `host` argument is never sent (XO calls the
+  // host itself).
+  const localArgs = [
+    ['vgpu.refresh', { reload: true }, 'refresh', { reload: 'true' }],
+    ['vgpu.mediator', { action: 'health' }, 'mediator', { action: 'health' }],
+    [
+      'vgpu.mediator',
+      { action: 'metrics', prometheus: true, allHosts: false },
+      'mediator',
+      { action: 'metrics', prometheus: 'true', 'all-hosts': 'false' },
+    ],
+    ['vgpu.mediator', { action: 'reload', allHosts: true }, 'mediator', { action: 'reload', 'all-hosts': 'true' }],
+  ]
+  for (const [name, params, fn, args] of localArgs) {
+    test(`${name} ${JSON.stringify(params)} -> ${fn} on the host given, as a task`, async () => {
+      const { xo, xapi } = setup({ answer: () => '[]' })
+      assert.deepEqual(await xo.call(name, { pool: POOL.uuid, host: MEMBER.name_label, ...params }), [])
+      assert.deepEqual(xapi.calls, [
+        { via: 'callAsync', method: 'host.call_plugin', args: [ref(MEMBER.uuid), 'vgpu', fn, args] },
       ])
     })
   }
@@ -200,7 +238,7 @@ describe('what the methods send', () => {
   })
 
   test('the calls cover every method', () => {
-    assert.deepEqual([...new Set([...cases.map(c => c[0]), 'vgpu.refresh'])].sort(), ALL_METHODS)
+    assert.deepEqual([...new Set([...cases, ...localArgs].map(c => c[0]))].sort(), ALL_METHODS)
   })
 
   test('a method follows the pool master XO knows', async () => {
@@ -245,6 +283,20 @@ describe('what callers get for bad calls', () => {
     for (const bad of [{}, { host: '' }, { host: MEMBER.uuid, dryRun: true }]) {
       await rejectsWithCode(xo.call('vgpu.refresh', { pool: POOL.uuid, ...bad }), 10)
     }
+    for (const bad of [
+      { action: 'health' }, // host missing, even with allHosts: the host that asks the others
+      { action: 'health', allHosts: true },
+      { host: MEMBER.uuid }, // action missing
+      { host: MEMBER.uuid, action: 'health', prometheus: 'yes' },
+      { host: MEMBER.uuid, action: 'health', vm: VM.uuid },
+    ]) {
+      await rejectsWithCode(xo.call('vgpu.mediator', { pool: POOL.uuid, ...bad }), 10)
+    }
+    for (const bad of [{ vm: VM.uuid }, { vm: VM.uuid, weight: 50.5 }, { vm: VM.uuid, weight: '' }]) {
+      await rejectsWithCode(xo.call('vgpu.setWeight', { pool: POOL.uuid, ...bad }), 10)
+    }
+    await rejectsWithCode(xo.call('vgpu.setRateLimit', { pool: POOL.uuid, vm: VM.uuid, queueDepth: 4 }), 10)
+    await rejectsWithCode(xo.call('vgpu.list', { pool: POOL.uuid, quarantined: 'true' }), 10)
     await rejectsWithCode(xo.call('vgpu.scan', {}), 10)
     assert.equal(xapi.calls.length, 2, 'nothing reached XAPI')
   })
@@ -344,6 +396,25 @@ describe('REST', () => {
     const missing = await xo.rest('GET', `/rest/v0/plugins/vgpu/pools/${POOL.uuid}/status`)
     assert.equal(missing.status, 503)
     assert.match(missing.body.error, /^vgpu plugin not installed on stub-master/)
+  })
+
+  test('mediator, a read that runs on the host given: host and action in the query', async () => {
+    const { xo, xapi } = setup({ answer: () => '[{"host":"h","ok":true}]' })
+    const base = `/rest/v0/plugins/vgpu/pools/${POOL.uuid}/mediator`
+    assert.deepEqual(await xo.rest('GET', `${base}?host=${MEMBER.name_label}&action=metrics&prometheus=true`), {
+      status: 200,
+      body: [{ host: 'h', ok: true }],
+    })
+    assert.deepEqual(xapi.calls, [
+      {
+        via: 'callAsync',
+        method: 'host.call_plugin',
+        args: [ref(MEMBER.uuid), 'vgpu', 'mediator', { action: 'metrics', prometheus: 'true' }],
+      },
+    ])
+    assert.equal((await xo.rest('GET', `${base}?action=health`)).status, 422, 'host is required')
+    assert.equal((await xo.rest('GET', `${base}?host=${MEMBER.uuid}`)).status, 422, 'action is required')
+    assert.equal(xapi.calls.length, 1)
   })
 
   test('unknown pool, non-admins and missing required query parameters are refused', async () => {

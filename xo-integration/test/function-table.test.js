@@ -26,8 +26,19 @@ const PARAM_OF = {
   restart: 'restart',
   'dry-run': 'dryRun',
   all: 'all',
+  // SPEC §10
+  weight: 'weight',
+  rate: 'rate',
+  'queue-depth': 'queueDepth',
+  quarantined: 'quarantined',
+  action: 'action',
+  prometheus: 'prometheus',
+  'all-hosts': 'allHosts',
+  reload: 'reload',
 }
-const NOT_A_PARAM = new Set(['yes'])
+// `host` (which host's mediator to ask) is XO's own `host` of a local function: XO calls that
+// host's plugin itself.
+const NOT_A_PARAM = new Set(['yes', 'host'])
 
 function loadedMethods() {
   const xo = new FakeXo()
@@ -40,6 +51,9 @@ test('the table lists the functions and arguments this suite knows how to check'
   const names = table.functions.map(f => f.name)
   for (const fn of ['refresh', 'adopt', 'rebuild']) {
     assert.ok(names.includes(fn), `SPEC §9: ${fn}`)
+  }
+  for (const fn of ['set-weight', 'set-rate-limit', 'quarantine', 'clear-quarantine', 'show-weights', 'show-rate-limits', 'mediator']) {
+    assert.ok(names.includes(fn), `SPEC §10: ${fn}`)
   }
   for (const fn of table.functions) {
     assert.equal(typeof fn.local, 'boolean', `${fn.name}: local`)
@@ -68,6 +82,13 @@ test('method names are the function names in camelCase (SPEC §6)', () => {
     ['refresh', 'refresh'],
     ['adopt', 'adopt'],
     ['rebuild', 'rebuild'],
+    ['set-weight', 'setWeight'],
+    ['set-rate-limit', 'setRateLimit'],
+    ['quarantine', 'quarantine'],
+    ['clear-quarantine', 'clearQuarantine'],
+    ['show-weights', 'showWeights'],
+    ['show-rate-limits', 'showRateLimits'],
+    ['mediator', 'mediator'],
   ]) {
     assert.equal(methodName(fn), method)
     assert.ok(`vgpu.${method}` in methods, `vgpu.${method}`)
@@ -125,7 +146,8 @@ test('a function that acts on the host it is called on takes a required `host` a
   const ours = Object.fromEntries(FUNCTIONS.map(f => [f.name, f]))
   const local = table.functions.filter(f => f.local).map(f => f.name)
   assert.ok(local.includes('refresh'), 'SPEC §9: refresh is local')
-  for (const name of ['adopt', 'rebuild', 'register', 'list']) {
+  assert.ok(local.includes('mediator'), 'SPEC §10: mediator is local')
+  for (const name of ['adopt', 'rebuild', 'register', 'list', 'set-weight', 'quarantine', 'show-weights']) {
     assert.ok(!local.includes(name), `${name} goes to the master`)
   }
   for (const fn of table.functions) {

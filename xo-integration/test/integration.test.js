@@ -341,6 +341,172 @@ describe('refresh: one host\'s replica, on the host given', () => {
   })
 })
 
+describe("the mediator's controls (SPEC §10): stored on the master, on every replica, reloaded", () => {
+  const CONTROLS = ['weight', 'max_jobs_per_sec', 'max_queue_depth', 'quarantined', 'error_count']
+  const controls = r => Object.fromEntries(CONTROLS.map(k => [k, r[k]]))
+  const DEFAULTS = { weight: 50, max_jobs_per_sec: 0, max_queue_depth: 0, quarantined: false, error_count: 0 }
+
+  test('setWeight, then showWeights, show and list see it; no host has a mediator, so none is asked', async () => {
+    const alpha = await register('alpha', 'A', 'high')
+    assert.deepEqual(controls(alpha), DEFAULTS)
+    const set = await call('setWeight', { vmName: 'alpha', weight: 80 })
+    assert.deepEqual([set.vm_uuid, set.weight, set.applied, set.in_effect], [pool.vm('alpha'), 80, true, true])
+    assert.deepEqual(set.reloads, [])
+    assert.deepEqual(set.replicas.map(r => [r.name, r.ok, r.reload.absent]).sort(), [
+      ['fwd-02', true, true],
+      ['fwd-03', true, true],
+    ])
+
+    await register('beta', 'B', 'low')
+    const weights = await call('showWeights')
+    assert.deepEqual(weights.map(r => [r.vm_name, r.weight]), [['alpha', 80], ['beta', 50]])
+    assert.deepEqual((await call('showWeights', { vgpuPool: 'B' })).map(r => r.vm_name), ['beta'])
+    assert.equal((await call('show', { vm: pool.vm('alpha') })).weight, 80)
+    assert.deepEqual(controls((await call('list', { vgpuPool: 'A' }))[0]), { ...DEFAULTS, weight: 80 })
+
+    // As a task on the master, with the plugin's arguments.
+    const calls = (await pool.pluginCalls()).filter(c => c.from === 'xo' && c.fn === 'set-weight')
+    assert.deepEqual(calls.map(c => [c.method, c.host, c.args]), [
+      ['Async.host.call_plugin', 'fwd-01', { 'vm-name': 'alpha', weight: '80' }],
+    ])
+    // Every replica holds it: refreshing one finds nothing new.
+    const replica = await call('refresh', { host: 'fwd-03' })
+    assert.equal(replica.changed, false)
+  })
+
+  test('setRateLimit keeps the queue depth when not given; quarantine, list quarantined, clearQuarantine', async () => {
+    await register('alpha', 'A', 'high')
+    await register('beta', 'B', 'low')
+    let r = await call('setRateLimit', { vm: pool.vm('beta'), rate: 25, queueDepth: '8' })
+    assert.deepEqual([r.max_jobs_per_sec, r.max_queue_depth, r.in_effect], [25, 8, true])
+    r = await call('setRateLimit', { vmName: 'beta', rate: '0' })
+    assert.deepEqual([r.max_jobs_per_sec, r.max_queue_depth], [0, 8])
+    const limits = await call('showRateLimits')
+    assert.deepEqual(limits.map(v => [v.vm_name, v.max_jobs_per_sec, v.max_queue_depth]), [
+      ['alpha', 0, 0],
+      ['beta', 0, 8],
+    ])
+    assert.deepEqual((await call('showRateLimits', { vgpuPool: 'A' })).map(v => v.vm_name), ['alpha'])
+
+    assert.deepEqual(await call('list', { quarantined: true }), [])
+    const q = await call('quarantine', { vmName: 'beta' })
+    assert.deepEqual([q.quarantined, q.in_effect, q.reloads], [true, true, []])
+    assert.deepEqual((await call('list', { quarantined: true })).map(v => v.vm_name), ['beta'])
+    assert.deepEqual((await call('list', { quarantined: false })).map(v => v.vm_name), ['alpha', 'beta'])
+    const cleared = await call('clearQuarantine', { vm: pool.vm('beta') })
+    assert.deepEqual([cleared.quarantined, cleared.error_count], [false, 0])
+    assert.deepEqual(await call('list', { quarantined: true }), [])
+  })
+
+  test('bad values are refused with VGPU_INVALID_ARGUMENT in data.code, and nothing changes', async () => {
+    await register('alpha', 'A', 'high')
+    const e = await vgpuError(call('setWeight', { vmName: 'alpha', weight: 101 }), 'VGPU_INVALID_ARGUMENT')
+    assert.match(e.message, /^invalid weight "101"/)
+    assert.deepEqual([e.data.details.argument, e.data.details.value], ['weight', '101'])
+    for (const [method, params, argument] of [
+      ['setWeight', { vmName: 'alpha', weight: 0 }, 'weight'],
+      ['setWeight', { vmName: 'alpha', weight: '50.5' }, 'weight'],
+      // refused before the VM is looked up: not a VM_NOT_FOUND
+      ['setWeight', { vmName: 'no such vm', weight: 101 }, 'weight'],
+      ['setRateLimit', { vmName: 'alpha', rate: -1 }, 'rate'],
+      ['setRateLimit', { vmName: 'alpha', rate: 'abc' }, 'rate'],
+      ['setRateLimit', { vmName: 'alpha', rate: 5, queueDepth: -2 }, 'queue-depth'],
+      ['mediator', { host: 'fwd-01', action: 'status' }, 'action'],
+    ]) {
+      const bad = await vgpuError(call(method, params), 'VGPU_INVALID_ARGUMENT')
+      assert.equal(bad.data.details.argument, argument, `${method} ${JSON.stringify(params)}`)
+    }
+    assert.deepEqual(controls(await call('show', { vmName: 'alpha' })), DEFAULTS)
+  })
+
+  test('mediator on hosts without one: each answers absent, which is not an error', async () => {
+    for (const name of ['fwd-01', 'fwd-02']) {
+      const [answer, ...more] = await call('mediator', { host: name, action: 'health' })
+      assert.deepEqual(more, [])
+      assert.deepEqual([answer.host, answer.name, answer.ok, answer.absent, answer.status, answer.text], [
+        pool.host(name), name, false, true, null, null,
+      ])
+      assert.match(answer.error, /^no mediator on this host \(no admin socket at /)
+    }
+    // allHosts: the host given asks the others through their plugins.
+    const all = await call('mediator', { host: pool.host('fwd-03'), action: 'metrics', prometheus: true, allHosts: true })
+    assert.deepEqual(all.map(a => [a.name, a.absent, a.ok]).sort(), [
+      ['fwd-01', true, false],
+      ['fwd-02', true, false],
+      ['fwd-03', true, false],
+    ])
+    const calls = await pool.pluginCalls()
+    assert.deepEqual(calls.filter(c => c.from === 'xo').map(c => [c.method, c.host, c.args]), [
+      ['Async.host.call_plugin', 'fwd-01', { action: 'health' }],
+      ['Async.host.call_plugin', 'fwd-02', { action: 'health' }],
+      ['Async.host.call_plugin', 'fwd-03', { action: 'metrics', prometheus: 'true', 'all-hosts': 'true' }],
+    ])
+    assert.deepEqual(calls.filter(c => c.from === 'host').map(c => [c.host, c.fn]).sort(), [
+      ['fwd-01', 'mediator'],
+      ['fwd-02', 'mediator'],
+    ])
+    await assert.rejects(call('mediator', { action: 'health' }), e => e.code === 10, 'host is required')
+  })
+
+  test('mediators on the master and a member: a quarantine reaches each through its host\'s file', async () => {
+    const master = await pool.startMediator('fwd-01')
+    const med = await pool.startMediator('fwd-02')
+    const alpha = await register('alpha', 'A', 'high', { vmId: 4 })
+    assert.deepEqual(alpha.reloads.map(a => [a.name, a.ok, a.status]).sort(), [
+      ['fwd-01', true, 0],
+      ['fwd-02', true, 0],
+    ])
+
+    const q = await call('quarantine', { vmName: 'alpha' })
+    assert.equal(q.in_effect, true)
+    const reloaded = [...q.reloads].sort((a, b) => a.name.localeCompare(b.name))
+    assert.deepEqual(reloaded.map(a => [a.host, a.name, a.ok, a.status, a.text, a.error]), [
+      [pool.host('fwd-01'), 'fwd-01', true, 0, 'Config reloaded: 1 VM(s) updated\n', null],
+      [pool.host('fwd-02'), 'fwd-02', true, 0, 'Config reloaded: 1 VM(s) updated\n', null],
+    ])
+    assert.deepEqual(master.loaded(), { 4: { ...DEFAULTS, quarantined: true } })
+    assert.deepEqual(med.loaded(), { 4: { ...DEFAULTS, quarantined: true } })
+
+    const w = await call('setWeight', { vm: pool.vm('alpha'), weight: 7 })
+    assert.equal(w.in_effect, true)
+    assert.equal(med.loaded()[4].weight, 7)
+
+    // Asked directly, on that host.
+    const [health] = await call('mediator', { host: 'fwd-02', action: 'health' })
+    assert.deepEqual([health.name, health.ok, health.status], ['fwd-02', true, 0])
+    assert.match(health.text, /=== Watchdog ===/)
+    const [metrics] = await call('mediator', { host: 'fwd-02', action: 'metrics', prometheus: true })
+    assert.ok(metrics.ok, metrics.error)
+    assert.deepEqual(
+      metrics.samples.filter(x => x.name === 'vgpu_vm_jobs_total'),
+      [{ name: 'vgpu_vm_jobs_total', labels: { vm_id: '4' }, value: 40 }]
+    )
+    const [reload] = await call('mediator', { host: pool.host('fwd-02'), action: 'reload' })
+    assert.deepEqual([reload.ok, reload.text], [true, 'Config reloaded: 1 VM(s) updated\n'])
+  })
+
+  test('a mediator that never answers: the change is stored and answered, with in_effect false', async () => {
+    await register('alpha', 'A', 'high', { vmId: 4 })
+    const med = await pool.startMediator('fwd-03', { mode: 'dead' })
+    const r = await call('setRateLimit', { vmName: 'alpha', rate: 10 })
+    assert.deepEqual([r.max_jobs_per_sec, r.in_effect], [10, false])
+    const [failed] = r.reloads
+    assert.deepEqual([r.reloads.length, failed.name, failed.ok, failed.status], [1, 'fwd-03', false, null])
+    assert.ok(failed.error, 'why it failed')
+    assert.equal((await call('show', { vmName: 'alpha' })).max_jobs_per_sec, 10, 'stored all the same')
+    assert.equal(med.loaded(), null)
+
+    // A weight needs no reload: in effect all the same.
+    assert.equal((await call('setWeight', { vmName: 'alpha', weight: 60 })).in_effect, true)
+
+    // Back to life: the retry loads it.
+    const alive = await pool.startMediator('fwd-03')
+    const [retry] = await call('mediator', { host: 'fwd-03', action: 'reload' })
+    assert.equal(retry.ok, true, retry.error)
+    assert.deepEqual(alive.loaded(), { 4: { ...DEFAULTS, weight: 60, max_jobs_per_sec: 10 } })
+  })
+})
+
 describe('adopt and rebuild, on the sample pool (a legacy vgpu-stub VM)', () => {
   let lab
   before(async () => {
@@ -593,6 +759,9 @@ describe('REST routes', () => {
       ['list-pools', 'listPools', {}],
       ['show-pool', 'showPool', { vgpuPool: 'B' }],
       ['show', 'show', { vm: pool.vm('alpha') }],
+      ['show-weights', 'showWeights', {}],
+      ['show-rate-limits', 'showRateLimits', { vgpuPool: 'B' }],
+      ['mediator', 'mediator', { host: 'fwd-02', action: 'connections' }],
     ]
     for (const [fn, method, query] of pairs) {
       const { status, body } = await pool.xo.rest('GET', `${base()}/${fn}?${new URLSearchParams(query)}`)

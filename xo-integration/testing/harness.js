@@ -2,8 +2,8 @@
 
 // The integration harness: the repository's XAPI simulator as a child process, the real `vgpu`
 // plugin file run by it the way xapi runs plugins (CLI backend, this checkout's vgpu-admin), a
-// real xen-api `Xapi` connected to it (the connector xo-server uses), and xo-server-vgpu loaded
-// into the fake xo-server app.
+// real xen-api `Xapi` connected to it (the connector xo-server uses), xo-server-vgpu loaded
+// into the fake xo-server app, and on request a stand-in for a host's GPU mediator.
 
 const assert = require('node:assert')
 const { spawn, spawnSync } = require('node:child_process')
@@ -122,6 +122,72 @@ class Simulator {
   }
 }
 
+// The repository's stand-in for a host's GPU mediator (tests/mediator_sim): its admin socket, and
+// on RELOAD_CONFIG it reads the host's registry file as the mediator does and records what it
+// loaded (one JSON line per event in `record`).
+class Mediator {
+  static start({ socket, db, record, mode = 'normal' }) {
+    const med = new Mediator()
+    med.socket = socket
+    med.record = record
+    const args = ['-m', 'mediator_sim', 'serve', '--socket', socket, '--db', db, '--record', record, '--mode', mode]
+    const env = { ...process.env, PYTHONPATH: TESTS_DIR, PYTHONUNBUFFERED: '1' }
+    med.proc = spawn(python(), args, { cwd: REPO_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    med.stderr = ''
+    med.proc.stderr.setEncoding('utf8').on('data', chunk => {
+      med.stderr += chunk
+    })
+    return new Promise((resolve, reject) => {
+      let out = ''
+      const timer = setTimeout(() => fail(new Error('the mediator stand-in did not start within 30 s')), 30e3)
+      const fail = error => {
+        clearTimeout(timer)
+        med.proc.kill('SIGKILL')
+        error.message += `\nmediator stand-in stderr:\n${med.stderr}`
+        reject(error)
+      }
+      med.proc.on('exit', code => fail(new Error(`the mediator stand-in exited with ${code}`)))
+      med.proc.stdout.setEncoding('utf8').on('data', chunk => {
+        out += chunk
+        if (/^LISTENING /m.test(out)) {
+          clearTimeout(timer)
+          med.proc.removeAllListeners('exit')
+          resolve(med)
+        }
+      })
+    })
+  }
+
+  // Its events so far (start, request, reload), oldest first.
+  events() {
+    if (!fs.existsSync(this.record)) {
+      return []
+    }
+    return fs
+      .readFileSync(this.record, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map(line => JSON.parse(line))
+  }
+
+  // What its last successful reload loaded: { vm_id: { weight, max_jobs_per_sec, … } }.
+  loaded() {
+    const reloads = this.events().filter(e => e.event === 'reload' && e.ok)
+    return reloads.length === 0 ? null : reloads[reloads.length - 1].vms
+  }
+
+  async stop() {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) {
+      return
+    }
+    const exited = new Promise(resolve => this.proc.once('exit', resolve))
+    this.proc.kill('SIGTERM')
+    const timer = setTimeout(() => this.proc.kill('SIGKILL'), 10e3)
+    await exited
+    clearTimeout(timer)
+  }
+}
+
 // An older vgpu plugin: dispatches through XenAPIPlugin but knows only `scan`, so every other
 // function is UNKNOWN_XENAPI_PLUGIN_FUNCTION, answered by XenAPIPlugin itself.
 const OLD_PLUGIN = `import json
@@ -157,6 +223,7 @@ class Pool {
     pool.oldPluginDir = fs.mkdtempSync(path.join(pool.tmp, 'old-plugin-'))
     fs.writeFileSync(path.join(pool.oldPluginDir, 'vgpu'), OLD_PLUGIN, { mode: 0o755 })
     pool.runs = 0
+    pool.mediators = {}
     await pool.reset()
     return pool
   }
@@ -180,9 +247,11 @@ class Pool {
   // The fixture's state again, empty registries (one database per host), no faults, an empty
   // call log; XO's view of the pool brought up to date.
   async reset() {
+    await this.stopMediators()
     await this.sim.call('sim.reset')
     const run = path.join(this.tmp, `run-${++this.runs}`)
     fs.mkdirSync(run)
+    this.run = run
     this.dbs = {}
     for (const host of this.fixture.hosts) {
       this.dbs[host.name_label] = path.join(run, `${host.name_label}.db`)
@@ -197,6 +266,26 @@ class Pool {
     this.xo.clearOverrides()
     await this.xapi.barrier()
     await this.sim.call('sim.clear_call_log')
+  }
+
+  // A mediator stand-in on host `name`, reading that host's registry file: the host's plugin is
+  // given a config file naming its admin socket (the other hosts keep none: no mediator there).
+  async startMediator(name, { mode = 'normal', timeoutS = 1 } = {}) {
+    await this.mediators[name]?.stop()
+    const socket = path.join(this.run, `${name}.sock`)
+    const config = path.join(this.run, `${name}.conf`)
+    fs.writeFileSync(config, `[mediator]\nadmin_socket = ${JSON.stringify(socket)}\ntimeout_s = ${timeoutS}\n`)
+    await this.sim.call('sim.set_plugin_env', this.host(name), { VGPU_CONFIG: config })
+    const record = path.join(this.run, `${name}-mediator.jsonl`)
+    this.mediators[name] = await Mediator.start({ socket, db: this.dbs[name], record, mode })
+    return this.mediators[name]
+  }
+
+  async stopMediators() {
+    for (const name of Object.keys(this.mediators ?? {})) {
+      await this.mediators[name].stop()
+      delete this.mediators[name]
+    }
   }
 
   // The plugin calls the simulator saw (sync and Async), as { method, host (its name), plugin,
@@ -219,6 +308,7 @@ class Pool {
 
   async stop() {
     try {
+      await this.stopMediators()
       await this.plugin?.unload()
       await this.xapi?.disconnect()
     } finally {
@@ -230,4 +320,4 @@ class Pool {
   }
 }
 
-module.exports = { PACKAGE_DIR, REPO_DIR, Pool, Simulator, functionTable, python, readFixture, vgpuAdmin }
+module.exports = { PACKAGE_DIR, REPO_DIR, Mediator, Pool, Simulator, functionTable, python, readFixture, vgpuAdmin }
