@@ -128,13 +128,8 @@ def check_examples(cli, text, command, what):
 # Help at 80 columns
 
 
-# Commands whose help is known to cut an example at 80 columns; each has its own strict xfail
-# below, so the exception ends when the help is fixed.
-EXAMPLE_CUT = {"set-rate-limit"}
-
-
 def helps_to_check(cli):
-    return [[]] + [[c] for c in commands(cli) if c not in EXAMPLE_CUT]
+    return [[]] + [[c] for c in commands(cli)]
 
 
 def test_every_help_fits_80_columns_with_whole_examples(cli):
@@ -147,24 +142,6 @@ def test_every_help_fits_80_columns_with_whole_examples(cli):
             # the same examples as on a wide terminal: none was cut
             wide = cli.ok(*(args + [flag]), env={"COLUMNS": "300"}).out
             assert examples(text) == examples(wide), what
-
-
-@pytest.mark.xfail(strict=True, reason="set-rate-limit's help example (`Example: vgpu-admin set-rate-limit "
-                   "--vm-name render-01 --rate 200 --queue-depth 16`, 84 columns) is wrapped at 80 columns, "
-                   "cutting `16` onto a line of its own")
-@pytest.mark.parametrize("command", sorted(EXAMPLE_CUT))
-def test_help_with_an_example_cut_at_80_columns(cli, command):
-    env = dict(cli.env)
-    env.pop("COLUMNS", None)
-    env["NO_COLOR"] = "1"
-    for flag in ("--help", "-h"):
-        text = cli.ok(command, flag, env={"COLUMNS": str(WIDTH)}).out
-        what = "vgpu-admin %s %s" % (command, flag)
-        check_fits(text, what)
-        check_examples(cli, text, command, what)
-    text = run_in_pty([cli.binary, command, "--help"], env)
-    check_fits(text, "pty: " + command)
-    check_examples(cli, text, command, "pty: " + command)
 
 
 def test_the_long_usage_lines_are_broken_between_words(cli):

@@ -348,8 +348,6 @@ def test_list_vms_quarantined_filters(cli, sim):
     assert [d["vm_uuid"] for d in doc] == [RENDER_02]
 
 
-@pytest.mark.xfail(strict=True, reason="show-vm's table shows none of the mediator's controls (weight, "
-                                       "rate limit, queue depth, quarantine, error count); its JSON does")
 def test_show_vm_table_shows_the_controls(cli, sim):
     seed(cli)
     cli.run_json("set-weight", "--vm-name", "render-01", "--weight", "80")

@@ -72,8 +72,6 @@ def test_convenience_parameters_are_the_function_arguments(pkg, table):
             assert p["default"] is (False if key in f["flags"] else None), (where, p)
 
 
-@pytest.mark.xfail(strict=True, reason="vgpu_registry.mediator(action, ...) has no default for action: "
-                                       "mediator() raises TypeError, not the core's INVALID_ARGUMENT")
 def test_a_required_argument_may_be_left_out(pkg, table):
     d = pkg.probe([DESCRIBE])[0]
     functions = dict((f["name"], f) for f in table["functions"])

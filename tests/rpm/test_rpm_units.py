@@ -176,7 +176,7 @@ def test_the_units_read_cleanly_and_hold_only_their_sections(service, timer):
 def test_the_service_runs_the_packaged_vgpu_admin_refresh_without_a_shell(service, package):
     exec_start = unit_value(service, "Service", "ExecStart")
     argv = shlex.split(exec_start)
-    assert argv == [BIN, "refresh"], exec_start
+    assert argv == [BIN, "refresh", "--reload"], exec_start
     # The binary is where the spec installs vgpu-admin, and the package holds it there, executable.
     assert spec_install_destination("vgpu-admin") == argv[0] == "/usr/bin/vgpu-admin"
     f = file_list(package)[argv[0]]

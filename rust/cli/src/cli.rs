@@ -311,7 +311,7 @@ Example: vgpu-admin register-vm --pool A --priority high --vm-id 1 \\
     /// exit status is 1 when one could not load it (the limit is stored all the same).
     #[command(
         name = "set-rate-limit",
-        after_help = "Example: vgpu-admin set-rate-limit --vm-name render-01 --rate 200 --queue-depth 16"
+        after_help = "Example: vgpu-admin set-rate-limit --vm-name web1 --rate 200 --queue-depth 16"
     )]
     SetRateLimit {
         #[command(flatten)]

@@ -579,6 +579,9 @@ fn reloads(page: &mut Page, a: &Applied) {
         ));
     }
     match a.in_effect {
+        Some(true) if failed.is_empty() => {
+            page.line(&format!("  {OK} in effect on every host's mediator"))
+        }
         Some(false) => {
             page.line(&format!(
                 "{WARN} stored, but not in effect on every host: a mediator that has not reloaded \
@@ -594,6 +597,15 @@ fn reloads(page: &mut Page, a: &Applied) {
              reloads only matter for rate limits and quarantine"
         )),
         _ => {}
+    }
+}
+
+/// A rate or depth: 0 is no limit.
+fn limit_text(n: i64, unit: &str) -> String {
+    if n == 0 {
+        "unlimited".into()
+    } else {
+        format!("{n} {unit}")
     }
 }
 
@@ -833,14 +845,17 @@ fn applied(page: &mut Page, a: &Applied, function: &str) {
         }
     };
     let control = match function {
-        "set-weight" => Some(format!("weight {}", c.weight)),
+        "set-weight" => Some(format!("weight {} stored", c.weight)),
         "set-rate-limit" => Some(format!(
-            "rate limit {} job(s)/s, queue depth {}",
+            "rate limit {} job(s)/s, queue depth {} stored",
             limit(c.max_jobs_per_sec),
             limit(c.max_queue_depth)
         )),
-        "quarantine" => Some("quarantined: the mediators reject its new GPU work".into()),
-        "clear-quarantine" => Some("quarantine lifted, error count zeroed".into()),
+        "quarantine" => Some(
+            "quarantine stored (a mediator rejects the VM's new GPU work once it has reloaded)"
+                .into(),
+        ),
+        "clear-quarantine" => Some("quarantine lifted and error count zeroed (stored)".into()),
         _ => None,
     };
     if let Some(what) = control {
@@ -915,6 +930,24 @@ fn show(page: &mut Page, s: &ShowReport) {
                 .unwrap_or_else(|| "(none)".into()),
         ),
         ("Status", status_mark(s.status)),
+        ("Weight", r.controls.weight.to_string()),
+        (
+            "Rate limit",
+            limit_text(r.controls.max_jobs_per_sec, "job(s)/s"),
+        ),
+        (
+            "Queue depth",
+            limit_text(r.controls.max_queue_depth, "job(s)"),
+        ),
+        (
+            "Quarantined",
+            if r.controls.quarantined {
+                format!("{WARN} yes")
+            } else {
+                "no".into()
+            },
+        ),
+        ("Errors", r.controls.error_count.to_string()),
         (
             "Created",
             r.created_at.clone().unwrap_or_else(|| "-".into()),

@@ -429,7 +429,7 @@ def show_rate_limits(
 
 
 def mediator(
-    action: str,
+    action: Optional[str] = None,
     prometheus: bool = False,
     host: Optional[str] = None,
     all_hosts: bool = False,
