@@ -763,17 +763,23 @@ def test_rebuild_reports_the_reloads(pool3, running):
 # The CLI on the master: exit status and message when a mediator did not reload
 
 
+def host_config(meds, host):
+    """``host``'s config file, as the fixture wrote it, for running vgpu-admin there."""
+    return meds.configure(host, timeout_s=TIMEOUT_S if host == FWD_02 else 2)
+
+
 def master_config(pool3, meds):
-    return meds.configure(FWD_01, timeout_s=2)
+    return host_config(meds, FWD_01)
 
 
 @modern_only
-def test_cli_quarantine_with_a_dead_mediator_exits_1_and_names_the_retry(pool3, running):
+@pytest.mark.parametrize("where", [FWD_01, FWD_03], ids=["on-the-master", "on-a-member"])
+def test_cli_quarantine_with_a_dead_mediator_exits_1_and_names_the_retry(pool3, running, where):
     meds = running
-    config = master_config(pool3, meds)
+    config = host_config(meds, where)
     meds[FWD_02].set_mode("dead")
     started = time.monotonic()
-    code, out, err = run_admin_on(pool3, FWD_01, ["quarantine-vm", "--vm-name", "beta"], config=config)
+    code, out, err = run_admin_on(pool3, where, ["quarantine-vm", "--vm-name", "beta"], config=config)
     took = time.monotonic() - started
     assert code == 1, (code, out, err)
     assert took < TIMEOUT_S + 1 + SLACK_S, took
@@ -787,10 +793,23 @@ def test_cli_quarantine_with_a_dead_mediator_exits_1_and_names_the_retry(pool3, 
 
     # the mediator is back: the command the message named loads it
     fresh = meds.start(FWD_02)
-    code, out, err = run_admin_on(pool3, FWD_01, ["mediator", "reload", "--host", retry[0]], config=config)
+    code, out, err = run_admin_on(pool3, where, ["mediator", "reload", "--host", retry[0]], config=config)
     assert code == 0, (code, out, err)
     assert "Config reloaded: 2 VM(s) updated" in out, out
     assert fresh.loaded[BETA_ID]["quarantined"] is True
+
+
+@modern_only
+@pytest.mark.parametrize("argv", [
+    ["clear-quarantine", "--vm-name", "beta"],
+    ["set-rate-limit", "--vm-name", "beta", "--rate", "6"],
+], ids=lambda a: a[0])
+def test_cli_other_reload_needing_changes_with_a_dead_mediator_exit_1(pool3, running, argv):
+    meds = running
+    meds[FWD_02].set_mode("dead")
+    code, out, err = run_admin_on(pool3, FWD_01, argv, config=master_config(pool3, meds))
+    assert code == 1, (code, out, err)
+    assert re.findall(r"vgpu-admin mediator reload --host (\S+)", out + err) == ["fwd-02"], out + err
 
 
 @modern_only
