@@ -571,3 +571,78 @@ def parse_response(stdout):
     assert text.startswith("<?xml"), text
     assert text.rstrip().endswith("</methodResponse>"), text
     return params[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# The GPU mediator (SPEC section 10): a stand-in (tests/mediator_sim) on any host of a Pool, found
+# by that host's plugin through its own config file, as each dom0 has its own /etc/vgpu/vgpu.conf
+
+
+def write_host_config(pool, host, text):
+    """Gives ``host``'s plugin (and whatever runs there) a config file of its own holding ``text``;
+    returns its path."""
+    path = os.path.join(pool.workdir, "vgpu-%s.conf" % host[:8])
+    with open(path, "w") as f:
+        f.write(text)
+    pool.set_env(host, VGPU_CONFIG=path)
+    return path
+
+
+class Mediators(object):
+    """The mediators of a Pool: ``configure`` points a host's ``[mediator] admin_socket`` at a
+    socket of its own (with ``timeout_s``), ``start`` runs a stand-in there reading that host's
+    registry file (or ``db``). A configured host without a started stand-in has no socket file:
+    no mediator. ``close`` stops them all."""
+
+    def __init__(self, pool):
+        from mediator_sim import Mediator
+
+        self._mediator_class = Mediator
+        self.pool = pool
+        # A socket path holds at most 107 bytes: a short directory of its own, not the test's.
+        self.dir = tempfile.mkdtemp(prefix="vgpu-med-")
+        self.running = {}
+
+    def socket(self, host):
+        return os.path.join(self.dir, "%s.sock" % host[:8])
+
+    def configure(self, host, timeout_s=2, extra=""):
+        """``host``'s config: its admin socket and timeout, then ``extra`` (more TOML sections)."""
+        return write_host_config(self.pool, host, '[mediator]\nadmin_socket = "%s"\ntimeout_s = %d\n%s'
+                                 % (self.socket(host), timeout_s, extra))
+
+    def start(self, host, mode="normal", db=None, **kw):
+        """A stand-in on ``host``'s socket, reading ``db`` (default: that host's registry file)."""
+        self.stop(host)
+        m = self._mediator_class(self.socket(host), db or self.pool.db(host), mode=mode, **kw).start()
+        self.running[host] = m
+        return m
+
+    def __getitem__(self, host):
+        return self.running[host]
+
+    def stop(self, host):
+        m = self.running.pop(host, None)
+        if m is not None:
+            m.stop()
+
+    def close(self):
+        for host in list(self.running):
+            self.stop(host)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_admin_on(pool, host, args, config=None, timeout=120):
+    """``vgpu-admin args`` as an administrator runs it on ``host`` of ``pool``: that host's uuid,
+    registry file and config file (``config``, default the Pool's), the simulator as its XAPI.
+    (exit status, stdout, stderr) as text."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "VGPU_HOST_UUID": host,
+        "VGPU_XAPI": pool.sim.url,
+        "VGPU_DB": pool.db(host),
+        "VGPU_CONFIG": config or pool.config,
+    }
+    proc = subprocess.run([pool.admin] + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, timeout=timeout)
+    return proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8")

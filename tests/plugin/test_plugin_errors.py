@@ -17,7 +17,8 @@ def test_invalid_argument_unknown_key(pool):
     code, message, details = pool.fail("list", {"pool": "A", "colour": "red"})
     assert code == "VGPU_INVALID_ARGUMENT"
     assert '"colour"' in message
-    assert details == {"argument": "argument for list", "value": "colour", "reason": "it takes pool, priority"}
+    assert details == {"argument": "argument for list", "value": "colour",
+                       "reason": "it takes pool, priority, quarantined"}
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -9,6 +9,10 @@ from plugin_support import (CUDA_DEV, DB_PRIMARY, LEGACY_STUB, ML_TRAIN_A, ML_TR
                             TWIN_HALTED, TWIN_RUNNING, WEB_01, function_names, function_names_or_placeholder)
 
 REGISTRATION_KEYS = {"vm_uuid", "vm_name", "vm_id", "pool", "priority", "created_at", "updated_at"}
+# The mediator's controls (SPEC section 10), with the defaults a new registration gets.
+CONTROL_DEFAULTS = {"weight": 50, "max_jobs_per_sec": 0, "max_queue_depth": 0, "quarantined": False,
+                    "error_count": 0}
+REGISTRATION_KEYS |= set(CONTROL_DEFAULTS)
 
 
 def registered(pool, vm, p="A", priority="high", **extra):
@@ -24,6 +28,7 @@ def dma(pool, vm):
 def test_register_assigns_the_lowest_free_id_and_writes_the_device(pool):
     out = registered(pool, RENDER_01, "a", "HIGH")
     assert REGISTRATION_KEYS <= set(out)
+    assert dict((k, out[k]) for k in CONTROL_DEFAULTS) == CONTROL_DEFAULTS
     assert (out["vm_uuid"], out["vm_name"], out["vm_id"], out["pool"], out["priority"]) == (
         RENDER_01, "render-01", 1, "A", "high")
     assert (out["applied"], out["pending_restart"], out["restarted"]) == (True, True, False)
@@ -148,24 +153,33 @@ def test_restart_with_yes_restarts_a_running_vm(pool):
 
 @pytest.mark.parametrize("fn", [f for f in function_names_or_placeholder() if "-" in f or f.startswith("<")])
 def test_underscore_spellings(pool, fn):
-    """Every dashed name of the core's function table, spelt with underscores."""
+    """Every dashed name of the core's function table, spelt with underscores (argument keys too)."""
     assert fn in function_names()
     registered(pool, ML_TRAIN_B, "A", "low", **{"vm-id": "3"})
-    args = {
-        "set-vm-id": {"vm_uuid": ML_TRAIN_B, "vm_id": "4"},
-        "set-pool": {"vm_uuid": ML_TRAIN_B, "pool": "B"},
-        "set-priority": {"vm_uuid": ML_TRAIN_B, "priority": "high"},
-        "list-pools": {},
-        "show-pool": {"pool": "A"},
+    # (arguments, what the registration shows afterwards) of the changes; None: a read, whose
+    # answer must not depend on the spelling.
+    args, after = {
+        "set-vm-id": ({"vm_uuid": ML_TRAIN_B, "vm_id": "4"}, {"vm_id": 4}),
+        "set-pool": ({"vm_uuid": ML_TRAIN_B, "pool": "B"}, {"pool": "B"}),
+        "set-priority": ({"vm_uuid": ML_TRAIN_B, "priority": "high"}, {"priority": "high"}),
+        "set-weight": ({"vm_uuid": ML_TRAIN_B, "weight": "70"}, {"weight": 70}),
+        "set-rate-limit": ({"vm_uuid": ML_TRAIN_B, "rate": "25", "queue_depth": "8"},
+                           {"max_jobs_per_sec": 25, "max_queue_depth": 8}),
+        "clear-quarantine": ({"vm_uuid": ML_TRAIN_B}, {"quarantined": False}),
+        "list-pools": ({}, None),
+        "show-pool": ({"pool": "A"}, None),
+        "show-weights": ({"pool": "A"}, None),
+        "show-rate-limits": ({"pool": "A"}, None),
     }[fn]
+    if fn == "clear-quarantine":
+        assert pool.call("quarantine", {"vm-uuid": ML_TRAIN_B})["quarantined"] is True
     dashed = dict((k.replace("_", "-"), v) for k, v in args.items())
     underscored = pool.call(fn.replace("-", "_"), args)
-    if fn.startswith("set-"):
-        registered_again = pool.call("show", {"vm-uuid": ML_TRAIN_B})
-        assert all(str(registered_again[k.replace("-", "_")]).lower() == v.lower()
-                   for k, v in dashed.items() if k != "vm-uuid")
+    if after is not None:
+        shown = pool.call("show", {"vm-uuid": ML_TRAIN_B})
+        assert dict((k, shown[k]) for k in after) == after
     else:
-        assert pool.call(fn, dashed) == underscored
+        assert underscored and pool.call(fn, dashed) == underscored
 
 
 def test_every_function_is_dispatched(pool):

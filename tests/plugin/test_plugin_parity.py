@@ -7,7 +7,7 @@ directory) are masked."""
 import re
 
 from plugin_support import (CUDA_DEV, LEGACY_STUB, ML_TRAIN_A, ML_TRAIN_B, RENDER_01, RENDER_02, SAMPLE_MEMBER, WEB_01,
-                            Pool, all_variants, get_simulator, unavailable)
+                            Mediators, Pool, all_variants, get_simulator, unavailable)
 
 UNICODE_VM = "5d0a3c52-3b7e-4b8e-9a51-2f0c6f6f0b11"
 UNICODE_NAME = u"B\u00fcro-GPU \u2713 \U0001F600"
@@ -40,6 +40,21 @@ SCRIPT = [
     ("sync", {"all": "true", "dry-run": "true"}),
     ("sync", {"all": "true"}),
     ("scan", {}),
+    # the mediator's controls (a stand-in on the master, none on the member)
+    ("set-weight", {"vm-uuid": RENDER_01, "weight": "30"}),
+    ("set-weight", {"vm-uuid": RENDER_01, "weight": "0"}),  # INVALID_ARGUMENT
+    ("set-rate-limit", {"vm-name": "render-01", "rate": "25", "queue-depth": "4"}),
+    ("set-rate-limit", {"vm-uuid": RENDER_01, "rate": "abc"}),  # INVALID_ARGUMENT
+    ("quarantine", {"vm-uuid": ML_TRAIN_B}),
+    ("list", {"quarantined": "true"}),
+    ("clear-quarantine", {"vm-uuid": ML_TRAIN_B}),
+    ("show-weights", {}),
+    ("show-rate-limits", {"pool": "B"}),
+    ("mediator", {"action": "health"}),
+    ("mediator", {"action": "metrics", "prometheus": "true", "all-hosts": "true"}),
+    ("mediator", {"action": "reload"}, SAMPLE_MEMBER),  # no mediator there
+    ("mediator", {"action": "bogus"}),  # INVALID_ARGUMENT
+    ("quarantine", {"vm-uuid": RENDER_01}, SAMPLE_MEMBER),
     ("remove", {"vm-uuid": WEB_01}),  # NOT_REGISTERED
     ("remove", {"vm-uuid": LEGACY_STUB}),
     ("list", {}, SAMPLE_MEMBER),  # forwarded to the master
@@ -56,16 +71,23 @@ def transcript(pool):
 
     pool.sim.add_vm(uuid=UNICODE_VM, name_label=UNICODE_NAME, power_state="Halted")
     pool.sim.set_platform_key(RENDER_02, "device-model-args", "-device vgpu-cuda,addr=5,pool_id=A,priority=low,vm_id=7")
+    meds = Mediators(pool)
     out = []
-    for step in SCRIPT:
-        fn, args = step[0], step[1]
-        host = step[2] if len(step) > 2 else None
-        try:
-            raw = pool.call_raw(fn, args, host=host)
-            assert raw.isascii(), (pool.variant, fn, raw)
-            out.append((fn, "ok", STAMP.sub(r'"\1":"<ts>"', raw)))
-        except XenAPI.Failure as e:
-            out.append((fn, "failure", [d.replace(pool.workdir, "<workdir>") for d in e.details]))
+    try:
+        for h in pool.hosts:
+            meds.configure(h)
+        meds.start(pool.master)
+        for step in SCRIPT:
+            fn, args = step[0], step[1]
+            host = step[2] if len(step) > 2 else None
+            try:
+                raw = pool.call_raw(fn, args, host=host)
+                assert raw.isascii(), (pool.variant, fn, raw)
+                out.append((fn, "ok", STAMP.sub(r'"\1":"<ts>"', raw).replace(meds.dir, "<meds>")))
+            except XenAPI.Failure as e:
+                out.append((fn, "failure", [d.replace(pool.workdir, "<workdir>") for d in e.details]))
+    finally:
+        meds.close()
     return out
 
 
@@ -87,6 +109,8 @@ def test_same_answers_on_every_path_and_interpreter(simulators, admin, tmp_root,
     kinds = [r[1] for r in reference]
     # the script really exercises both outcomes (and is not, say, failing everywhere alike)
     assert kinds.count("ok") >= 20 and kinds.count("failure") >= 8, reference
+    # and the mediator's answers, not only its absence
+    assert any(r[0] == "mediator" and r[1] == "ok" and '"ok":true' in r[2] for r in reference), reference
     for name in names[1:]:
         for step, (a, b) in enumerate(zip(reference, results[name])):
             assert a == b, "step %d %s: %s and %s differ:\n%r\n%r" % (step, SCRIPT[step][0], names[0], name, a, b)

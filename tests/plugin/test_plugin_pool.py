@@ -12,6 +12,11 @@ import threading
 from plugin_support import ALPHA, BETA, DELTA, FWD_01, FWD_02, FWD_03, GAMMA
 
 
+# The mediator's controls, which every replica carries too (SPEC section 10).
+CONTROLS = ("SELECT vm_uuid, weight, max_jobs_per_sec, max_queue_depth, quarantined, error_count FROM vms "
+            "ORDER BY vm_id")
+
+
 def db_files(path):
     return [p for p in (path, path + "-wal", path + "-shm", path + "-journal") if os.path.exists(p)]
 
@@ -19,6 +24,10 @@ def db_files(path):
 def member_dbs_untouched(pool3):
     """Members hold exactly the master's rows, as replicas, once something changed; nothing before."""
     rows = master_rows(pool3) if db_files(pool3.db()) else []
+    master_controls = []
+    if rows:
+        with sqlite3.connect(pool3.db()) as c:
+            master_controls = c.execute(CONTROLS).fetchall()
     changed = bool(pool3.sim.pool_other_config().get("vgpu-registry:generation"))
     for h in pool3.members:
         if not changed:
@@ -26,8 +35,10 @@ def member_dbs_untouched(pool3):
             continue
         with sqlite3.connect(pool3.db(h)) as c:
             got = c.execute("SELECT vm_uuid, vm_id, pool_id, priority FROM vms ORDER BY vm_id").fetchall()
+            got_controls = c.execute(CONTROLS).fetchall()
             role = dict(c.execute("SELECT key, value FROM registry_meta").fetchall())
         assert got == rows, (h, got, rows)
+        assert got_controls == master_controls, (h, got_controls, master_controls)
         assert role["role"] == "replica", (h, role)
         assert role["generation"] == pool3.sim.pool_other_config()["vgpu-registry:generation"], (h, role)
 
@@ -49,6 +60,11 @@ def test_calls_on_every_host_land_in_the_masters_registry(pool3):
     assert seen[0] == seen[1] == seen[2] and len(seen[0]) == 3
     pool3.call("set-vm-id", {"vm-uuid": BETA, "vm-id": "20"}, host=FWD_02)
     assert pool3.call("show", {"vm-name": "beta"}, host=FWD_03)["vm_id"] == 20
+    pool3.call("set-weight", {"vm-uuid": BETA, "weight": "15"}, host=FWD_03)
+    pool3.call("quarantine", {"vm-name": "delta"}, host=FWD_02)
+    shown = pool3.call("show", {"vm-uuid": BETA}, host=FWD_01)
+    assert (shown["weight"], shown["quarantined"]) == (15, False)
+    assert [r["vm_uuid"] for r in pool3.call("list", {"quarantined": "true"}, host=FWD_03)] == [DELTA]
     scan = pool3.call("scan", host=FWD_03)
     assert scan["summary"]["registered"] == 3
     assert {r["vm_uuid"] for r in scan["unregistered"]} == {GAMMA}
