@@ -582,6 +582,11 @@ fn reloads(page: &mut Page, a: &Applied) {
         Some(true) if failed.is_empty() => {
             page.line(&format!("  {OK} in effect on every host's mediator"))
         }
+        Some(false) if failed.is_empty() => page.line(&format!(
+            "{WARN} stored, but not in effect: a mediator loads rate limits and quarantine for \
+             its first 64 registrations only (by pool, priority high first, vm_id), and this VM \
+             is past them"
+        )),
         Some(false) => {
             page.line(&format!(
                 "{WARN} stored, but not in effect on every host: a mediator that has not reloaded \

@@ -350,6 +350,9 @@ pub struct SyncReport {
     /// Each other host's replica, refreshed after the change (absent when nothing changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Vec<ReplicaStatus>>,
+    /// Each mediator asked to reload after the change (hosts without one are left out).
+    #[serde(default, skip_serializing_if = "no_reloads")]
+    pub reloads: Option<Vec<MediatorAnswer>>,
 }
 
 /// A host's replica after a change, as the master's fan-out saw it.
@@ -433,6 +436,9 @@ pub struct AdoptReport {
     pub skipped: Vec<Skipped>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Vec<ReplicaStatus>>,
+    /// Each mediator asked to reload after the change (hosts without one are left out).
+    #[serde(default, skip_serializing_if = "no_reloads")]
+    pub reloads: Option<Vec<MediatorAnswer>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -450,6 +456,13 @@ pub struct RebuildReport {
     pub adopt: AdoptReport,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Vec<ReplicaStatus>>,
+    /// Each mediator asked to reload after the change (hosts without one are left out).
+    #[serde(default, skip_serializing_if = "no_reloads")]
+    pub reloads: Option<Vec<MediatorAnswer>>,
+}
+
+fn no_reloads(r: &Option<Vec<MediatorAnswer>>) -> bool {
+    r.as_ref().is_none_or(Vec::is_empty)
 }
 
 /// The result of any function; serialises to the contract's JSON document.
@@ -501,6 +514,17 @@ impl Outcome {
             Outcome::Applied(a) => a.in_effect == Some(false),
             Outcome::Mediator(m) => m.iter().any(|a| !a.ok && !a.absent),
             _ => false,
+        }
+    }
+
+    /// Records the mediators asked to reload after this change.
+    pub(crate) fn set_reloads(&mut self, reloads: Vec<MediatorAnswer>) {
+        match self {
+            Outcome::Applied(a) => a.reloads = Some(reloads),
+            Outcome::Sync(s) => s.reloads = Some(reloads),
+            Outcome::Adopt(a) => a.reloads = Some(reloads),
+            Outcome::Rebuild(r) => r.reloads = Some(reloads),
+            _ => {}
         }
     }
 

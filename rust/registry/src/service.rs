@@ -291,14 +291,20 @@ impl Service {
             let reloaded = reloads.iter().all(|a| a.ok);
             if let Outcome::Applied(a) = &mut outcome {
                 if let Request::SetControls(_, change) = &call.request {
-                    // A weight is read on every request; rate limits and quarantine at a reload.
+                    // A weight is read on every request; rate limits and quarantine at a reload,
+                    // and then for a mediator's first 64 registrations only.
                     let needs_reload = change.max_jobs_per_sec.is_some()
                         || change.max_queue_depth.is_some()
                         || change.quarantined.is_some();
-                    a.in_effect = Some(refreshed && (!needs_reload || reloaded));
+                    let loaded = !needs_reload
+                        || (reloaded
+                            && ctx
+                                .mediator_position(&a.registration.vm_uuid)?
+                                .is_some_and(|i| i < crate::ops::MEDIATOR_ROWS));
+                    a.in_effect = Some(refreshed && loaded);
                 }
-                a.reloads = Some(reloads);
             }
+            outcome.set_reloads(reloads);
             outcome.set_replicas(replicas);
         }
         Ok(Answer {

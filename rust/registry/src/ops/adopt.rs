@@ -206,6 +206,7 @@ impl Ctx<'_> {
             adopted,
             skipped: skip,
             replicas: None,
+            reloads: None,
         })
     }
 
@@ -260,6 +261,7 @@ impl Ctx<'_> {
                 skipped: skipped_rows,
                 adopt,
                 replicas: None,
+                reloads: None,
             });
         }
         let backup = if self.store.rows_json()?.is_empty() {
@@ -296,6 +298,7 @@ impl Ctx<'_> {
             skipped: skipped_rows,
             adopt,
             replicas: None,
+            reloads: None,
         })
     }
 }

@@ -22,6 +22,9 @@ use xapi::{VmRecord, Xapi};
 
 pub(crate) use crate::store::ListFilter;
 
+/// A mediator loads rate limits and quarantine for this many registrations (`MEDIATOR.md`).
+pub(crate) const MEDIATOR_ROWS: usize = 64;
+
 /// What an operation works with.
 pub(crate) struct Ctx<'a> {
     pub store: &'a mut Store,
@@ -401,6 +404,7 @@ impl Ctx<'_> {
     }
 
     pub fn remove(&mut self, selector: &Selector, restart: Restart) -> Result<Applied> {
+        self.catch_up()?;
         let (reg, vm) = self.resolve_registered(selector)?;
         let Some(vm) = vm else {
             // Stale: the VM is gone (and its other_config with it), so only the row goes.
@@ -490,6 +494,9 @@ impl Ctx<'_> {
 
     /// Changes the mediator's controls of a registered VM; its device is left as it is.
     pub fn set_controls(&mut self, selector: &Selector, change: ControlChange) -> Result<Applied> {
+        // The registration is looked up before the write: a registry behind the pool (a new
+        // master) catches up first, or it would not know the VM.
+        self.catch_up()?;
         let (reg, vm) = self.resolve_registered(selector)?;
         let uuid = reg.vm_uuid.clone();
         let Some(vm) = vm else {
@@ -666,8 +673,17 @@ impl Ctx<'_> {
 
     /// Values the mediator misreads (`MEDIATOR.md`): a weight outside 1…100 or not whole, the
     /// older SQL file's REAL weight of 1, and controls it never loads past its 64th row.
+    /// The registration's place in the order a mediator loads rows (pool, priority high first,
+    /// vm_id), from 0.
+    pub fn mediator_position(&self, vm_uuid: &str) -> Result<Option<usize>> {
+        Ok(self
+            .store
+            .list(&ListFilter::default())?
+            .iter()
+            .position(|r| r.vm_uuid.eq_ignore_ascii_case(vm_uuid)))
+    }
+
     fn mediator_warnings(&self) -> Result<Vec<String>> {
-        const MEDIATOR_ROWS: usize = 64;
         let regs = self.store.list(&ListFilter::default())?;
         let real = self.store.weight_type()? == "REAL";
         let mut out = Vec::new();
@@ -714,6 +730,9 @@ impl Ctx<'_> {
         dry_run: bool,
         restart: Restart,
     ) -> Result<SyncReport> {
+        if !dry_run {
+            self.catch_up()?;
+        }
         let regs = match target {
             SyncTarget::All => self.store.list(&ListFilter::default())?,
             SyncTarget::One(sel) => vec![self.resolve_registered(sel)?.0],
@@ -823,6 +842,7 @@ impl Ctx<'_> {
             results,
             failed,
             replicas: None,
+            reloads: None,
         })
     }
 
