@@ -206,9 +206,10 @@ def main():
         "`register-vm` run on the pool master of a generated pool (`xapi_sim.generate`), each "
         "other host's replica refreshed by its `vgpu` plugin, run the way xapi runs it (CLI backend, "
         "this release binary), all at once. The wall time covers the change (registry, "
-        "device-model-args, mirror) and waiting for every replica; target: under 2 s. Each replica "
-        "reads the whole mirror in one `VM.get_all_records_where`, so this mostly measures 15 plugin "
-        "runs and 15 listings of the pool answered by the simulator at once, on %d cores.\n\n%s"
+        "device-model-args, mirror) and waiting for every replica; target: under 2 s. A replica one "
+        "generation behind (every replica, after a change) reads only the changed VM from XAPI "
+        "(`vgpu-registry:last-change`), so this mostly measures 15 plugin runs at once, on %d "
+        "cores.\n\n%s"
         % (os.cpu_count() or 0, pool_table)
     )
     with open(opts.out, "w") as f:
