@@ -259,7 +259,7 @@ BEHIND = ("reads the registration before catching the file up: on a master whose
 
 
 def stuck_behind(fn, args, check):
-    return pytest.param(fn, args, check, marks=pytest.mark.xfail(strict=True, reason=BEHIND), id=fn)
+    return pytest.param(fn, args, check, id=fn)
 
 
 @modern_only
@@ -339,9 +339,8 @@ PAST_64 = ("every reload succeeds but no mediator loads the control of a VM past
 
 @modern_only
 @pytest.mark.parametrize("fn,args,field", [
-    pytest.param("quarantine", {}, "quarantined", marks=pytest.mark.xfail(strict=True, reason=PAST_64)),
-    pytest.param("set-rate-limit", {"rate": "7"}, "max_jobs_per_sec",
-                 marks=pytest.mark.xfail(strict=True, reason=PAST_64)),
+    pytest.param("quarantine", {}, "quarantined"),
+    pytest.param("set-rate-limit", {"rate": "7"}, "max_jobs_per_sec"),
 ])
 def test_control_past_the_64th_row_is_not_in_effect(pool3, meds, fn, args, field):
     for h in HOSTS:
@@ -730,8 +729,6 @@ def test_registration_changes_reload_every_mediator(pool3, running):
 
 
 @modern_only
-@pytest.mark.xfail(strict=True, reason="adopt and rebuild commit registry changes and have every mediator "
-                   "reload, but their results carry no `reloads` (only Applied results get it)")
 def test_adopt_reports_the_reloads(pool3, running):
     meds = running
     before = reload_counts(meds)
@@ -742,8 +739,6 @@ def test_adopt_reports_the_reloads(pool3, running):
 
 
 @modern_only
-@pytest.mark.xfail(strict=True, reason="rebuild commits the registry rebuilt from the mirror and has every "
-                   "mediator reload, but its result carries no `reloads` (only Applied results get it)")
 def test_rebuild_reports_the_reloads(pool3, running):
     meds = running
     meds.stop(FWD_01)  # the master's registry is lost
