@@ -36,7 +36,6 @@ LAST_CHANGE_KEY = "vgpu-registry:last-change"
 CLAIM_PREFIX = "vgpu-registry:claim:"
 GENERATION_KEY = "vgpu-registry:generation"
 # `<prefix><generation>`: the writer that published that generation claimed it; older claims go
-CLAIM_PREFIX = "vgpu-registry:claim:"
 WORD = {0: "low", 1: "medium", 2: "high"}
 
 MASTER = fixture_uuid("sample_pool.json", "xcp-lab-01", kind="hosts")
