@@ -33,9 +33,9 @@ VM_KEY = "vgpu-registry"
 FIELD_KEY = "XenCenter.CustomFields.vgpu"
 POOLS_KEY = "vgpu-registry:pools"
 LAST_CHANGE_KEY = "vgpu-registry:last-change"
+# `<prefix><generation>`: the writer that published that generation claimed it; older claims go
 CLAIM_PREFIX = "vgpu-registry:claim:"
 GENERATION_KEY = "vgpu-registry:generation"
-# `<prefix><generation>`: the writer that published that generation claimed it; older claims go
 WORD = {0: "low", 1: "medium", 2: "high"}
 
 MASTER = fixture_uuid("sample_pool.json", "xcp-lab-01", kind="hosts")
