@@ -226,11 +226,13 @@ def test_sync_all_each_call_failing(cli):
         assert after["platforms"][RENDER_01][DMA] == device_line("B", "low", 3)
         assert [r[2] for r in after["db"]] == ["render-01", "ml-train-b", "ml-train-a-renamed"]  # by uuid
         assert after["platforms"][ML_TRAIN_B] == before["platforms"][ML_TRAIN_B]
-        assert calls[0][0] == "VM.get_all_records_where"
-        # A pool call (the generation check, the generation bump) belongs to the VM step around it.
+        # First the registry catches up with the pool's generation, then the one listing.
+        assert [c[0] for c in calls[:2]] == ["pool.get_all_records", "VM.get_all_records_where"], calls
+        # A later pool call (the generation check, the generation bump) belongs to the VM step
+        # around it.
         owned = []
         for i, (method, nth, vm) in enumerate(calls):
-            if vm is None and i > 0:
+            if vm is None and i > 1 and method.startswith("pool."):
                 around = [c[2] for c in calls[i + 1:] if c[2]] or [c[2] for c in calls[:i] if c[2]][-1:]
                 if method.startswith("pool.add") or method.startswith("pool.remove"):
                     around = [c[2] for c in calls[:i] if c[2]][-1:]
