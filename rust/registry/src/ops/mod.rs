@@ -410,7 +410,10 @@ impl Ctx<'_> {
             // Stale: the VM is gone (and its other_config with it), so only the row goes.
             let xapi = self.xapi;
             let (tx, primary) = self.begin()?;
-            tx.delete(&reg.vm_uuid)?;
+            // Another remove may have committed since the row was read: only one of them wins.
+            if !tx.delete(&reg.vm_uuid)? {
+                return Err(Error::NotRegistered { vm: reg.vm_ref() });
+            }
             let g = pool::publish_and_commit(xapi, tx, &primary, &[])?;
             self.committed = Some(g);
             return Ok(Applied {
@@ -428,7 +431,13 @@ impl Ctx<'_> {
         };
         let will_restart = self.plan_restart(&vm, restart)?;
         let uuid = reg.vm_uuid.clone();
+        let vmr = vm_ref(&vm);
         let (reg, dma) = self.apply(&vm, |tx| {
+            // Read again under the write lock: a remove that committed since the lookup above
+            // makes this one NOT_REGISTERED, and a change since then is what gets removed.
+            let reg = tx
+                .get(&uuid)?
+                .ok_or_else(|| Error::NotRegistered { vm: vmr.clone() })?;
             tx.delete(&uuid)?;
             Ok((reg, DeviceChange::Remove))
         })?;
@@ -503,6 +512,9 @@ impl Ctx<'_> {
             // A stale registration: its row and the pool's copy only.
             let xapi = self.xapi;
             let (tx, primary) = self.begin()?;
+            if tx.get(&uuid)?.is_none() {
+                return Err(Error::NotRegistered { vm: reg.vm_ref() });
+            }
             let reg = tx.set_controls(&uuid, &change)?;
             let g = pool::publish_and_commit(xapi, tx, &primary, &[])?;
             self.committed = Some(g);
@@ -519,7 +531,12 @@ impl Ctx<'_> {
                 in_effect: None,
             });
         };
+        let vmr = vm_ref(&vm);
         let (reg, dma) = self.apply(&vm, |tx| {
+            // A remove that committed since the lookup above makes this NOT_REGISTERED.
+            if tx.get(&uuid)?.is_none() {
+                return Err(Error::NotRegistered { vm: vmr.clone() });
+            }
             Ok((tx.set_controls(&uuid, &change)?, DeviceChange::Keep))
         })?;
         self.finish(&vm, reg, dma, false, false)
