@@ -11,7 +11,7 @@ DIST := dist
 WHEEL_TOOLS := $(VENV)/.wheel-tools
 
 .PHONY: help build demo test test-rust test-python test-python-pkg test-plugin lint venv wheel dom0-bin clean FORCE \
-	shells rpm rpmbuild test-rpm test-xo xo-pack node
+	shells rpm rpmbuild test-rpm test-xo xo-pack node soak test-soak
 
 help:
 	@echo "make demo   build and walk the main workflow on the bundled XAPI simulator"
@@ -21,6 +21,7 @@ help:
 	@echo "make dom0-bin  vgpu-admin linked for dom0's glibc 2.17, in $(DIST)/"
 	@echo "make rpm   the dom0 RPM of both in $(DIST)/ (RPM_RELEASE=N for another release)"
 	@echo "make xo-pack   the Xen Orchestra plugin xo-server-vgpu (npm pack tarball) in $(DIST)/"
+	@echo "make soak  mixed CLI and plugin load on a simulated pool for SOAK_SECONDS (default 180)"
 
 build:
 	$(CARGO) build --workspace
@@ -145,7 +146,18 @@ test-xo: build venv node
 	cd $(XO_DIR) && npm ci --no-audit --no-fund
 	cd $(XO_DIR) && VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) PYTHON=$(CURDIR)/$(VPY) npm test
 
-test: lint test-rust test-python test-python-pkg test-plugin test-rpm test-xo
+# A short soak (tests/soak/soak.py, ~25 s of load) and the races it found, reproduced one by one.
+test-soak: build venv
+	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) $(VPY) -m pytest -q -p no:cacheprovider tests/soak
+
+# The soak at length: writers and readers through the CLI and the plugin on every host of a
+# simulated pool, with XAPI latency injected; prints its figures (docs/reliability.md) and exits
+# non-zero on a lost or duplicated registration, `database is locked` or an undocumented failure.
+SOAK_SECONDS ?= 180
+soak: build venv
+	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) $(VPY) tests/soak/soak.py --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
+
+test: lint test-rust test-python test-python-pkg test-plugin test-rpm test-xo test-soak
 	@echo "make test: all suites passed"
 
 clean:
