@@ -719,7 +719,7 @@ class Soak(object):
         for via, rw, fn, role, seconds, ok, code, worker in self.ops:
             if worker == "verify":
                 continue
-            for key in ("%s %s" % (via, rw), "%s %s %s" % (via, rw, fn)):
+            for key in ("%s %s" % (via, rw), "%s %s on the %s" % (via, rw, role), "%s %s %s" % (via, rw, fn)):
                 k = kinds.setdefault(key, {"ops": 0, "failed": 0, "lat": []})
                 k["ops"] += 1
                 k["failed"] += 0 if ok else 1
@@ -779,7 +779,12 @@ def render(s):
     out.append("operations: %d (%.2f/s), acknowledged writes %d, conflicts %d"
                % (s["ops_total"], s["ops_per_s"], s["acknowledged_writes"], s["conflicts"]))
     out.append("%-34s %6s %6s %7s %8s %8s %8s" % ("kind", "ops", "failed", "ops/s", "p50 ms", "p99 ms", "max ms"))
-    for key, k in s["by_kind"].items():
+    def order(key):
+        words = key.split()
+        return words[:2], 0 if len(words) == 2 else 1 if " on the " in key else 2, key
+
+    for key in sorted(s["by_kind"], key=order):
+        k = s["by_kind"][key]
         indent = "  " if len(key.split()) > 2 else ""
         out.append("%-34s %6d %6d %7.2f %8d %8d %8d" % (indent + key, k["ops"], k["failed"], k["per_s"], k["p50_ms"],
                                                         k["p99_ms"], k["max_ms"]))
