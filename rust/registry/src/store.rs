@@ -149,10 +149,10 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens the registry at `path` for reading only: no file or directory is created and
+    /// Opens the registry at `path` for reading only: no file or directory is left behind and
     /// nothing is written, so reading needs no write access. A registry that does not exist
-    /// reads as an empty one; a registry of the older tools that this process may not migrate
-    /// is read through a migrated copy in memory.
+    /// (or an empty file) reads as an empty one; a registry of the older tools that this
+    /// process may not migrate is read through a migrated copy in memory.
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn open_read(path: &Path) -> Result<Store> {
         Store::open_read_waiting(path, BUSY_TIMEOUT)
