@@ -215,7 +215,7 @@ impl std::fmt::Display for CommitAftermath {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input. `value` is shown with escapes so control characters stay visible.
-    #[error("invalid {what} {value:?}: {reason}")]
+    #[error("invalid {what} {:?}: {reason}", clip(.value))]
     InvalidArgument {
         what: String,
         value: String,
@@ -389,6 +389,17 @@ pub enum Error {
     },
 }
 
+/// Longer values (a megabyte name from XAPI) are shown by their start: an error is one line.
+const SHOWN_CHARS: usize = 1000;
+
+/// `value`, or its first [`SHOWN_CHARS`] characters followed by `…` when it is longer.
+fn clip(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}…", &value[..end]).into(),
+        None => value.into(),
+    }
+}
+
 fn list_vms(vms: &[VmRef]) -> String {
     vms.iter()
         .map(|v| v.vm_uuid.as_str())
@@ -466,7 +477,7 @@ impl Error {
                 value,
                 reason,
             } => {
-                json!({"argument": what, "value": value, "reason": reason})
+                json!({"argument": what, "value": clip(value), "reason": reason})
             }
             Error::Usage(u) => json!({ "arguments": u.keys() }),
             Error::ConfigUnreadable { path, source } => json!({
@@ -593,5 +604,23 @@ impl Error {
     pub fn to_json(&self) -> Value {
         json!({"error": {"code": self.code().as_str(), "message": self.to_string(),
                          "details": self.details()}})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_invalid_value_is_shown_by_its_start() {
+        let huge = "é".repeat(1024 * 1024);
+        let e = Error::invalid("VM name-label", &huge, "too long");
+        let text = e.to_string();
+        assert!(text.len() < 3000, "{}", text.len());
+        assert!(text.starts_with(&format!("invalid VM name-label \"{}…\"", "é".repeat(1000))));
+        assert!(text.ends_with(": too long"));
+        assert_eq!(e.details()["value"], format!("{}…", "é".repeat(1000)));
+        let short = Error::invalid("pool", &"n".repeat(1000), "bad");
+        assert_eq!(short.details()["value"], "n".repeat(1000));
     }
 }

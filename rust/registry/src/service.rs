@@ -232,7 +232,7 @@ impl Service {
         let master_here = here.pool.is_some();
         if master_here && !call.spec.mutating {
             // On the master even a read first brings the registry to the pool's generation.
-            let store = Store::open_read(&self.db)?;
+            let store = self.open(false)?;
             let behind = pool_needs_sync(store.meta()?, here.pool.as_ref());
             drop(store);
             if behind {
@@ -466,13 +466,14 @@ impl Service {
     }
 
     fn open(&self, write: bool) -> Result<Store> {
+        let lock_timeout = Duration::from_secs(self.config.lock_timeout_s);
         let mut store = if write {
-            Store::open(&self.db)?
+            Store::open_waiting(&self.db, lock_timeout)?
         } else {
-            Store::open_read(&self.db)?
+            Store::open_read_waiting(&self.db, lock_timeout)?
         };
         store.set_waiter(self.on_wait);
-        store.set_busy_timeout(Duration::from_secs(self.config.lock_timeout_s));
+        store.set_busy_timeout(lock_timeout);
         Ok(store)
     }
 

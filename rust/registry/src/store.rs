@@ -112,8 +112,15 @@ pub struct NewValues {
 
 impl Store {
     /// Opens (creating if needed) and migrates the registry at `path`.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn open(path: &Path) -> Result<Store> {
-        let db_err = |e: rusqlite::Error| Error::database(path, e);
+        Store::open_waiting(path, BUSY_TIMEOUT)
+    }
+
+    /// [`Store::open`], waiting at most `lock_timeout` for another process's lock, then failing
+    /// with [`Error::Locked`]; that is also how long a write waits for the lock.
+    pub fn open_waiting(path: &Path, lock_timeout: Duration) -> Result<Store> {
+        let db_err = |e: rusqlite::Error| locked_or_database(path, e, lock_timeout);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 create_private_dir(dir).map_err(|e| Error::DatabaseDir {
@@ -129,25 +136,39 @@ impl Store {
             source: e,
         })?;
         let conn = Connection::open(path).map_err(db_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        conn.busy_timeout(lock_timeout).map_err(db_err)?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
             backup: None,
             waiter: None,
-            busy_timeout: BUSY_TIMEOUT,
+            busy_timeout: lock_timeout,
         };
         store.migrate(true)?;
         store.ensure_wal()?;
         Ok(store)
     }
 
-    /// Opens the registry at `path` for reading only: no file or directory is created and
+    /// Opens the registry at `path` for reading only: no file or directory is left behind and
     /// nothing is written, so reading needs no write access. A registry that does not exist
-    /// reads as an empty one; a registry of the older tools that this process may not migrate
-    /// is read through a migrated copy in memory.
+    /// (or an empty file) reads as an empty one; a registry of the older tools that this
+    /// process may not migrate is read through a migrated copy in memory.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn open_read(path: &Path) -> Result<Store> {
-        let db_err = |e: rusqlite::Error| Error::database(path, e);
+        Store::open_read_waiting(path, BUSY_TIMEOUT)
+    }
+
+    /// [`Store::open_read`], waiting at most `lock_timeout` for a lock that keeps readers out
+    /// (an older tool's writer, a connection in exclusive locking mode), then failing with
+    /// [`Error::Locked`].
+    pub fn open_read_waiting(path: &Path, lock_timeout: Duration) -> Result<Store> {
+        let db_err = |e: rusqlite::Error| locked_or_database(path, e, lock_timeout);
+        // An empty file is an empty database to SQLite, and our own registry between its
+        // creation and its first commit: no registry yet, as when there is no file.
+        let empty = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0);
+        if empty {
+            return Store::in_memory(path, None);
+        }
         if !path.exists() {
             // Nothing registered yet; but a path that can never exist is a mistake to report.
             if let Some(blocker) = path.ancestors().skip(1).find(|a| a.exists()) {
@@ -160,15 +181,29 @@ impl Store {
             }
             return Store::in_memory(path, None);
         }
+        // Reading a WAL database creates its -wal and -shm files, and only a connection that
+        // may write removes them as it closes. So who may write the file reads through such a
+        // connection (told not to write) when they are not there yet, leaving the directory as
+        // it was. When they are there, another connection (or a crashed one) has them: a
+        // read-only connection leaves them, and what they hold, as they are.
+        let writable = is_writable(path);
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        let conn = if writable && !side_path(path, "-wal").exists() {
+            let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = Connection::open_with_flags(path, rw).map_err(db_err)?;
+            conn.pragma_update(None, "query_only", true)
+                .map_err(db_err)?;
+            conn
+        } else {
+            Connection::open_with_flags(path, flags).map_err(db_err)?
+        };
+        conn.busy_timeout(lock_timeout).map_err(db_err)?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
             backup: None,
             waiter: None,
-            busy_timeout: BUSY_TIMEOUT,
+            busy_timeout: lock_timeout,
         };
         let version = match store
             .conn
@@ -199,9 +234,9 @@ impl Store {
             return Ok(store);
         }
         // An older tool's database: migrate it for real when we may, as a write would.
-        if is_writable(path) {
+        if writable {
             drop(store);
-            return Store::open(path);
+            return Store::open_waiting(path, lock_timeout);
         }
         Store::in_memory(path, Some(&store.conn))
     }
@@ -231,6 +266,7 @@ impl Store {
     /// How long a write waits for another process's lock (default: a minute).
     pub fn set_busy_timeout(&mut self, t: Duration) {
         self.busy_timeout = t;
+        let _ = self.conn.busy_timeout(t);
     }
 
     /// Says so when other users may read or write the registry file (older tools and a loose
@@ -263,7 +299,7 @@ impl Store {
     /// switch needs the database to itself, and SQLite reports a refusal by answering with the
     /// old mode rather than waiting, so processes opening a new registry together retry here.
     fn ensure_wal(&self) -> Result<()> {
-        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let deadline = std::time::Instant::now() + self.busy_timeout;
         loop {
             let mode = self
                 .conn
@@ -292,7 +328,7 @@ impl Store {
     }
 
     pub(crate) fn db_err(&self, e: rusqlite::Error) -> Error {
-        Error::database(&self.path, e)
+        locked_or_database(&self.path, e, self.busy_timeout)
     }
 
     /// Brings the database to [`SCHEMA_VERSION`]; `backup`: copy it beside itself first.
@@ -309,14 +345,15 @@ impl Store {
             });
         }
         let path = self.path.clone();
+        let waited = self.busy_timeout;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| db_error(&path, e))?;
+            .map_err(|e| locked_or_database(&path, e, waited))?;
         // Another process may have migrated while we waited for the write lock.
         let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| db_error(&path, e))?;
+            .map_err(|e| locked_or_database(&path, e, waited))?;
         if version == SCHEMA_VERSION {
             return Ok(());
         }
@@ -470,6 +507,19 @@ fn db_error(path: &Path, e: rusqlite::Error) -> Error {
     Error::database(path, e)
 }
 
+/// SQLite's "database is locked" after waiting `waited` is [`Error::Locked`], which says who to
+/// look for; any other failure is a database error.
+fn locked_or_database(path: &Path, e: rusqlite::Error, waited: Duration) -> Error {
+    if is_busy(&e) {
+        Error::Locked {
+            path: path.to_path_buf(),
+            waited_s: waited.as_secs(),
+        }
+    } else {
+        Error::database(path, e)
+    }
+}
+
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -485,8 +535,13 @@ fn is_readonly(e: &rusqlite::Error) -> bool {
 }
 
 fn shm_path(path: &Path) -> PathBuf {
+    side_path(path, "-shm")
+}
+
+/// `path` with `suffix` appended (`-wal`, `-shm`).
+fn side_path(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
-    p.push("-shm");
+    p.push(suffix);
     PathBuf::from(p)
 }
 

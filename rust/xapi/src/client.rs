@@ -329,6 +329,9 @@ impl Drop for Client {
 /// and v1 calls with `{"error": [CODE, params…], "result": null}`; both are understood.
 pub(crate) fn parse_response(method: &str, id: u64, body: &[u8]) -> Result<Value> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
+        if let Some(what) = crate::unicode::describe(method, body) {
+            return protocol(method, what);
+        }
         let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
         protocol(method, format!("answer is not JSON ({e}): {text:?}"))
     })?;
@@ -358,6 +361,9 @@ fn parse_vm_map(
         result: Option<&'a serde_json::value::RawValue>,
     }
     let answer: Envelope<'_> = serde_json::from_slice(body).map_err(|e| {
+        if let Some(what) = crate::unicode::describe(method, body) {
+            return protocol(method, what);
+        }
         let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
         protocol(
             method,
@@ -368,8 +374,13 @@ fn parse_vm_map(
     let raw = answer
         .result
         .ok_or_else(|| protocol(method, "answer has neither result nor error"))?;
-    serde_json::from_str(raw.get())
-        .map_err(|e| protocol(method, format!("unexpected VM records: {e}")))
+    serde_json::from_str(raw.get()).map_err(|e| {
+        let what = crate::unicode::describe(method, body);
+        protocol(
+            method,
+            what.unwrap_or_else(|| format!("unexpected VM records: {e}")),
+        )
+    })
 }
 
 /// The answer is for our request, and is not an error.

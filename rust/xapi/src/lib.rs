@@ -10,6 +10,7 @@ mod client;
 mod endpoint;
 mod records;
 mod transport;
+mod unicode;
 mod unix;
 
 pub use client::{Auth, Client, ClientOptions};

@@ -610,3 +610,70 @@ fn replace_all_rewrites_in_place_for_an_open_reader() {
     assert_eq!(rows[&u2]["pool"], "B");
     assert!(!rows[&u2].contains_key("no_such_column"));
 }
+
+#[test]
+fn opening_a_registry_locked_against_readers_gives_up_after_the_lock_timeout() {
+    // An older tool's file (rollback journal) whose writer holds its exclusive lock: neither a
+    // read nor a write may even read the schema version, let alone migrate or back it up.
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_db(dir.path(), FIRST_DESIGN);
+    let before = std::fs::read(&path).unwrap();
+    let holder = Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for write in [false, true] {
+        let started = std::time::Instant::now();
+        let e = if write {
+            Store::open_waiting(&path, Duration::from_secs(1))
+        } else {
+            Store::open_read_waiting(&path, Duration::from_secs(1))
+        }
+        .err()
+        .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert!(
+            matches!(e, Error::Locked { waited_s: 1, .. }),
+            "write {write}: {e}"
+        );
+        assert!(!e.to_string().contains("database is locked"), "{e}");
+    }
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "no backup, no journal left: {names:?}");
+}
+
+#[test]
+fn an_empty_file_reads_as_an_empty_registry_and_stays_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    std::fs::write(&path, b"").unwrap();
+    let store = Store::open_read(&path).unwrap();
+    assert!(store.list(&ListFilter::default()).unwrap().is_empty());
+    drop(store);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // a write starts the registry in it
+    drop(Store::open(&path).unwrap());
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+}
+
+#[test]
+fn reading_a_registry_leaves_no_wal_files_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    drop(Store::open(&path).unwrap());
+    let names = || {
+        let mut n: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        n.sort();
+        n
+    };
+    let before = names();
+    let store = Store::open_read(&path).unwrap();
+    store.list(&ListFilter::default()).unwrap();
+    drop(store);
+    assert_eq!(names(), before);
+}
