@@ -468,7 +468,7 @@ def run(fn, session, args):
     started = time.time()
     backend = "?"
     args = dict(args or {})
-    summary = " ".join("%s=%s" % (_text(k), _text(v)) for k, v in sorted(args.items()))
+    summary = log_args(args)
     try:
         with StdoutToStderr():
             config, python_path, admin, forced = plugin_settings()
@@ -498,6 +498,22 @@ def run(fn, session, args):
                                                traceback.format_exc()), error=True)
         raise failure("INTERNAL", "internal error: vgpu plugin: %s: %s" % (e.__class__.__name__, _text(e)),
                       {"exception": e.__class__.__name__})
+
+
+# No function takes a secret, but a caller may pass one by mistake under a key that says so: the
+# key is refused by the core, and its value never reaches the log.
+SECRET_KEY_WORDS = ("pass", "secret", "session", "token", "auth", "cred")
+
+
+def log_args(args):
+    """The arguments as the log shows them: ``key=value ...``, sorted, with the value of any key
+    naming a secret (``password``, ``session`` ...) replaced."""
+    words = []
+    for k, v in sorted(args.items()):
+        key = _text(k)
+        secret = any(w in key.lower() for w in SECRET_KEY_WORDS)
+        words.append("%s=%s" % (key, "<redacted>" if secret else _text(v)))
+    return " ".join(words)
 
 
 def _how(backend, started):

@@ -206,8 +206,9 @@ impl Client {
             Err(err) if err.api_code() == Some(SESSION_INVALID) && self.can_login() => {
                 let session = self.replace_session(&session)?;
                 self.rpc_parsed(method, with_session(&session), read_timeout, parse)
+                    .map_err(|e| redact(e, &session, REDACTED_SESSION))
             }
-            result => result,
+            result => result.map_err(|e| redact(e, &session, REDACTED_SESSION)),
         }
     }
 
@@ -239,16 +240,18 @@ impl Client {
             }
         };
         let method = "session.login_with_password";
-        let result = self.rpc(
-            method,
-            vec![
-                json!(user),
-                json!(password),
-                json!("1.0"),
-                json!(ORIGINATOR),
-            ],
-            None,
-        )?;
+        let result = self
+            .rpc(
+                method,
+                vec![
+                    json!(user),
+                    json!(password),
+                    json!("1.0"),
+                    json!(ORIGINATOR),
+                ],
+                None,
+            )
+            .map_err(|e| redact(e, password, REDACTED_PASSWORD))?;
         let session = records::string(method, "the session ref", &result)?;
         state.current = Some(session.clone());
         state.created = true;
@@ -320,6 +323,34 @@ impl Drop for Client {
     fn drop(&mut self) {
         // Best effort: an unreachable xapi expires the session on its own.
         let _ = self.logout();
+    }
+}
+
+/// What an error shows in place of the session ref it was made with (xapi echoes a dead
+/// session's ref in `SESSION_INVALID`), or of the password of a failed login.
+pub const REDACTED_SESSION: &str = "<session>";
+pub const REDACTED_PASSWORD: &str = "<password>";
+
+/// Errors reach users, logs and other programs: a session ref or password never stays in one.
+fn redact(err: XapiError, secret: &str, shown: &str) -> XapiError {
+    if secret.is_empty() {
+        return err;
+    }
+    match err {
+        XapiError::Api {
+            method,
+            code,
+            params,
+        } => XapiError::Api {
+            method,
+            code,
+            params: params.iter().map(|p| p.replace(secret, shown)).collect(),
+        },
+        XapiError::Protocol { method, reason } => XapiError::Protocol {
+            method,
+            reason: reason.replace(secret, shown),
+        },
+        other => other,
     }
 }
 
@@ -764,6 +795,32 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("root"));
+    }
+
+    #[test]
+    fn errors_never_keep_a_session_or_password() {
+        let err = redact(
+            XapiError::Api {
+                method: "VM.get_record".into(),
+                code: "SESSION_INVALID".into(),
+                params: vec!["OpaqueRef:s1".into(), "x OpaqueRef:s1 y".into()],
+            },
+            "OpaqueRef:s1",
+            REDACTED_SESSION,
+        );
+        assert_eq!(
+            err,
+            XapiError::Api {
+                method: "VM.get_record".into(),
+                code: "SESSION_INVALID".into(),
+                params: vec!["<session>".into(), "x <session> y".into()],
+            }
+        );
+        let err = redact(protocol("m", "echo hunter2"), "hunter2", REDACTED_PASSWORD);
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // An empty password (dom0's socket) replaces nothing.
+        let err = redact(protocol("m", "a b"), "", REDACTED_PASSWORD);
+        assert_eq!(err, protocol("m", "a b"));
     }
 
     #[test]
