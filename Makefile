@@ -94,14 +94,15 @@ test-rust:
 	$(CARGO) test --workspace
 
 # The completion and manual suites run zsh and fish (to parse their completion scripts) and groff
-# (to check the manual pages): Debian's packages, installed when missing.
+# (to check the manual pages); the security suites run strace (to see every program started):
+# Debian's packages, installed when missing.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 shells:
-	@if ! command -v zsh >/dev/null || ! command -v fish >/dev/null || ! command -v groff >/dev/null; then \
-		command -v apt-get >/dev/null || { echo "install zsh, fish and groff: tests/cli needs them"; exit 1; }; \
+	@if ! command -v zsh >/dev/null || ! command -v fish >/dev/null || ! command -v groff >/dev/null || ! command -v strace >/dev/null; then \
+		command -v apt-get >/dev/null || { echo "install zsh, fish, groff and strace: tests/cli and tests/plugin need them"; exit 1; }; \
 		$(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-			zsh fish groff-base; \
+			zsh fish groff-base strace; \
 	fi
 
 test-python: build venv shells
@@ -116,7 +117,7 @@ test-python-pkg: build venv wheel
 # The plugin run the way xapi runs it, under CPython 2.7 (CLI bridge; XenAPI and six from PyPI),
 # 3.6 (the wheel from dist/) and 3.12 (both paths). A missing interpreter fails the suite
 # (VGPU_ALLOW_MISSING_INTERPRETERS=1 skips instead, for a developer's machine only).
-test-plugin: build venv wheel
+test-plugin: build venv wheel shells
 	VGPU_ADMIN_BIN=$(CURDIR)/$(BIN) PYTHON=$(CURDIR)/$(VPY) tests/plugin/run-all.sh
 
 # The RPM of `make rpm` queried, installed into scratch roots (rpm --root), its vgpu-admin and its
