@@ -447,7 +447,10 @@ fn claim(journal: &mut Journal<'_>, primary: &Primary, next: u64, writer: &str) 
                 .next()
                 .and_then(|t| t.parse::<u64>().ok())
                 .unwrap_or(0);
-            if now_s().saturating_sub(since) < STALE_CLAIM_S {
+            // A claim of this very writer was left by a process that died mid-change: a live
+            // one would still hold the registry's write lock, which this write holds now.
+            let mine = held.split(' ').next() == Some(writer);
+            if !mine && now_s().saturating_sub(since) < STALE_CLAIM_S {
                 return Err(Error::GenerationClaimed {
                     generation: next,
                     by: held.split(' ').next().unwrap_or("").to_string(),

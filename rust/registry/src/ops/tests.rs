@@ -1197,3 +1197,28 @@ fn a_generation_another_writer_claimed_is_not_published_twice() {
         .collect();
     assert_eq!(claims, [key], "older claims are dropped");
 }
+
+#[test]
+fn a_claim_left_by_this_writer_when_it_died_is_taken_over() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    // This writer claimed generation 2 a moment ago and was killed before it published it; a
+    // live one would still hold the registry's write lock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = format!("{}2", crate::pool::CLAIM_PREFIX);
+    x.pool_config
+        .borrow_mut()
+        .insert(key.clone(), format!("off-pool {now}"));
+    ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    assert_eq!(generation(&x).as_deref(), Some("2"));
+}
