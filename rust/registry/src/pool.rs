@@ -48,10 +48,22 @@ const STALE_CLAIM_S: u64 = 300;
 const DELTA_MAX_VMS: usize = 64;
 
 /// The generation the pool's mirror is at; `None` when nothing was ever published.
+///
+/// xapi has no single-key set, so a writer killed between removing the generation and adding
+/// its new value leaves no generation at all. The last change's record was written just before,
+/// with that new value, and every other write of the change was done: it stands in, so that the
+/// next writer neither starts again from generation 1 (which every replica ahead of it would
+/// ignore) nor misses the change.
 pub fn pool_generation(pool: &PoolRecord) -> Option<u64> {
     pool.other_config
         .get(GENERATION_KEY)
         .and_then(|g| g.trim().parse().ok())
+        .or_else(|| {
+            pool.other_config
+                .get(LAST_CHANGE_KEY)
+                .and_then(|t| serde_json::from_str::<LastChange>(t).ok())
+                .map(|c| c.generation)
+        })
 }
 
 /// The custom field's text: `pool A, high, vm_id 7`.
@@ -332,6 +344,18 @@ pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> 
         return Err(no_longer_master(&pool));
     }
     let generation = pool_generation(&pool);
+    if let (None, Some(g)) = (pool.other_config.get(GENERATION_KEY), generation) {
+        // A writer died before it put the generation back (see `pool_generation`).
+        Journal::new(xapi)
+            .set(
+                Class::Pool,
+                &pool.opaque_ref,
+                GENERATION_KEY,
+                None,
+                Some(&g.to_string()),
+            )
+            .map_err(|e| Error::xapi("restoring the pool's registry generation", e))?;
+    }
     let meta = tx.meta()?;
     let rebuilt = match (meta, generation) {
         (_, None) => false,

@@ -1222,3 +1222,37 @@ fn a_claim_left_by_this_writer_when_it_died_is_taken_over() {
     ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
     assert_eq!(generation(&x).as_deref(), Some("2"));
 }
+
+#[test]
+fn a_generation_lost_between_its_remove_and_add_is_read_from_the_last_change() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    assert_eq!(generation(&x).as_deref(), Some("2"));
+    // A writer killed after removing the generation and before adding the new one.
+    x.pool_config
+        .borrow_mut()
+        .remove(crate::pool::GENERATION_KEY);
+    ctx.catch_up().unwrap();
+    assert_eq!(generation(&x).as_deref(), Some("2"), "put back, not lost");
+    x.pool_config
+        .borrow_mut()
+        .remove(crate::pool::GENERATION_KEY);
+    ctx.update(UpdateReq {
+        selector: Selector::Uuid(uuid(1)),
+        pool: Some(Pool::B),
+        priority: None,
+        vm_id: None,
+        restart: Restart::default(),
+    })
+    .unwrap();
+    // Not 1 again: every replica already holds 2 and would never go back.
+    assert_eq!(generation(&x).as_deref(), Some("3"));
+}
