@@ -160,6 +160,17 @@ impl Store {
             }
             return Store::in_memory(path, None);
         }
+        if side_path(path, "-journal").exists() && is_writable(path) {
+            // A writer killed while creating or migrating the file (before it is WAL) leaves a
+            // hot journal, which a read-only connection cannot roll back: it would read the
+            // half-written file. Whoever may write rolls it back, as the next writer would.
+            let conn = Connection::open(path).map_err(db_err)?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(db_err)?;
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
@@ -485,8 +496,13 @@ fn is_readonly(e: &rusqlite::Error) -> bool {
 }
 
 fn shm_path(path: &Path) -> PathBuf {
+    side_path(path, "-shm")
+}
+
+/// `path` with `suffix` appended (SQLite's `-shm`, `-wal`, `-journal` beside the file).
+fn side_path(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
-    p.push("-shm");
+    p.push(suffix);
     PathBuf::from(p)
 }
 
