@@ -284,6 +284,37 @@ def test_kill_inside_the_sqlite_commit(rig):
     assert committed[1] == ("A", "high", 1) and committed[total] == ("B", "high", 1), committed
 
 
+def test_kill_while_the_registry_file_is_created(rig):
+    """The first change creates the file, in a rollback journal until it turns to WAL: a kill
+    there leaves a hot journal, which the next reader must not trip over."""
+    strace = strace_or_fail()
+    change = ["register-vm", "--vm-uuid", RENDER_01, "--pool", "A", "--priority", "high"]
+    snap = prepare(rig, [])
+    trace = os.path.join(rig.tmp, "trace")
+    hot = 0
+    for k in (1, 2, 3):
+        rig.restore(snap)
+        before = rig.state()
+        argv = ([strace, "-f", "-qq", "-o", trace, "-P", rig.db, "-e", "trace=pwrite64",
+                 "-e", "inject=pwrite64:delay_exit=30000000:when=%d" % k] + rig.argv(change))
+        if os.path.exists(trace):
+            os.remove(trace)
+        proc = popen(argv, rig.env)
+        held = wait_for(lambda: proc.poll() is not None or (
+            os.path.exists(trace) and any("(DELAYED)" in l for l in wal_writes(trace))), 60)
+        kill_group(proc)
+        proc.communicate()
+        assert held and proc.returncode == -signal.SIGKILL, "the writer ended before the kill: %s" % proc.returncode
+        wait_idle(rig.sim)
+        hot += os.path.exists(rig.db + "-journal")
+        want = dict(before)
+        want[RENDER_01] = ("A", "high", 1)
+        got = rig.after_kill(RENDER_01, before, want, "kill at write %d of the new registry file" % k)
+        assert got is None, "nothing reached XAPI before the file existed: %s" % (got,)
+    sys.stdout.write("\ncreation: 3 kills while the file was created, %d left a hot journal\n" % hot)
+    assert hot, "no kill left a hot journal"
+
+
 # ------------------------------------------------------------------------------------------------
 # A seeded random stream of changes, killed at random times
 
