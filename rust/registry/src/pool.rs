@@ -48,22 +48,24 @@ const STALE_CLAIM_S: u64 = 300;
 const DELTA_MAX_VMS: usize = 64;
 
 /// The generation the pool's mirror is at; `None` when nothing was ever published.
-///
-/// xapi has no single-key set, so a writer killed between removing the generation and adding
-/// its new value leaves no generation at all. The last change's record was written just before,
-/// with that new value, and every other write of the change was done: it stands in, so that the
-/// next writer neither starts again from generation 1 (which every replica ahead of it would
-/// ignore) nor misses the change.
 pub fn pool_generation(pool: &PoolRecord) -> Option<u64> {
     pool.other_config
         .get(GENERATION_KEY)
         .and_then(|g| g.trim().parse().ok())
-        .or_else(|| {
-            pool.other_config
-                .get(LAST_CHANGE_KEY)
-                .and_then(|t| serde_json::from_str::<LastChange>(t).ok())
-                .map(|c| c.generation)
-        })
+}
+
+/// xapi has no single-key set, so a writer killed between removing the generation and adding
+/// its new value leaves the pool with none. The last change's record, written just before, then
+/// names the generation one past this registry's, and every other write of that change was done:
+/// that generation stands, so that the next writer neither starts again from generation 1 (which
+/// every replica ahead of it would ignore) nor loses the change. A registry from before the
+/// mirror has no such record.
+fn interrupted_generation(pool: &PoolRecord, meta: &Meta) -> Option<u64> {
+    if pool.other_config.contains_key(GENERATION_KEY) {
+        return None;
+    }
+    let last: LastChange = serde_json::from_str(pool.other_config.get(LAST_CHANGE_KEY)?).ok()?;
+    (last.generation == meta.generation.unwrap_or(0) + 1).then_some(last.generation)
 }
 
 /// The custom field's text: `pool A, high, vm_id 7`.
@@ -343,9 +345,10 @@ pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> 
     if my_ref.is_some_and(|me| me != pool.master) {
         return Err(no_longer_master(&pool));
     }
-    let generation = pool_generation(&pool);
+    let meta = tx.meta()?;
+    let generation = pool_generation(&pool).or_else(|| interrupted_generation(&pool, &meta));
     if let (None, Some(g)) = (pool.other_config.get(GENERATION_KEY), generation) {
-        // A writer died before it put the generation back (see `pool_generation`).
+        // A writer died before it put the generation back.
         Journal::new(xapi)
             .set(
                 Class::Pool,
@@ -356,7 +359,6 @@ pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> 
             )
             .map_err(|e| Error::xapi("restoring the pool's registry generation", e))?;
     }
-    let meta = tx.meta()?;
     let rebuilt = match (meta, generation) {
         (_, None) => false,
         (
