@@ -8,13 +8,19 @@ stream (other tokens kept), so a device on an unregistered VM can only come from
 - deterministic kill points: for each XAPI call a change makes (learnt from the call log of a clean
   run from the same state), that call is delayed, the writer is killed once the call has reached the
   simulator, and the call is then either applied (xapi had it) or refused (it never took effect);
-  plus the SQLite commit itself, reached by delaying the writer's first write to the -wal file;
+- the SQLite commit itself, and the creation of the registry file (still in a rollback journal):
+  strace (needed; Debian: the strace package) holds the writer right after its k-th write to the
+  -wal file or to the file, and the kill lands there;
 - a seeded random stream: changes of every kind, each killed (or not) at a random time.
 
 After every kill, see crash_support.py: integrity, nothing acknowledged lost, `scan-vms` flags
-exactly what is out of step (at most the VM in flight), and `sync --all` repairs it.
+exactly what is out of step (at most the VM in flight), and `sync --all` repairs it — except a
+register killed after it wrote the device and before the pool's generation moved on, which leaves
+an unregistered VM carrying the device: `scan-vms` flags it, `adopt` repairs it (sync does not:
+the strict xfail below).
 
-Reproduce the random stream with another seed: VGPU_CRASH_SEED=<n> (printed with -s).
+Reproduce the random stream with another seed or length: VGPU_CRASH_SEED=<n>
+VGPU_CRASH_CHANGES=<n> (printed with -s).
 """
 
 import json
