@@ -54,6 +54,20 @@ pub fn pool_generation(pool: &PoolRecord) -> Option<u64> {
         .and_then(|g| g.trim().parse().ok())
 }
 
+/// xapi has no single-key set, so a writer killed between removing the generation and adding
+/// its new value leaves the pool with none. The last change's record, written just before, then
+/// names the generation one past this registry's, and every other write of that change was done:
+/// that generation stands, so that the next writer neither starts again from generation 1 (which
+/// every replica ahead of it would ignore) nor loses the change. A registry from before the
+/// mirror has no such record.
+fn interrupted_generation(pool: &PoolRecord, meta: &Meta) -> Option<u64> {
+    if pool.other_config.contains_key(GENERATION_KEY) {
+        return None;
+    }
+    let last: LastChange = serde_json::from_str(pool.other_config.get(LAST_CHANGE_KEY)?).ok()?;
+    (last.generation == meta.generation.unwrap_or(0) + 1).then_some(last.generation)
+}
+
 /// The custom field's text: `pool A, high, vm_id 7`.
 pub fn custom_field(row: &JsonMap) -> String {
     let text = |k: &str| match row.get(k) {
@@ -331,8 +345,20 @@ pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> 
     if my_ref.is_some_and(|me| me != pool.master) {
         return Err(no_longer_master(&pool));
     }
-    let generation = pool_generation(&pool);
     let meta = tx.meta()?;
+    let generation = pool_generation(&pool).or_else(|| interrupted_generation(&pool, &meta));
+    if let (None, Some(g)) = (pool.other_config.get(GENERATION_KEY), generation) {
+        // A writer died before it put the generation back.
+        Journal::new(xapi)
+            .set(
+                Class::Pool,
+                &pool.opaque_ref,
+                GENERATION_KEY,
+                None,
+                Some(&g.to_string()),
+            )
+            .map_err(|e| Error::xapi("restoring the pool's registry generation", e))?;
+    }
     let rebuilt = match (meta, generation) {
         (_, None) => false,
         (
@@ -447,7 +473,10 @@ fn claim(journal: &mut Journal<'_>, primary: &Primary, next: u64, writer: &str) 
                 .next()
                 .and_then(|t| t.parse::<u64>().ok())
                 .unwrap_or(0);
-            if now_s().saturating_sub(since) < STALE_CLAIM_S {
+            // A claim of this very writer was left by a process that died mid-change: a live
+            // one would still hold the registry's write lock, which this write holds now.
+            let mine = held.split(' ').next() == Some(writer);
+            if !mine && now_s().saturating_sub(since) < STALE_CLAIM_S {
                 return Err(Error::GenerationClaimed {
                     generation: next,
                     by: held.split(' ').next().unwrap_or("").to_string(),

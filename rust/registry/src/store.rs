@@ -187,6 +187,17 @@ impl Store {
         // it was. When they are there, another connection (or a crashed one) has them: a
         // read-only connection leaves them, and what they hold, as they are.
         let writable = is_writable(path);
+        if writable && side_path(path, "-journal").exists() {
+            // A writer killed while creating or migrating the file (before it is WAL) leaves a
+            // hot journal, which a read-only connection cannot roll back: it would read the
+            // half-written file. Whoever may write rolls it back, as the next writer would.
+            let conn = Connection::open(path).map_err(db_err)?;
+            conn.busy_timeout(lock_timeout).map_err(db_err)?;
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(db_err)?;
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = if writable && !side_path(path, "-wal").exists() {
             let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -538,7 +549,7 @@ fn shm_path(path: &Path) -> PathBuf {
     side_path(path, "-shm")
 }
 
-/// `path` with `suffix` appended (`-wal`, `-shm`).
+/// `path` with `suffix` appended (SQLite's `-shm`, `-wal`, `-journal` beside the file).
 fn side_path(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(suffix);

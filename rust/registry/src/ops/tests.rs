@@ -1197,3 +1197,69 @@ fn a_generation_another_writer_claimed_is_not_published_twice() {
         .collect();
     assert_eq!(claims, [key], "older claims are dropped");
 }
+
+#[test]
+fn a_claim_left_by_this_writer_when_it_died_is_taken_over() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    // This writer claimed generation 2 a moment ago and was killed before it published it; a
+    // live one would still hold the registry's write lock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = format!("{}2", crate::pool::CLAIM_PREFIX);
+    x.pool_config
+        .borrow_mut()
+        .insert(key.clone(), format!("off-pool {now}"));
+    ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    assert_eq!(generation(&x).as_deref(), Some("2"));
+}
+
+#[test]
+fn a_generation_lost_between_its_remove_and_add_is_read_from_the_last_change() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
+    assert_eq!(generation(&x).as_deref(), Some("2"));
+    // A writer published generation 3 up to its last change's record, removed the generation
+    // and was killed before it added the new one (and before its commit).
+    let last = format!(r#"{{"generation":3,"vms":["{}"]}}"#, uuid(1));
+    x.pool_config
+        .borrow_mut()
+        .insert(crate::pool::LAST_CHANGE_KEY.into(), last);
+    x.pool_config
+        .borrow_mut()
+        .remove(crate::pool::GENERATION_KEY);
+    ctx.catch_up().unwrap();
+    assert_eq!(generation(&x).as_deref(), Some("3"), "put back, not lost");
+    assert_eq!(ctx.store.meta().unwrap().generation, Some(3));
+    ctx.update(UpdateReq {
+        selector: Selector::Uuid(uuid(1)),
+        pool: Some(Pool::B),
+        priority: None,
+        vm_id: None,
+        restart: Restart::default(),
+    })
+    .unwrap();
+    // Not 1 again: every replica already holds 2 or 3 and would never go back.
+    assert_eq!(generation(&x).as_deref(), Some("4"));
+    // Without such a record (a registry from before the mirror) nothing stands in.
+    x.pool_config.borrow_mut().clear();
+    ctx.catch_up().unwrap();
+    assert_eq!(generation(&x), None);
+}

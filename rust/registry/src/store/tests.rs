@@ -677,3 +677,39 @@ fn reading_a_registry_leaves_no_wal_files_behind() {
     drop(store);
     assert_eq!(names(), before);
 }
+
+#[test]
+fn a_read_after_a_writer_died_mid_transaction_in_a_rollback_journal_sees_the_file_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    drop(Store::open(&path).unwrap());
+    // Before it is WAL (creating or migrating the file) a write goes through a rollback journal.
+    let conn = Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    // A one-page cache spills the transaction into the file before it commits.
+    conn.execute_batch("PRAGMA cache_size=1; BEGIN IMMEDIATE;")
+        .unwrap();
+    for i in 1..=400 {
+        conn.execute(
+            "INSERT INTO vms (vm_id, vm_uuid, vm_name, pool_id, priority) VALUES (?1, ?2, ?3, 'A', 1)",
+            params![i, format!("{i:08}-0000-4000-8000-000000000000"), "x".repeat(200)],
+        )
+        .unwrap();
+    }
+    // The writer dies here: the file holds pages of the unfinished transaction, the journal
+    // the pages as they were.
+    let crash = dir.path().join("crash.db");
+    std::fs::copy(&path, &crash).unwrap();
+    std::fs::copy(
+        dir.path().join("r.db-journal"),
+        dir.path().join("crash.db-journal"),
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open_read(&crash).unwrap();
+    assert_eq!(store.list(&ListFilter::default()).unwrap(), Vec::new());
+    assert!(!dir.path().join("crash.db-journal").exists(), "rolled back");
+}
