@@ -386,6 +386,26 @@ mod tests {
     }
 
     #[test]
+    fn empty_properties_are_dropped_on_write() {
+        for before in [
+            "-device vgpu-cuda,",
+            "-device vgpu-cuda,,,addr=5",
+            "-device vgpu-stub,addr=5,",
+        ] {
+            let mut a = DeviceArgs::parse(before).unwrap();
+            a.set_vgpu(&spec(Pool::B, Priority::High, 4));
+            let written = a.render();
+            let e = DeviceArgs::parse(&written)
+                .unwrap()
+                .find_vgpu("vgpu-cuda")
+                .expect(before);
+            assert_eq!(e.device_type, "vgpu-cuda", "{before} → {written}");
+            assert_eq!(e.get("pool_id"), Some("B"), "{before} → {written}");
+            assert!(e.props.iter().all(|p| !p.key.is_empty()), "{written}");
+        }
+    }
+
+    #[test]
     fn unterminated_quote_is_an_error() {
         let e = DeviceArgs::parse("-device 'vgpu-cuda").unwrap_err();
         assert!(e.to_string().contains("'vgpu-cuda"));
