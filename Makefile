@@ -11,7 +11,7 @@ DIST := dist
 WHEEL_TOOLS := $(VENV)/.wheel-tools
 
 .PHONY: help build demo test test-rust test-python test-python-pkg test-plugin lint venv wheel dom0-bin clean FORCE \
-	shells rpm rpmbuild test-rpm test-xo xo-pack node soak test-soak
+	shells rpm rpmbuild test-rpm test-xo xo-pack node soak test-soak fuzz
 
 help:
 	@echo "make demo   build and walk the main workflow on the bundled XAPI simulator"
@@ -22,6 +22,7 @@ help:
 	@echo "make rpm   the dom0 RPM of both in $(DIST)/ (RPM_RELEASE=N for another release)"
 	@echo "make xo-pack   the Xen Orchestra plugin xo-server-vgpu (npm pack tarball) in $(DIST)/"
 	@echo "make soak  mixed CLI and plugin load on a simulated pool for SOAK_SECONDS (default 180)"
+	@echo "make fuzz   every fuzz target for FUZZ_SECONDS (default 60) under cargo-fuzz"
 
 build:
 	$(CARGO) build --workspace
@@ -90,8 +91,18 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Includes the short fuzz run (rust/fuzz-check): the committed corpus replayed, and
+# VGPU_FUZZ_CASES (default 256) property-based cases per fuzz target and strategy.
 test-rust:
 	$(CARGO) test --workspace
+
+# The long fuzz run: each target of rust/fuzz for FUZZ_SECONDS under cargo-fuzz (installed when
+# missing; built with the stable toolchain), or, where cargo-fuzz cannot build, FUZZ_CASES
+# property-based cases per target and strategy. FUZZ_TARGETS to run only some.
+FUZZ_SECONDS ?= 60
+FUZZ_CASES ?= 20000
+fuzz:
+	CARGO=$(CARGO) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_CASES=$(FUZZ_CASES) rust/fuzz/run.sh
 
 # The completion and manual suites run zsh and fish (to parse their completion scripts) and groff
 # (to check the manual pages); the security suites run strace (to see every program started):

@@ -185,6 +185,15 @@ impl Config {
                 format!("in {file}: no spaces or control characters"),
             ));
         }
+        // `,,` is QEMU's escaped comma: a leading one would be written after the device type's
+        // separator as `vgpu-cuda,,,…` and read back as part of the type.
+        if extra.starts_with(',') {
+            return Err(Error::invalid(
+                "device extra",
+                extra,
+                format!("in {file}: cannot start with ','"),
+            ));
+        }
         for reserved in ["pool_id", "priority", "vm_id"] {
             if extra
                 .split(',')
@@ -260,6 +269,7 @@ mod tests {
             "mode = \"sideways\"",
             "[device]\ntype = \"a b\"",
             "[device]\nextra = \"vm_id=3\"",
+            "[device]\nextra = \",,p,x=1\"",
             "[restart]\nshutdown_timeout_s = 0",
             "not toml",
         ] {

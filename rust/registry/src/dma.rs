@@ -61,7 +61,13 @@ impl VgpuEntry {
 
     fn render(&self) -> String {
         let mut parts = vec![escape_comma(&self.device_type)];
-        for p in &self.props {
+        // An empty property (`vgpu-cuda,` or `a,,,b` as written by hand) carries nothing, and
+        // joined with `,` it would read back as an escaped comma inside its neighbours.
+        for p in self
+            .props
+            .iter()
+            .filter(|p| !p.key.is_empty() || p.value.is_some())
+        {
             parts.push(match &p.value {
                 Some(v) => format!("{}={}", escape_comma(&p.key), escape_comma(v)),
                 None => escape_comma(&p.key),
@@ -138,7 +144,12 @@ impl DeviceArgs {
                 e
             }
             None => {
-                self.tokens.push("-device".to_string());
+                // A value ending in `-device` without its argument (which QEMU refuses): the new
+                // entry becomes that argument. After a second flag it would be read as a flag's
+                // argument and never found again, and every sync would append one more.
+                if !self.ends_in_bare_device_flag() {
+                    self.tokens.push("-device".to_string());
+                }
                 self.tokens.push(String::new());
                 VgpuEntry {
                     index: self.tokens.len() - 1,
@@ -156,6 +167,23 @@ impl DeviceArgs {
         entry.set("priority", spec.priority.as_word());
         entry.set("vm_id", &spec.vm_id.to_string());
         self.tokens[entry.index] = entry.render();
+    }
+
+    /// Whether the last word is a device flag without its argument, pairing flags and
+    /// arguments as [`DeviceArgs::find_vgpu`] does.
+    fn ends_in_bare_device_flag(&self) -> bool {
+        let mut i = 0;
+        while i < self.tokens.len() {
+            if is_device_flag(&self.tokens[i]) {
+                if i + 1 == self.tokens.len() {
+                    return true;
+                }
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+        false
     }
 
     /// Removes the vgpu entry (the `-device` word and its specification). True if one was found.
@@ -330,6 +358,51 @@ mod tests {
             a.render(),
             "-device vgpu-cuda,label=a,,b,pool_id=B,priority=low,vm_id=2"
         );
+    }
+
+    #[test]
+    fn a_bare_device_flag_at_the_end_takes_the_new_entry() {
+        for (before, after) in [
+            (
+                "-m 1 -device",
+                "-m 1 -device vgpu-cuda,addr=5,pool_id=A,priority=low,vm_id=3",
+            ),
+            // The second flag is the first one's argument: only the third is bare.
+            (
+                "-device -device -device",
+                "-device -device -device vgpu-cuda,addr=5,pool_id=A,priority=low,vm_id=3",
+            ),
+            (
+                "-device -device",
+                "-device -device -device vgpu-cuda,addr=5,pool_id=A,priority=low,vm_id=3",
+            ),
+        ] {
+            let mut a = DeviceArgs::parse(before).unwrap();
+            a.set_vgpu(&spec(Pool::A, Priority::Low, 3));
+            assert_eq!(a.render(), after, "{before}");
+            let e = a.find_vgpu("vgpu-cuda").expect(before);
+            assert_eq!(e.get("vm_id"), Some("3"), "{before}");
+        }
+    }
+
+    #[test]
+    fn empty_properties_are_dropped_on_write() {
+        for before in [
+            "-device vgpu-cuda,",
+            "-device vgpu-cuda,,,addr=5",
+            "-device vgpu-stub,addr=5,",
+        ] {
+            let mut a = DeviceArgs::parse(before).unwrap();
+            a.set_vgpu(&spec(Pool::B, Priority::High, 4));
+            let written = a.render();
+            let e = DeviceArgs::parse(&written)
+                .unwrap()
+                .find_vgpu("vgpu-cuda")
+                .expect(before);
+            assert_eq!(e.device_type, "vgpu-cuda", "{before} → {written}");
+            assert_eq!(e.get("pool_id"), Some("B"), "{before} → {written}");
+            assert!(e.props.iter().all(|p| !p.key.is_empty()), "{written}");
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@ mod config;
 mod dma;
 pub mod error;
 pub mod functions;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 mod ops;
 mod pool;

@@ -377,7 +377,7 @@ pub(crate) fn parse_response(method: &str, id: u64, body: &[u8]) -> Result<Value
 }
 
 /// [`parse_response`] for `get_all_records[_where]` of VMs, deserialising the records directly.
-fn parse_vm_map(
+pub(crate) fn parse_vm_map(
     method: &str,
     id: u64,
     body: &[u8],

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 mod client;
 mod endpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 mod records;
 mod transport;
 mod unicode;
