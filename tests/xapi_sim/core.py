@@ -156,6 +156,7 @@ class SimCore(object):
         self.gen = 0
         self._cache = {}
         self._cache_gen = -1
+        self.saved_states = {}
         self._load(self.fixture)
         self.methods = self._method_table()
         self.controls = self._control_table()
@@ -934,6 +935,8 @@ class SimCore(object):
             "sim.get_pool": (self.sim_get_pool, 0),
             "sim.set_other_config_key": (self.sim_set_other_config_key, 4),
             "sim.reset": (self.sim_reset, 0),
+            "sim.save_state": (self.sim_save_state, 1),
+            "sim.restore_state": (self.sim_restore_state, 1),
             "sim.set_plugin_env": (self.sim_set_plugin_env, 2),
             "sim.get_plugin_env": (self.sim_get_plugin_env, 1),
             "sim.set_plugin_python": (self.sim_set_plugin_python, 1),
@@ -1123,6 +1126,24 @@ class SimCore(object):
 
     def sim_reset(self):
         self._load(self.fixture)
+        self.faults = []
+        self.call_log = []
+        return ""
+
+    # The parts of the state XAPI calls change (records and their maps, master, liveness).
+    _SAVED = ("hosts", "pool", "vms", "host_live")
+
+    def sim_save_state(self, name):
+        if not isinstance(name, str):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["name must be a string"])
+        self.saved_states[name] = copy.deepcopy({k: getattr(self, k) for k in self._SAVED})
+        return ""
+
+    def sim_restore_state(self, name):
+        if name not in self.saved_states:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["no saved state %r" % (name,)])
+        for k, v in copy.deepcopy(self.saved_states[name]).items():
+            setattr(self, k, v)
         self.faults = []
         self.call_log = []
         return ""

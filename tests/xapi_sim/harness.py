@@ -374,6 +374,14 @@ class Simulator(object):
     def stats(self):
         return self.call("sim.stats")
 
+    def save_state(self, name):
+        """Keeps a copy of the pool, hosts and VMs (records, maps, power states) under ``name``."""
+        return self.call("sim.save_state", name)
+
+    def restore_state(self, name):
+        """Puts back what ``save_state(name)`` kept, and clears faults and the call log."""
+        return self.call("sim.restore_state", name)
+
     def wait_idle(self, timeout=30.0):
         """Waits until no XAPI call is running (a delayed call a client gave up on has landed).
         True when idle, False after ``timeout`` seconds."""

@@ -706,6 +706,28 @@ def test_fault_slow_beyond_client_timeout_is_applied_late(sim):
     impatient.close()
 
 
+def test_save_and_restore_state(sim):
+    s = sim.login()
+    u = vm_uuid("render-01")
+    ref = make_ref("VM", u)
+    sim.call("VM.add_to_platform", s, ref, "device-model-args", "-device x")
+    sim.set_vm(u, power_state="Halted")
+    sim.set_other_config_key("pool", None, "k", "saved")
+    sim.save_state("seeded")
+    sim.call("VM.remove_from_platform", s, ref, "device-model-args")
+    sim.call("VM.start", s, ref, False, False)
+    sim.set_other_config_key("pool", None, "k", "changed")
+    sim.inject_fault("VM.get_all")
+    sim.restore_state("seeded")
+    vm = sim.get_vm(u)
+    assert (vm["platform"]["device-model-args"], vm["power_state"]) == ("-device x", "Halted")
+    assert sim.pool_other_config()["k"] == "saved"
+    assert sim.call("sim.faults") == [] and sim.call_log() == []
+    assert sim.call("VM.get_all", s)  # the session survives
+    sim.restore_state("seeded")  # as often as needed
+    assert fault_of(sim.call, "sim.restore_state", "never-saved")[0] == "SIM_INVALID_ARGUMENT"
+
+
 def test_calls_run_concurrently(sim):
     s = sim.login()
     sim.inject_fault("VM.get_all", times=4, latency_ms=600)  # latency only
