@@ -41,6 +41,9 @@ struct LastChange {
 /// believe they are master for an instant cannot both publish it.
 pub const CLAIM_PREFIX: &str = "vgpu-registry:claim:";
 
+/// The writer of a registry that does not know its host: several may exist, none is this one.
+const OFF_POOL: &str = "off-pool";
+
 /// A claim older than this was left by a writer that died mid-change: it may be taken over.
 const STALE_CLAIM_S: u64 = 300;
 
@@ -383,7 +386,7 @@ pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> 
             .host_record(r)
             .map(|h| h.uuid)
             .unwrap_or_else(|_| r.to_string()),
-        None => "off-pool".to_string(),
+        None => OFF_POOL.to_string(),
     };
     Ok(Primary {
         pool,
@@ -439,6 +442,12 @@ fn claim(journal: &mut Journal<'_>, primary: &Primary, next: u64, writer: &str) 
     };
     match xapi.add_to_other_config(Class::Pool, pool_ref, &key, &value) {
         Ok(()) => journal.record(Class::Pool, pool_ref, &key, None),
+        Err(e) if e.outcome_unknown() => {
+            // The claim may be in place: undone with the rest, else it would hold the next
+            // generation against every writer until it grows stale.
+            journal.record(Class::Pool, pool_ref, &key, None);
+            return Err(err(e));
+        }
         Err(e) if e.api_code() == Some("MAP_DUPLICATE_KEY") => {
             let pool = xapi.pool().map_err(err)?;
             let held = pool.other_config.get(&key).cloned().unwrap_or_default();
@@ -447,7 +456,11 @@ fn claim(journal: &mut Journal<'_>, primary: &Primary, next: u64, writer: &str) 
                 .next()
                 .and_then(|t| t.parse::<u64>().ok())
                 .unwrap_or(0);
-            if now_s().saturating_sub(since) < STALE_CLAIM_S {
+            let holder = held.split(' ').next().unwrap_or("");
+            // Writers on one host take the registry's write lock first, so a claim of this
+            // host's that is still there was left by an attempt that failed before undoing it.
+            let own = holder == writer && writer != OFF_POOL;
+            if !own && now_s().saturating_sub(since) < STALE_CLAIM_S {
                 return Err(Error::GenerationClaimed {
                     generation: next,
                     by: held.split(' ').next().unwrap_or("").to_string(),
