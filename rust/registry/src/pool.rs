@@ -202,6 +202,28 @@ pub fn parse_row(text: &str, vm_uuid: &str) -> std::result::Result<JsonMap, RowE
     Ok(row)
 }
 
+/// Whether an unregistered VM carries registry keys: a row (its own or a clone's) or our
+/// custom field. A custom field that is not in our form was typed by someone and stays.
+pub fn leftover_mirror(vm: &VmRecord) -> bool {
+    vm.other_config.contains_key(VM_KEY)
+        || vm
+            .other_config
+            .get(FIELD_KEY)
+            .is_some_and(|f| f.starts_with("pool ") && f.contains(", vm_id "))
+}
+
+/// Whether the pool object's keys disagree with a registry at generation `local`: no or
+/// another generation, or a claim on a later one.
+pub fn pool_mirror_off(pool: &PoolRecord, local: Option<u64>) -> bool {
+    let generation = pool_generation(pool);
+    generation != local
+        || pool.other_config.keys().any(|k| {
+            k.strip_prefix(CLAIM_PREFIX)
+                .and_then(|g| g.parse::<u64>().ok())
+                .is_some_and(|g| g > generation.unwrap_or(0))
+        })
+}
+
 /// What a VM that is not registered carries in its `vgpu-registry` key, if anything: `orphan`
 /// (its own row, which the registry lacks) or `copied` (another VM's row, inherited by a clone).
 pub fn unregistered_copy(vm: &VmRecord) -> Option<&'static str> {
@@ -316,6 +338,13 @@ pub struct Primary {
     pub rebuilt: bool,
 }
 
+impl Primary {
+    /// The pool record as the write found it.
+    pub fn pool_record(&self) -> &PoolRecord {
+        &self.pool
+    }
+}
+
 /// The master's host has changed since this command was routed: it must be forwarded.
 pub fn no_longer_master(pool: &PoolRecord) -> Error {
     Error::NoLongerMaster {
@@ -405,7 +434,21 @@ pub fn publish_and_commit(
     touched: &[Touched],
 ) -> Result<u64> {
     let mut journal = Journal::new(xapi);
-    let next = primary.generation.unwrap_or(0) + 1;
+    let next = match primary.generation {
+        Some(g) => g + 1,
+        // Never published, or the pool's generation key went missing (a remove that xapi
+        // carried out after its answer was lost): generations only grow, so that no replica or
+        // claim of before is taken for the new one.
+        None => {
+            let claimed = primary
+                .pool
+                .other_config
+                .keys()
+                .filter_map(|k| k.strip_prefix(CLAIM_PREFIX)?.parse::<u64>().ok())
+                .max();
+            tx.meta()?.generation.unwrap_or(0).max(claimed.unwrap_or(0)) + 1
+        }
+    };
     let outcome = publish(&mut journal, &tx, primary, touched, next).and_then(|()| {
         tx.set_meta(Role::Primary, next)?;
         tx.commit()

@@ -465,8 +465,10 @@ fn unanswered_claim_is_undone_and_does_not_block_the_next_change() {
     };
     let before = claims();
     x.lose("pool.add_to_other_config", 0, 1, true);
-    ctx.register(reg(1, Pool::A, Priority::High, None))
+    let e = ctx
+        .register(reg(1, Pool::A, Priority::High, None))
         .unwrap_err();
+    assert!(e.to_string().contains("`vgpu-admin sync --all`"), "{e}");
     assert_eq!(claims(), before);
     ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
 }
