@@ -630,7 +630,8 @@ impl Ctx<'_> {
             warnings.push(format!(
                 "XAPI's copy of the registry registers VM {} ({}) but the registry does not \
                  (two registries claimed one vm_id?): check it with `vgpu-admin scan-vms`, then \
-                 `vgpu-admin adopt --vm-uuid {}` or remove its other_config key vgpu-registry",
+                 `vgpu-admin adopt --vm-uuid {}` to keep it, or `vgpu-admin sync --all` to drop \
+                 it",
                 u.vm_uuid, u.vm_name, u.vm_uuid
             ));
         }
