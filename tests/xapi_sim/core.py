@@ -18,7 +18,7 @@ import xmlrpc.client
 
 from xapi_sim import filter as xfilter
 from xapi_sim import plugins
-from xapi_sim.errors import XapiError
+from xapi_sim.errors import DropConnection, XapiError
 from xapi_sim.events import EventTracker, format_token, parse_token
 from xapi_sim.records import (
     HOST_FIELDS, HOST_METRICS_FIELDS, NULL_REF, POOL_FIELDS, POWER_STATES, SESSION_FIELDS, TASK_FIELDS, VM_FIELDS,
@@ -156,6 +156,7 @@ class SimCore(object):
         self.gen = 0
         self._cache = {}
         self._cache_gen = -1
+        self.saved_states = {}
         self._load(self.fixture)
         self.methods = self._method_table()
         self.controls = self._control_table()
@@ -357,14 +358,22 @@ class SimCore(object):
                 "seq": self.seq, "method": method, "params": copy.deepcopy(params), "protocol": ctx.protocol,
             })
             self.counts[method] += 1
-            latency_ms, failure = self._match_faults(method)
+            latency_ms, failure, drop = self._match_faults(method)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if latency_ms:
                 time.sleep(latency_ms / 1000.0)
+            if drop == "before":
+                raise DropConnection(method, False)
             if failure is not None:
                 raise XapiError(failure[0], failure[1])
+            if drop == "after":
+                try:
+                    self._dispatch(method, params, ctx)
+                except XapiError:
+                    pass  # the caller never learns the outcome either way
+                raise DropConnection(method, True)
             return self._dispatch(method, params, ctx)
         finally:
             with self.lock:
@@ -452,6 +461,7 @@ class SimCore(object):
     def _match_faults(self, method):
         latency = 0
         failure = None
+        drop = None
         for f in list(self.faults):
             if f["method"] not in (method, "*"):
                 continue
@@ -462,9 +472,11 @@ class SimCore(object):
                 latency = max(latency, f["latency_ms"] or 0)
                 if f["code"] is not None and failure is None:
                     failure = (f["code"], f["params"])
+                if f.get("drop") and drop is None:
+                    drop = f["drop"]
             if last is not None and f["seen"] >= last:
                 self.faults.remove(f)
-        return latency, failure
+        return latency, failure, drop
 
     # ------------------------------------------------------------------ XAPI methods
 
@@ -923,6 +935,8 @@ class SimCore(object):
             "sim.get_pool": (self.sim_get_pool, 0),
             "sim.set_other_config_key": (self.sim_set_other_config_key, 4),
             "sim.reset": (self.sim_reset, 0),
+            "sim.save_state": (self.sim_save_state, 1),
+            "sim.restore_state": (self.sim_restore_state, 1),
             "sim.set_plugin_env": (self.sim_set_plugin_env, 2),
             "sim.get_plugin_env": (self.sim_get_plugin_env, 1),
             "sim.set_plugin_python": (self.sim_set_plugin_python, 1),
@@ -950,16 +964,21 @@ class SimCore(object):
     def sim_inject_fault(self, spec):
         if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
             raise XapiError("SIM_INVALID_ARGUMENT", ["inject_fault needs a struct with a string 'method'"])
-        unknown = set(spec) - {"method", "nth", "times", "code", "params", "latency_ms"}
+        unknown = set(spec) - {"method", "nth", "times", "code", "params", "latency_ms", "drop"}
         if unknown:
             raise XapiError("SIM_INVALID_ARGUMENT", ["unknown keys: " + ", ".join(sorted(unknown))])
         nth = spec.get("nth", 1)
         times = spec.get("times", 1)
         latency = spec.get("latency_ms", 0) or 0
+        drop = spec.get("drop")
+        if drop not in (None, "before", "after"):
+            raise XapiError("SIM_INVALID_ARGUMENT", ['drop must be "before", "after" or null'])
         if "code" in spec:
             code = spec["code"]
         else:
-            code = None if latency else "INTERNAL_ERROR"
+            code = None if (latency or drop) else "INTERNAL_ERROR"
+        if drop and code is not None:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["a fault either drops the connection or fails with a code"])
         params = spec.get("params", [])
         if not isinstance(nth, int) or isinstance(nth, bool) or nth < 1:
             raise XapiError("SIM_INVALID_ARGUMENT", ["nth must be an integer >= 1"])
@@ -975,7 +994,7 @@ class SimCore(object):
         self.faults.append({
             "id": self.fault_seq, "method": spec["method"], "nth": nth, "times": times, "code": code,
             "params": [p if isinstance(p, str) else json.dumps(p) for p in params],
-            "latency_ms": latency, "seen": 0, "fired": 0,
+            "latency_ms": latency, "drop": drop, "seen": 0, "fired": 0,
         })
         return self.fault_seq
 
@@ -1107,6 +1126,24 @@ class SimCore(object):
 
     def sim_reset(self):
         self._load(self.fixture)
+        self.faults = []
+        self.call_log = []
+        return ""
+
+    # The parts of the state XAPI calls change (records and their maps, master, liveness).
+    _SAVED = ("hosts", "pool", "vms", "host_live")
+
+    def sim_save_state(self, name):
+        if not isinstance(name, str):
+            raise XapiError("SIM_INVALID_ARGUMENT", ["name must be a string"])
+        self.saved_states[name] = copy.deepcopy({k: getattr(self, k) for k in self._SAVED})
+        return ""
+
+    def sim_restore_state(self, name):
+        if name not in self.saved_states:
+            raise XapiError("SIM_INVALID_ARGUMENT", ["no saved state %r" % (name,)])
+        for k, v in copy.deepcopy(self.saved_states[name]).items():
+            setattr(self, k, v)
         self.faults = []
         self.call_log = []
         return ""

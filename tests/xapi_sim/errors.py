@@ -18,6 +18,19 @@ class XapiError(Exception):
         return "%s %s" % (self.code, self.params)
 
 
+class DropConnection(Exception):
+    """Not an XAPI error: the server closes the connection without answering (fault injection).
+
+    ``applied`` says whether the call ran first (a connection lost after xapi did the work) or
+    not (lost before xapi saw the request).
+    """
+
+    def __init__(self, method, applied):
+        Exception.__init__(self, method, applied)
+        self.method = method
+        self.applied = applied
+
+
 def _to_str(value):
     if isinstance(value, bool):
         return "true" if value else "false"

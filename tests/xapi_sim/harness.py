@@ -260,11 +260,13 @@ class Simulator(object):
 
     # ------------------------------------------------------------------ control wrappers
 
-    def inject_fault(self, method, nth=1, times=1, code=_UNSET, params=(), latency_ms=None):
+    def inject_fault(self, method, nth=1, times=1, code=_UNSET, params=(), latency_ms=None, drop=None):
         """Fail (and/or delay) the ``nth`` call of ``method`` from now, ``times`` times in a row.
 
-        Without ``code`` the failure is INTERNAL_ERROR, unless ``latency_ms`` is given: then the
-        calls are only delayed (as with ``code=None``). ``times=-1``: every call from the nth on.
+        Without ``code`` the failure is INTERNAL_ERROR, unless ``latency_ms`` or ``drop`` is given:
+        then the calls are only delayed (as with ``code=None``) or dropped. ``drop="before"``
+        closes the connection without answering and without running the call; ``drop="after"``
+        runs it, then closes without answering. ``times=-1``: every call from the nth on.
         ``method="*"`` matches every (non-sim) method. Returns the fault id.
         """
         spec = {"method": method, "nth": nth, "times": times, "params": list(params)}
@@ -272,6 +274,8 @@ class Simulator(object):
             spec["code"] = code
         if latency_ms is not None:
             spec["latency_ms"] = latency_ms
+        if drop is not None:
+            spec["drop"] = drop
         return self.call("sim.inject_fault", spec)
 
     def clear_faults(self):
@@ -369,3 +373,22 @@ class Simulator(object):
 
     def stats(self):
         return self.call("sim.stats")
+
+    def save_state(self, name):
+        """Keeps a copy of the pool, hosts and VMs (records, maps, power states) under ``name``."""
+        return self.call("sim.save_state", name)
+
+    def restore_state(self, name):
+        """Puts back what ``save_state(name)`` kept, and clears faults and the call log."""
+        return self.call("sim.restore_state", name)
+
+    def wait_idle(self, timeout=30.0):
+        """Waits until no XAPI call is running (a delayed call a client gave up on has landed).
+        True when idle, False after ``timeout`` seconds."""
+        deadline = time.time() + timeout
+        while True:
+            if self.stats()["in_flight"] == 0:
+                return True
+            if time.time() >= deadline:
+                return False
+            time.sleep(0.05)

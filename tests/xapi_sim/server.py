@@ -28,7 +28,7 @@ if __package__ in (None, ""):
 
 from xapi_sim import plugins  # noqa: E402
 from xapi_sim.core import Ctx, Shared, SimCore  # noqa: E402
-from xapi_sim.errors import XapiError  # noqa: E402
+from xapi_sim.errors import DropConnection, XapiError  # noqa: E402
 from xapi_sim.records import XDateTime  # noqa: E402
 
 MAX_BODY = 64 * 1024 * 1024
@@ -104,6 +104,10 @@ class App(object):
             result = self.core.call(method, params, ctx, shared=True)
             self.log("%s %s %s -> ok (%.1f ms)" % (ctx.transport, ctx.protocol, method, (time.time() - t0) * 1000))
             return True, result
+        except DropConnection as e:
+            self.log("%s %s %s -> connection dropped (%s applied, %.1f ms)" % (
+                ctx.transport, ctx.protocol, method, "call" if e.applied else "nothing", (time.time() - t0) * 1000))
+            raise
         except XapiError as e:
             self.log("%s %s %s -> %s %s (%.1f ms)" % (
                 ctx.transport, ctx.protocol, method, e.code, json.dumps(e.params)[:300], (time.time() - t0) * 1000))
@@ -214,12 +218,17 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         app = self.server.app
         transport = self.server.transport
-        if path.rstrip("/") == "/jsonrpc":
-            self._send(*app.jsonrpc(body, transport))
-        elif path in ("/", "/RPC2", "/RPC2/"):
-            self._send(*app.xmlrpc(body, transport))
-        else:
-            self._send(404, "text/plain", b"not found\n")
+        try:
+            if path.rstrip("/") == "/jsonrpc":
+                self._send(*app.jsonrpc(body, transport))
+            elif path in ("/", "/RPC2", "/RPC2/"):
+                self._send(*app.xmlrpc(body, transport))
+            else:
+                self._send(404, "text/plain", b"not found\n")
+        except DropConnection:
+            # A fault: the connection ends with no answer at all, as when xapi or the network
+            # goes away mid-call. The server then shuts the socket down.
+            self.close_connection = True
 
     def do_GET(self):
         self._send(404, "text/plain", b"xapi-sim: POST /jsonrpc (JSON-RPC) or / (XML-RPC)\n")

@@ -619,6 +619,115 @@ def test_inject_fault_validation(sim):
     assert fault_of(sim.call, "sim.nope") == ("MESSAGE_METHOD_UNKNOWN", ["sim.nope"])
 
 
+def _dropped(sim, method, params):
+    """Posts one call on a fresh connection; True when the server closed it without an answer."""
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode()
+    conn = raw_conn(sim)
+    try:
+        conn.request("POST", "/jsonrpc", body, {"Content-Type": "application/json"})
+        try:
+            resp = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            return True
+        return json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_fault_drop_before_closes_without_answer_or_effect(sim):
+    s = sim.login()
+    ref = make_ref("VM", vm_uuid("render-01"))
+    sim.inject_fault("VM.add_to_other_config", drop="before")
+    assert _dropped(sim, "VM.add_to_other_config", [s, ref, "k", "v"]) is True
+    assert "k" not in sim.vm_other_config(vm_uuid("render-01"))
+    assert [e["method"] for e in sim.call_log()][-1] == "VM.add_to_other_config"  # it arrived
+    # used up: the same call on a new connection is answered and applied
+    assert _dropped(sim, "VM.add_to_other_config", [s, ref, "k", "v"]) == {"jsonrpc": "2.0", "result": "", "id": 1}
+    assert sim.vm_other_config(vm_uuid("render-01"))["k"] == "v"
+
+
+def test_fault_drop_after_applies_then_closes(sim):
+    s = sim.login()
+    ref = make_ref("VM", vm_uuid("render-01"))
+    sim.inject_fault("VM.add_to_other_config", nth=2, drop="after")
+    assert _dropped(sim, "VM.add_to_other_config", [s, ref, "a", "1"])["result"] == ""
+    assert _dropped(sim, "VM.add_to_other_config", [s, ref, "b", "2"]) is True
+    oc = sim.vm_other_config(vm_uuid("render-01"))
+    assert (oc["a"], oc["b"]) == ("1", "2")  # applied although nobody heard about it
+    # a retry of the applied call is what xapi would answer to it
+    reply = _dropped(sim, "VM.add_to_other_config", [s, ref, "b", "2"])
+    assert reply["error"]["message"] == "MAP_DUPLICATE_KEY", reply
+    # a call that fails in xapi still ends with a dropped connection and no answer
+    sim.inject_fault("VM.add_to_other_config", drop="after")
+    assert _dropped(sim, "VM.add_to_other_config", [s, ref, "b", "3"]) is True
+    assert sim.vm_other_config(vm_uuid("render-01"))["b"] == "2"
+
+
+def test_fault_drop_with_latency_and_xmlrpc(sim):
+    s = sim.login()
+    sim.inject_fault("pool.get_all", drop="before", latency_ms=300)
+    t0 = time.time()
+    assert _dropped(sim, "pool.get_all", [s]) is True
+    assert time.time() - t0 >= 0.29
+    sim.inject_fault("pool.get_all", drop="before")
+    conn = raw_conn(sim)
+    try:
+        conn.request("POST", "/RPC2", xmlrpc.client.dumps((s,), "pool.get_all").encode(),
+                     {"Content-Type": "text/xml"})
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+            conn.getresponse()
+    finally:
+        conn.close()
+    assert sim.call("pool.get_all", s)  # the server itself is fine
+
+
+def test_fault_drop_validation(sim):
+    bad = [{"method": "x", "drop": "later"}, {"method": "x", "drop": "before", "code": "X"}]
+    for spec in bad:
+        assert fault_of(sim.call, "sim.inject_fault", spec)[0] == "SIM_INVALID_ARGUMENT", spec
+    sim.inject_fault("VM.get_all", drop="after", times=2)
+    assert [(f["drop"], f["code"]) for f in sim.call("sim.faults")] == [("after", None)]
+    sim.clear_faults()
+
+
+def test_fault_slow_beyond_client_timeout_is_applied_late(sim):
+    """An answer slower than the caller's timeout: the caller gives up, the call still lands."""
+    s = sim.login()
+    ref = make_ref("VM", vm_uuid("render-01"))
+    sim.inject_fault("VM.add_to_other_config", latency_ms=1500)
+    impatient = JsonRpcClient(sim.url, timeout=0.5)
+    t0 = time.time()
+    with pytest.raises(OSError):  # socket.timeout is an OSError
+        impatient.call("VM.add_to_other_config", s, ref, "late", "yes")
+    assert time.time() - t0 < 1.4
+    assert "late" not in sim.vm_other_config(vm_uuid("render-01"))
+    assert sim.wait_idle(10)
+    assert sim.vm_other_config(vm_uuid("render-01"))["late"] == "yes"
+    impatient.close()
+
+
+def test_save_and_restore_state(sim):
+    s = sim.login()
+    u = vm_uuid("render-01")
+    ref = make_ref("VM", u)
+    sim.call("VM.add_to_platform", s, ref, "device-model-args", "-device x")
+    sim.set_vm(u, power_state="Halted")
+    sim.set_other_config_key("pool", None, "k", "saved")
+    sim.save_state("seeded")
+    sim.call("VM.remove_from_platform", s, ref, "device-model-args")
+    sim.call("VM.start", s, ref, False, False)
+    sim.set_other_config_key("pool", None, "k", "changed")
+    sim.inject_fault("VM.get_all")
+    sim.restore_state("seeded")
+    vm = sim.get_vm(u)
+    assert (vm["platform"]["device-model-args"], vm["power_state"]) == ("-device x", "Halted")
+    assert sim.pool_other_config()["k"] == "saved"
+    assert sim.call("sim.faults") == [] and sim.call_log() == []
+    assert sim.call("VM.get_all", s)  # the session survives
+    sim.restore_state("seeded")  # as often as needed
+    assert fault_of(sim.call, "sim.restore_state", "never-saved")[0] == "SIM_INVALID_ARGUMENT"
+
+
 def test_calls_run_concurrently(sim):
     s = sim.login()
     sim.inject_fault("VM.get_all", times=4, latency_ms=600)  # latency only

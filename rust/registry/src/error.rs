@@ -331,7 +331,7 @@ pub enum Error {
     #[error("database {}: still locked by another process after {waited_s} s; nothing was changed", .path.display())]
     Locked { path: PathBuf, waited_s: u64 },
     /// The registry commit failed after the VM's device-model-args had been written.
-    #[error("{source}; {aftermath}")]
+    #[error("{source}; {aftermath}{}", if .source.answer_lost() { ANSWER_LOST } else { "" })]
     CommitFailed {
         #[source]
         source: Box<Error>,
@@ -399,6 +399,11 @@ fn clip(value: &str) -> std::borrow::Cow<'_, str> {
         None => value.into(),
     }
 }
+
+/// Added to a failed change whose undo may be overtaken by a call that went unanswered.
+const ANSWER_LOST: &str = ", but xapi did not answer one of the writes to the registry's copy in \
+     XAPI and may still carry it out: once XAPI answers again, run `vgpu-admin sync --all` on the \
+     pool master to make the copy match the registry";
 
 fn list_vms(vms: &[VmRef]) -> String {
     vms.iter()
@@ -590,6 +595,18 @@ impl Error {
 
     /// Whether this change was undone because another writer claimed its generation (the
     /// claim fails inside the commit step, so it may arrive wrapped).
+    /// Whether a call failed without an answer (see [`XapiError::outcome_unknown`]), so that
+    /// xapi may still carry it out after the undo.
+    pub fn answer_lost(&self) -> bool {
+        match self {
+            Error::Xapi { source, .. } => source.outcome_unknown(),
+            Error::CommitFailed { source, .. } | Error::MirrorUnrestored { source, .. } => {
+                source.answer_lost()
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_generation_claimed(&self) -> bool {
         match self {
             Error::GenerationClaimed { .. } => true,

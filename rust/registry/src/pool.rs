@@ -41,6 +41,9 @@ struct LastChange {
 /// believe they are master for an instant cannot both publish it.
 pub const CLAIM_PREFIX: &str = "vgpu-registry:claim:";
 
+/// The writer of a registry that does not know its host: several may exist, none is this one.
+const OFF_POOL: &str = "off-pool";
+
 /// A claim older than this was left by a writer that died mid-change: it may be taken over.
 const STALE_CLAIM_S: u64 = 300;
 
@@ -213,6 +216,28 @@ pub fn parse_row(text: &str, vm_uuid: &str) -> std::result::Result<JsonMap, RowE
     Ok(row)
 }
 
+/// Whether an unregistered VM carries registry keys: a row (its own or a clone's) or our
+/// custom field. A custom field that is not in our form was typed by someone and stays.
+pub fn leftover_mirror(vm: &VmRecord) -> bool {
+    vm.other_config.contains_key(VM_KEY)
+        || vm
+            .other_config
+            .get(FIELD_KEY)
+            .is_some_and(|f| f.starts_with("pool ") && f.contains(", vm_id "))
+}
+
+/// Whether the pool object's keys disagree with a registry at generation `local`: no or
+/// another generation, or a claim on a later one.
+pub fn pool_mirror_off(pool: &PoolRecord, local: Option<u64>) -> bool {
+    let generation = pool_generation(pool);
+    generation != local
+        || pool.other_config.keys().any(|k| {
+            k.strip_prefix(CLAIM_PREFIX)
+                .and_then(|g| g.parse::<u64>().ok())
+                .is_some_and(|g| g > generation.unwrap_or(0))
+        })
+}
+
 /// What a VM that is not registered carries in its `vgpu-registry` key, if anything: `orphan`
 /// (its own row, which the registry lacks) or `copied` (another VM's row, inherited by a clone).
 pub fn unregistered_copy(vm: &VmRecord) -> Option<&'static str> {
@@ -327,6 +352,13 @@ pub struct Primary {
     pub rebuilt: bool,
 }
 
+impl Primary {
+    /// The pool record as the write found it.
+    pub fn pool_record(&self) -> &PoolRecord {
+        &self.pool
+    }
+}
+
 /// The master's host has changed since this command was routed: it must be forwarded.
 pub fn no_longer_master(pool: &PoolRecord) -> Error {
     Error::NoLongerMaster {
@@ -409,7 +441,7 @@ pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> 
             .host_record(r)
             .map(|h| h.uuid)
             .unwrap_or_else(|_| r.to_string()),
-        None => "off-pool".to_string(),
+        None => OFF_POOL.to_string(),
     };
     Ok(Primary {
         pool,
@@ -428,7 +460,21 @@ pub fn publish_and_commit(
     touched: &[Touched],
 ) -> Result<u64> {
     let mut journal = Journal::new(xapi);
-    let next = primary.generation.unwrap_or(0) + 1;
+    let next = match primary.generation {
+        Some(g) => g + 1,
+        // Never published, or the pool's generation key went missing (a remove that xapi
+        // carried out after its answer was lost): generations only grow, so that no replica or
+        // claim of before is taken for the new one.
+        None => {
+            let claimed = primary
+                .pool
+                .other_config
+                .keys()
+                .filter_map(|k| k.strip_prefix(CLAIM_PREFIX)?.parse::<u64>().ok())
+                .max();
+            tx.meta()?.generation.unwrap_or(0).max(claimed.unwrap_or(0)) + 1
+        }
+    };
     let outcome = publish(&mut journal, &tx, primary, touched, next).and_then(|()| {
         tx.set_meta(Role::Primary, next)?;
         tx.commit()
@@ -465,6 +511,12 @@ fn claim(journal: &mut Journal<'_>, primary: &Primary, next: u64, writer: &str) 
     };
     match xapi.add_to_other_config(Class::Pool, pool_ref, &key, &value) {
         Ok(()) => journal.record(Class::Pool, pool_ref, &key, None),
+        Err(e) if e.outcome_unknown() => {
+            // The claim may be in place: undone with the rest, else it would hold the next
+            // generation against every writer until it grows stale.
+            journal.record(Class::Pool, pool_ref, &key, None);
+            return Err(err(e));
+        }
         Err(e) if e.api_code() == Some("MAP_DUPLICATE_KEY") => {
             let pool = xapi.pool().map_err(err)?;
             let held = pool.other_config.get(&key).cloned().unwrap_or_default();
@@ -473,10 +525,11 @@ fn claim(journal: &mut Journal<'_>, primary: &Primary, next: u64, writer: &str) 
                 .next()
                 .and_then(|t| t.parse::<u64>().ok())
                 .unwrap_or(0);
-            // A claim of this very writer was left by a process that died mid-change: a live
-            // one would still hold the registry's write lock, which this write holds now.
-            let mine = held.split(' ').next() == Some(writer);
-            if !mine && now_s().saturating_sub(since) < STALE_CLAIM_S {
+            let holder = held.split(' ').next().unwrap_or("");
+            // Writers on one host take the registry's write lock first, so a claim of this
+            // host's that is still there was left by an attempt that failed before undoing it.
+            let own = holder == writer && writer != OFF_POOL;
+            if !own && now_s().saturating_sub(since) < STALE_CLAIM_S {
                 return Err(Error::GenerationClaimed {
                     generation: next,
                     by: held.split(' ').next().unwrap_or("").to_string(),

@@ -127,6 +127,17 @@ impl XapiError {
             _ => None,
         }
     }
+
+    /// Whether xapi may have carried the call out although no answer says so: the connection
+    /// broke or the answer was late or unreadable. Only an error reply from xapi (or a request
+    /// that never left) tells for sure that nothing was done. A call that failed this way is
+    /// never repeated as is: see `docs/decisions/0010-xapi-faults.md`.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            XapiError::Transport { .. } | XapiError::Timeout { .. } | XapiError::Protocol { .. }
+        )
+    }
 }
 
 pub type Result<T, E = XapiError> = std::result::Result<T, E>;

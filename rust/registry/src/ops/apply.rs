@@ -114,22 +114,30 @@ fn repair_command(vm: &VmRecord, old: Option<&str>) -> String {
 }
 
 /// Replaces the platform key: `remove_from_platform` then `add_to_platform` (xapi has no
-/// single-key set). When the add fails after the remove, the old value is put back.
+/// single-key set). When the add fails after the remove, the old value is put back. A call
+/// whose answer was lost (the connection broke, or xapi was slower than the timeout) may have
+/// been carried out: the old value is put back then too (removing whatever is there first),
+/// and the error names the command that restores it should the lost call still land later.
 fn write_dma(xapi: &dyn Xapi, vm: &VmRecord, old: Option<&str>, new: Option<&str>) -> Result<()> {
     let what = format!("writing device-model-args of VM {}", vm_ref(vm));
     if old.is_some() {
-        xapi.remove_from_platform(&vm.opaque_ref, PLATFORM_KEY)
-            .map_err(|e| {
-                Error::xapi(
-                    format!("{what} failed; the registry and the VM are unchanged"),
-                    e,
-                )
-            })?;
+        if let Err(e) = xapi.remove_from_platform(&vm.opaque_ref, PLATFORM_KEY) {
+            if e.outcome_unknown() {
+                return Err(put_back(xapi, vm, &what, old, e));
+            }
+            return Err(Error::xapi(
+                format!("{what} failed; the registry and the VM are unchanged"),
+                e,
+            ));
+        }
     }
     let Some(new) = new else {
         return Ok(());
     };
     if let Err(e) = xapi.add_to_platform(&vm.opaque_ref, PLATFORM_KEY, new) {
+        if e.outcome_unknown() {
+            return Err(put_back(xapi, vm, &what, old, e));
+        }
         let Some(old_v) = old else {
             return Err(Error::xapi(
                 format!("{what} failed; the registry and the VM are unchanged"),
@@ -153,6 +161,36 @@ fn write_dma(xapi: &dyn Xapi, vm: &VmRecord, old: Option<&str>, new: Option<&str
         };
     }
     Ok(())
+}
+
+/// After a write whose answer was lost: sets device-model-args back to `old` whether or not the
+/// write was carried out, and says what to run if it lands after all.
+fn put_back(
+    xapi: &dyn Xapi,
+    vm: &VmRecord,
+    what: &str,
+    old: Option<&str>,
+    lost: xapi::XapiError,
+) -> Error {
+    match restore_dma(xapi, vm, old) {
+        Ok(()) => Error::xapi(
+            format!(
+                "{what} failed; the registry is unchanged and device-model-args were put back, \
+                 but xapi may still carry out the call whose answer was lost: if `vgpu-admin \
+                 scan-vms` shows VM {} changed, restore them with `{}`",
+                vm.uuid,
+                repair_command(vm, old)
+            ),
+            lost,
+        ),
+        Err((restore, _)) => Error::XapiUnrestored {
+            context: format!("{what} failed"),
+            source: Box::new(lost),
+            restore: Box::new(restore),
+            vm: vm_ref(vm),
+            repair_command: repair_command(vm, old),
+        },
+    }
 }
 
 /// Puts `old` back after a failed commit. On failure, also says whether the new value had

@@ -647,7 +647,8 @@ impl Ctx<'_> {
             warnings.push(format!(
                 "XAPI's copy of the registry registers VM {} ({}) but the registry does not \
                  (two registries claimed one vm_id?): check it with `vgpu-admin scan-vms`, then \
-                 `vgpu-admin adopt --vm-uuid {}` or remove its other_config key vgpu-registry",
+                 `vgpu-admin adopt --vm-uuid {}` to keep it, or `vgpu-admin sync --all` to drop \
+                 it",
                 u.vm_uuid, u.vm_name, u.vm_uuid
             ));
         }
@@ -747,9 +748,13 @@ impl Ctx<'_> {
         dry_run: bool,
         restart: Restart,
     ) -> Result<SyncReport> {
-        if !dry_run {
-            self.catch_up()?;
-        }
+        let start = if dry_run {
+            None
+        } else {
+            let (tx, primary) = self.begin()?;
+            tx.commit()?;
+            Some((primary.pool_record().clone(), self.committed))
+        };
         let regs = match target {
             SyncTarget::All => self.store.list(&ListFilter::default())?,
             SyncTarget::One(sel) => vec![self.resolve_registered(sel)?.0],
@@ -843,11 +848,17 @@ impl Ctx<'_> {
                 .into_iter()
                 .map(|r| r.vm_uuid.to_ascii_lowercase())
                 .collect();
+            // Also what a failed change may leave once its undo is overtaken by a write xapi
+            // carried out after the answer was lost: the VM's own row, or our custom field.
             for vm in vms.values() {
-                if registered.contains(&vm.uuid) || pool::unregistered_copy(vm) != Some("copied") {
+                if registered.contains(&vm.uuid) || !pool::leftover_mirror(vm) {
                     continue;
                 }
                 results.push(self.strip_copy(vm, dry_run));
+            }
+            // A change published here has set the pool's keys right already.
+            if let Some((pool_rec, _)) = start.filter(|s| s.1 == self.committed) {
+                self.repair_pool_mirror(&pool_rec)?;
             }
         }
         let failed = results
@@ -861,6 +872,20 @@ impl Ctx<'_> {
             replicas: None,
             reloads: None,
         })
+    }
+
+    /// Publishes again when the pool object's part of the mirror is not the registry's: its
+    /// generation went missing or differs, or a claim beyond it was left behind.
+    fn repair_pool_mirror(&mut self, pool_rec: &xapi::PoolRecord) -> Result<()> {
+        let local = self.store.meta()?.generation;
+        if local.is_none() || !pool::pool_mirror_off(pool_rec, local) {
+            return Ok(());
+        }
+        let xapi = self.xapi;
+        let (tx, primary) = self.begin()?;
+        let g = pool::publish_and_commit(xapi, tx, &primary, &[])?;
+        self.committed = Some(g);
+        Ok(())
     }
 
     /// Removes another VM's registry copy from an unregistered VM (a clone inherited it).

@@ -16,6 +16,8 @@ struct FakePool {
     calls: RefCell<Vec<String>>,
     /// (method, remaining calls to let through before failing, failures left)
     faults: RefCell<Vec<(String, usize, usize)>>,
+    /// The same for calls that go unanswered (a timeout): carried out first when `.3`.
+    lost: RefCell<Vec<(String, usize, usize, bool)>>,
 }
 
 impl FakePool {
@@ -32,8 +34,38 @@ impl FakePool {
             .push((method.to_string(), skip, times));
     }
 
+    fn lose(&self, method: &str, skip: usize, times: usize, carried_out: bool) {
+        self.lost
+            .borrow_mut()
+            .push((method.to_string(), skip, times, carried_out));
+    }
+
+    /// After a call that `lose(.., true)` names has been carried out.
+    fn leave(&self, method: &str) -> xapi::Result<()> {
+        self.lost_answer(method, true)
+    }
+
+    fn lost_answer(&self, method: &str, carried_out: bool) -> xapi::Result<()> {
+        for f in self.lost.borrow_mut().iter_mut() {
+            if f.0 == method && f.3 == carried_out {
+                if f.1 > 0 {
+                    f.1 -= 1;
+                } else if f.2 > 0 {
+                    f.2 -= 1;
+                    return Err(XapiError::Timeout {
+                        endpoint: "fake".into(),
+                        method: method.to_string(),
+                        seconds: 1,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn enter(&self, method: &str) -> xapi::Result<()> {
         self.calls.borrow_mut().push(method.to_string());
+        self.lost_answer(method, false)?;
         for f in self.faults.borrow_mut().iter_mut() {
             if f.0 == method {
                 if f.1 > 0 {
@@ -108,14 +140,14 @@ impl Xapi for FakePool {
         self.edit(vm_ref, |v| {
             v.platform.insert(key.into(), value.into());
         });
-        Ok(())
+        self.leave("VM.add_to_platform")
     }
     fn remove_from_platform(&self, vm_ref: &str, key: &str) -> xapi::Result<()> {
         self.enter("VM.remove_from_platform")?;
         self.edit(vm_ref, |v| {
             v.platform.remove(key);
         });
-        Ok(())
+        self.leave("VM.remove_from_platform")
     }
     fn power_state(&self, vm_ref: &str) -> xapi::Result<String> {
         self.enter("VM.get_power_state")?;
@@ -142,8 +174,13 @@ impl Xapi for FakePool {
     fn hosts(&self) -> xapi::Result<Vec<HostRecord>> {
         unreachable!("not used by these operations")
     }
-    fn host_record(&self, _: &str) -> xapi::Result<HostRecord> {
-        unreachable!("not used by these operations")
+    fn host_record(&self, host_ref: &str) -> xapi::Result<HostRecord> {
+        Ok(HostRecord {
+            opaque_ref: host_ref.into(),
+            uuid: host_ref.trim_start_matches("OpaqueRef:").into(),
+            name_label: "master".into(),
+            other_config: BTreeMap::new(),
+        })
     }
     fn add_to_other_config(
         &self,
@@ -165,6 +202,8 @@ impl Xapi for FakePool {
                     return Err(duplicate());
                 }
                 m.insert(key.into(), value.into());
+                drop(m);
+                self.leave("pool.add_to_other_config")?;
             }
             xapi::Class::Vm => {
                 if self.vm(obj).other_config.contains_key(key) {
@@ -372,6 +411,71 @@ fn failed_platform_write_rolls_back_and_puts_args_back() {
         assert_eq!(x.dma("OpaqueRef:1"), before, "{method}");
         assert!(dump(&w.store).is_empty(), "{method}");
     }
+}
+
+#[test]
+fn unanswered_platform_write_is_put_back_and_names_the_repair() {
+    for (method, carried_out) in [
+        ("VM.remove_from_platform", false),
+        ("VM.remove_from_platform", true),
+        ("VM.add_to_platform", false),
+        ("VM.add_to_platform", true),
+    ] {
+        let (mut w, x) = (world(), pool());
+        let before = x.dma("OpaqueRef:1");
+        x.lose(method, 0, 1, carried_out);
+        let mut ctx = Ctx {
+            store: &mut w.store,
+            xapi: &x,
+            config: &w.config,
+            me: None,
+            committed: None,
+        };
+        let e = ctx
+            .register(reg(1, Pool::A, Priority::High, None))
+            .unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.code(), ErrorCode::XapiError, "{method}");
+        assert!(msg.contains("may still carry out"), "{method}: {msg}");
+        let repair = format!(
+            "`xe vm-param-set uuid={} platform:{PLATFORM_KEY}='-m 1 '\\''a b'\\'''`",
+            uuid(1)
+        );
+        assert!(msg.contains(&repair), "{method}: {msg}");
+        assert_eq!(x.dma("OpaqueRef:1"), before, "{method}");
+        assert!(dump(&w.store).is_empty(), "{method}");
+        // put back by removing whatever is there, then adding the old value
+        assert_eq!(x.count("VM.remove_from_platform"), 2, "{method}");
+    }
+}
+
+#[test]
+fn unanswered_claim_is_undone_and_does_not_block_the_next_change() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: None,
+        committed: None,
+    };
+    ctx.register(reg(2, Pool::A, Priority::Low, None)).unwrap();
+    let claims = || {
+        x.pool_config
+            .borrow()
+            .keys()
+            .filter(|k| k.starts_with(crate::pool::CLAIM_PREFIX))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let before = claims();
+    x.lose("pool.add_to_other_config", 0, 1, true);
+    let e = ctx
+        .register(reg(1, Pool::A, Priority::High, None))
+        .unwrap_err();
+    assert!(e.to_string().contains("`vgpu-admin sync --all`"), "{e}");
+    assert_eq!(claims(), before);
+    ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
 }
 
 #[test]
@@ -1205,7 +1309,12 @@ fn a_claim_left_by_this_writer_when_it_died_is_taken_over() {
         store: &mut w.store,
         xapi: &x,
         config: &w.config,
-        me: None,
+        me: Some(HostRecord {
+            opaque_ref: "OpaqueRef:h1".into(),
+            uuid: "h1".into(),
+            name_label: "master".into(),
+            other_config: BTreeMap::new(),
+        }),
         committed: None,
     };
     ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
@@ -1218,7 +1327,7 @@ fn a_claim_left_by_this_writer_when_it_died_is_taken_over() {
     let key = format!("{}2", crate::pool::CLAIM_PREFIX);
     x.pool_config
         .borrow_mut()
-        .insert(key.clone(), format!("off-pool {now}"));
+        .insert(key.clone(), format!("h1 {now}"));
     ctx.register(reg(1, Pool::A, Priority::High, None)).unwrap();
     assert_eq!(generation(&x).as_deref(), Some("2"));
 }
