@@ -30,12 +30,13 @@ environment variables are for tests and take precedence):
   the core reads  $VGPU_DB, $VGPU_XAPI, $VGPU_HOST_UUID (else /etc/xensource-inventory) itself
 """
 
-import json
+# Only what every call needs is imported here: xapi starts a new interpreter for each call, so
+# each module imported costs every call its load time. json, traceback and ctypes are imported where
+# they are used (the CLI path and failures, an unexpected error, a foreign module); subprocess not
+# at all (see _run_child).
 import os
-import subprocess
 import sys
 import time
-import traceback
 
 DEFAULT_CONFIG = "/etc/vgpu/vgpu.conf"
 DEFAULT_PYTHON_PATH = "/usr/lib64/vgpu-registry/python"
@@ -101,6 +102,8 @@ def details_json(details):
         details = {}
     elif not isinstance(details, dict):
         details = {"details": details}
+    import json
+
     return str(json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=True))
 
 
@@ -289,7 +292,10 @@ def ascii_stdout():
 
 class StdoutToStderr(object):
     """While the core runs, file descriptor 1 and sys.stdout point at stderr, so nothing (Python
-    code, the extension, a library) can write into the XML-RPC answer."""
+    code, the extension, a library) can write into the XML-RPC answer. C stdio buffers are flushed
+    before fd 1 is given back when ``flush_c_stdio`` is true when the block ends (see ``run``)."""
+
+    flush_c_stdio = True
 
     def __enter__(self):
         self.saved_obj = sys.stdout
@@ -311,7 +317,8 @@ class StdoutToStderr(object):
             sys.stdout.flush()
         except Exception:  # noqa: BLE001
             pass
-        _flush_c_stdio()
+        if self.flush_c_stdio:
+            _flush_c_stdio()
         if self.saved_fd is not None:
             os.dup2(self.saved_fd, 1)
             os.close(self.saved_fd)
@@ -387,10 +394,7 @@ def call_cli(admin, fn, args, session, config):
         env.pop("VGPU_XAPI_SESSION", None)
     env.pop(REEXEC_GUARD, None)
     try:
-        with open(os.devnull, "rb") as devnull:
-            proc = subprocess.Popen([_arg_bytes(a) for a in argv], stdin=devnull, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=env, close_fds=True)
-            out, err = proc.communicate()
+        status, out, err = _run_child([_arg_bytes(a) for a in argv], env)
     except (OSError, IOError) as e:
         reason = _os_reason(e)
         raise PluginError(
@@ -403,7 +407,6 @@ def call_cli(admin, fn, args, session, config):
     for line in err_text.splitlines():
         if line.strip() and not _error_document(line):
             log("vgpu-admin: %s" % line)
-    status = proc.returncode
     if status != 0:
         report = None
         for line in reversed(err_text.splitlines()):
@@ -424,11 +427,106 @@ def call_cli(admin, fn, args, session, config):
     )
 
 
+def _run_child(argv, env):
+    """Runs ``argv`` (bytes) with ``env``, stdin /dev/null and no other descriptor of this process:
+    (exit status, or minus the signal that killed it; stdout bytes; stderr bytes). OSError when it
+    cannot be started. This is subprocess.Popen(..., close_fds=True).communicate() by hand: on the
+    CLI path, importing subprocess (and the threading, signal and selectors it brings) costs more
+    CPU than the whole run of vgpu-admin."""
+    import select
+
+    pipes = os.pipe() + os.pipe() + os.pipe()
+    out_r, out_w, err_r, err_w, exec_r, exec_w = pipes
+    if PY2:  # Python 3's pipes are close-on-exec already
+        import fcntl
+
+        for fd in pipes:
+            fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+    try:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            pid = os.fork()
+        except Exception:
+            os.close(devnull)
+            raise
+    except Exception:
+        for fd in pipes:
+            os.close(fd)
+        raise
+    if pid == 0:  # pragma: no cover - the child: exec, else report errno on exec_w and exit
+        code = 0
+        try:
+            os.dup2(devnull, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            try:
+                fds = [int(n) for n in os.listdir("/proc/self/fd")]
+            except (OSError, ValueError):
+                fds = range(3, 1024)
+            for fd in fds:
+                if fd > 2 and fd != exec_w:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            os.execvpe(argv[0], argv, env)  # a bare name is looked up on the PATH of env, as Popen does
+        except OSError as e:
+            code = e.errno or 0
+        except BaseException:  # noqa: BLE001 - the child must never return into the plugin
+            pass
+        try:
+            os.write(exec_w, str(code).encode("ascii"))
+        finally:
+            os._exit(255)
+    for fd in (out_w, err_w, exec_w, devnull):
+        os.close(fd)
+    try:
+        failed = os.read(exec_r, 32)  # empty: exec closed it
+    finally:
+        os.close(exec_r)
+    if failed:
+        os.close(out_r)
+        os.close(err_r)
+        os.waitpid(pid, 0)
+        code = int(failed) or 0
+        raise OSError(code, os.strerror(code))
+    chunks = {out_r: [], err_r: []}
+    try:
+        open_fds = [out_r, err_r]
+        while open_fds:
+            try:
+                ready = select.select(open_fds, [], [])[0]
+            except (select.error, OSError) as e:  # EINTR on Python 2
+                if getattr(e, "errno", None) == 4 or (e.args and e.args[0] == 4):
+                    continue
+                raise
+            for fd in ready:
+                data = os.read(fd, 65536)
+                if data:
+                    chunks[fd].append(data)
+                else:
+                    open_fds.remove(fd)
+    finally:
+        os.close(out_r)
+        os.close(err_r)
+        while True:
+            try:
+                status = os.waitpid(pid, 0)[1]
+                break
+            except OSError as e:
+                if e.errno != 4:
+                    raise
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    return code, b"".join(chunks[out_r]), b"".join(chunks[err_r])
+
+
 def _error_document(line):
     """The ``{"error": {...}}`` object vgpu-admin prints on stderr, if ``line`` is one."""
     line = line.strip()
     if not line.startswith("{"):
         return None
+    import json
+
     try:
         doc = json.loads(line)
     except ValueError:
@@ -441,6 +539,8 @@ def _error_document(line):
 def _is_json(text):
     if not text:
         return False
+    import json
+
     try:
         json.loads(text)
         return True
@@ -470,7 +570,7 @@ def run(fn, session, args):
     args = dict(args or {})
     summary = log_args(args)
     try:
-        with StdoutToStderr():
+        with StdoutToStderr() as guard:
             config, python_path, admin, forced = plugin_settings()
             ref = session_ref(session)
             module = None
@@ -481,9 +581,12 @@ def run(fn, session, args):
                                       % ascii_escape(_native_failure), {"python_path": _text(python_path)})
             if module is not None:
                 backend = "native"
+                guard.flush_c_stdio = not getattr(module, "_FLUSHES_C_STDIO", False)
                 answer = call_native(module, fn, args, ref, config)
             else:
                 backend = "cli"
+                # Only Python ran here, unless an import of the extension was tried.
+                guard.flush_c_stdio = _native_failure is not None
                 if forced is None and _native_failure and not PY2:
                     log("native backend unavailable (%s); using %s" % (_native_failure, admin))
                 answer = call_cli(admin, fn, args, ref, config)
@@ -494,6 +597,8 @@ def run(fn, session, args):
         log("%s %s: VGPU_%s %s (%s)" % (fn, summary, e.code, _text(e.message), _how(backend, started)), error=True)
         raise failure(e.code, e.message, e.details)
     except Exception as e:  # noqa: BLE001 - never a traceback on stdout
+        import traceback
+
         log("%s %s: unexpected %s (%s)\n%s" % (fn, summary, e.__class__.__name__, _how(backend, started),
                                                traceback.format_exc()), error=True)
         raise failure("INTERNAL", "internal error: vgpu plugin: %s: %s" % (e.__class__.__name__, _text(e)),

@@ -7,6 +7,7 @@ the product's cost can be told apart from the test pool's.
 """
 
 import argparse
+import datetime
 import os
 import platform
 import sqlite3
@@ -22,6 +23,9 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from xapi_sim.harness import Simulator  # noqa: E402
+
+sys.path.insert(0, HERE)
+import plugin_cost  # noqa: E402 (the plugin's cost per call, and scan-vms against a per-VM scan)
 
 
 def measure(binary, args, env, runs):
@@ -137,7 +141,12 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
     ap.add_argument("--pool-hosts", type=int, default=16)
     ap.add_argument("--pool-vms", type=int, default=2000)
+    ap.add_argument("--plugin-runs", type=int, default=11)
+    ap.add_argument("--forwarded-runs", type=int, default=5)
+    ap.add_argument("--reference-sizes", default="1000")
     opts = ap.parse_args()
+
+    plugin_doc = plugin_sections(opts)
 
     pool = bench_pool_refresh(opts.binary, opts.pool_hosts, opts.pool_vms, opts.pool_vms // 2, opts.runs)
     pool_table = (
@@ -211,10 +220,74 @@ def main():
         "(`vgpu-registry:last-change`), so this mostly measures 15 plugin runs at once, on %d "
         "cores.\n\n%s"
         % (os.cpu_count() or 0, pool_table)
+        + plugin_doc
     )
+    doc += kept_notes(opts.out)
     with open(opts.out, "w") as f:
         f.write(doc)
     print("written to %s" % os.path.relpath(opts.out, REPO))
+
+
+NOTES_MARKER = "<!-- Written by hand, kept by make bench: -->"
+
+
+def kept_notes(path):
+    """The hand-written notes at the end of the previous file (from NOTES_MARKER on), to keep."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    at = old.find(NOTES_MARKER)
+    return "\n" + old[at:] if at >= 0 else ""
+
+
+def plugin_sections(opts):
+    """The sections of plugin_cost.py: one plugin call against its floor, per interpreter and
+    backend; scan-vms against a per-VM scan."""
+    load = plugin_cost.load_note()
+    print(load)
+    print(plugin_cost.PLUGIN_HEADER, end="")
+    rows, missing = plugin_cost.bench_plugin_calls(opts.binary, opts.plugin_runs, opts.forwarded_runs)
+    verdicts = plugin_cost.verdicts(rows)
+    print("\n".join(verdicts))
+    plugin_table = plugin_cost.PLUGIN_HEADER + "\n".join(plugin_cost.format_row(r) for r in rows) + "\n"
+    print(plugin_cost.REFERENCE_HEADER, end="")
+    ref_rows = plugin_cost.bench_reference_scan(opts.binary, [int(x) for x in opts.reference_sizes.split(",")])
+    ref_table = plugin_cost.REFERENCE_HEADER + "\n".join(plugin_cost.format_reference_row(r) for r in ref_rows) + "\n"
+    return (
+        "\n## One plugin call, run as xapi runs it\n\n"
+        "`tests/bench/plugin_cost.py`, %s, %s, %d CPU cores shared with other work (%s). `plugin/vgpu` "
+        "run directly as xapi runs it (the methodCall as its one argument, xapi's PATH, stdin /dev/null, "
+        "cwd /, a session of its own), next to the floor: the same interpreter running a plugin that "
+        "only imports its XenAPIPlugin (the plugin suite's stand-ins: XCP-ng 8.2's with PyPI XenAPI "
+        "and six for 2.7, xapi >= 24's for 3.x) and dispatches to a function returning \"\". The "
+        "native backend is the wheel from dist/ installed in a directory of its own (the RPM's "
+        "python_path); the CLI bridge runs this release `vgpu-admin call`. Medians of %d interleaved "
+        "runs (floor, call, floor, call ...) on the master of a one-host pool, %d for a call made on "
+        "a member of a two-host pool and forwarded by the core to the master's plugin (host.call_plugin "
+        "on the simulator). CPU is user + system time of the plugin process and its waited children "
+        "(`vgpu-admin` on the CLI path), from `os.wait4`; the last column is the CPU the simulator "
+        "spent on the call's waited children (the master's plugin, for a forwarded call) and on "
+        "itself, from /proc (clock ticks, averaged), which is the test pool's cost, not the "
+        "product's. `register` registers a new VM each run. The last column counts the instructions of "
+        "one run of the floor and what the call adds to it, under `valgrind --tool=callgrind "
+        "--trace-children=yes` (PYTHONHASHSEED=0): unlike times, they do not depend on the load. "
+        "Wall times on a loaded machine vary by tens of ms from run to run; CPU times much less."
+        "\n\n%s\n%s\n%s\n"
+        % (datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), platform.platform(),
+           os.cpu_count() or 0, load, opts.plugin_runs, opts.forwarded_runs, plugin_table,
+           "\n".join(verdicts), "".join("- Not measured: %s\n" % m for m in missing))
+        + "\n## scan-vms against a per-VM scan\n\n"
+        "The same simulated pool (generated, 4 hosts), in the same run: `vgpu-admin scan-vms --format "
+        "json` (one listing call), and a scan made the way a tool built on `xe vm-list` and `xe "
+        "vm-param-get` makes it: one listing, then per VM `VM.get_by_uuid`, `VM.get_name_label` and "
+        "`VM.get_platform` (three XAPI calls per VM), through the PyPI XenAPI client. CPU is the "
+        "scanning process's own (`os.wait4` for vgpu-admin, `getrusage` in the reference's process); "
+        "\"simulator CPU\" is what the simulator spent answering, from /proc (clock ticks). The ratios "
+        "are the reference's over scan-vms'.\n\n%s"
+        % ref_table
+    )
 
 
 if __name__ == "__main__":

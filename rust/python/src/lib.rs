@@ -143,6 +143,22 @@ fn run(
         .map_err(Failure::from)
 }
 
+extern "C" {
+    /// C's `fflush`; a null stream flushes every output stream.
+    fn fflush(stream: *mut std::ffi::c_void) -> std::os::raw::c_int;
+}
+
+/// Flushes C stdio's buffers, so whatever a linked C library may have printf'd is written out
+/// before `call` returns. The xapi plugin points file descriptor 1 at stderr while `call` runs and
+/// relies on this instead of loading ctypes to do it for every call (`_FLUSHES_C_STDIO` in
+/// `vgpu_registry/__init__.py`).
+fn flush_c_stdio() {
+    // SAFETY: fflush(NULL) takes no pointer from us and is thread safe in every libc.
+    unsafe {
+        fflush(std::ptr::null_mut());
+    }
+}
+
 /// call(fn, args, *, session=None, config=None)
 /// --
 ///
@@ -164,7 +180,12 @@ fn call(
         session,
         ..Default::default()
     };
-    Ok(py.allow_threads(move || run(&function, &args, &settings))?)
+    let result = py.allow_threads(move || {
+        let result = run(&function, &args, &settings);
+        flush_c_stdio();
+        result
+    });
+    Ok(result?)
 }
 
 /// The native part of `vgpu_registry`: `call`. Import `vgpu_registry`, which re-exports it

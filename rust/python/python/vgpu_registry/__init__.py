@@ -10,9 +10,19 @@ Validation, routing to the pool master and XAPI are the core's; nothing here che
 Each convenience takes exactly the argument keys of its plugin function (``-`` spelled ``_``).
 """
 
-import json
 import os
-from typing import Any, Dict, List, Optional, Union, cast
+
+# typing and json are not imported when the package is: the xapi plugin imports it for every call,
+# in an interpreter of its own, and typing alone costs more than the rest of the package (it is
+# slowest on CPython 3.6). The annotations are strings, read by type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional, Union
+
+    # A config file path: str or any os.PathLike.
+    Path = Union[str, "os.PathLike[str]"]
+    Value = Union[str, int, bool, None]
+    Json = Dict[str, Any]
 
 from . import exceptions  # noqa: F401 (vgpu_registry.exceptions, where the classes are defined)
 from ._native import __version__, call
@@ -61,17 +71,16 @@ __all__ = [
     "ConfigError",
 ]
 
+# ``call`` flushes C stdio's buffers before it returns, so the xapi plugin, which keeps them out of
+# its answer, need not load ctypes to flush them itself.
+_FLUSHES_C_STDIO = True
+
 # Each plugin function has the convenience of its name with "-" spelled "_", except these
 # (``list`` would shadow the builtin).
-CONVENIENCE_NAMES: Dict[str, str] = {"list": "list_vms"}
-
-# A config file path: str or any os.PathLike.
-Path = Union[str, "os.PathLike[str]"]
-Value = Union[str, int, bool, None]
-Json = Dict[str, Any]
+CONVENIENCE_NAMES = {"list": "list_vms"}  # type: Dict[str, str]
 
 
-def _text(key: str, value: Union[str, int, bool]) -> str:
+def _text(key: str, value: "Union[str, int, bool]") -> str:
     """An argument as the plugin API spells it: booleans as true/false, numbers in decimal."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -80,7 +89,7 @@ def _text(key: str, value: Union[str, int, bool]) -> str:
     raise TypeError("%s must be str, int or bool, not %s" % (key, type(value).__name__))
 
 
-def _run(fn: str, session: Optional[str], config: Optional[Path], **args: Value) -> Any:
+def _run(fn: str, session: "Optional[str]", config: "Optional[Path]", **args: "Value") -> "Any":
     """Calls ``fn`` with the arguments that are set (``None`` and ``False`` are left out)."""
     config_path = None if config is None else os.fspath(config)
     plugin_args = {
@@ -88,35 +97,37 @@ def _run(fn: str, session: Optional[str], config: Optional[Path], **args: Value)
         for key, value in args.items()
         if value is not None and value is not False
     }
+    import json
+
     return json.loads(call(fn, plugin_args, session=session, config=config_path))
 
 
-def _object(fn: str, session: Optional[str], config: Optional[Path], **args: Value) -> Json:
-    return cast(Json, _run(fn, session, config, **args))
+def _object(fn: str, session: "Optional[str]", config: "Optional[Path]", **args: "Value") -> "Json":
+    return _run(fn, session, config, **args)  # type: ignore[no-any-return]
 
 
-def _array(fn: str, session: Optional[str], config: Optional[Path], **args: Value) -> List[Json]:
-    return cast(List[Json], _run(fn, session, config, **args))
+def _array(fn: str, session: "Optional[str]", config: "Optional[Path]", **args: "Value") -> "List[Json]":
+    return _run(fn, session, config, **args)  # type: ignore[no-any-return]
 
 
-def scan(*, session: Optional[str] = None, config: Optional[Path] = None) -> Json:
+def scan(*, session: "Optional[str]" = None, config: "Optional[Path]" = None) -> "Json":
     """Every VM of the pool against the registry: registered (with status and drift),
     unregistered, stale, summary (``vgpu-admin scan-vms``)."""
     return _object("scan", session, config)
 
 
 def register(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
-    pool: Optional[str] = None,
-    priority: Union[str, int, None] = None,
-    vm_id: Union[int, str, None] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
+    pool: "Optional[str]" = None,
+    priority: "Union[str, int, None]" = None,
+    vm_id: "Union[int, str, None]" = None,
     restart: bool = False,
     yes: bool = False,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Registers a VM (it must exist in XAPI) in ``pool`` (A/B) with ``priority``
     (low/medium/high or 0/1/2) and writes its vgpu device into device-model-args. Without
     ``vm_id`` the next free id is assigned. With ``vm_uuid``, ``vm_name`` is the name to store."""
@@ -135,15 +146,15 @@ def register(
 
 
 def set_vm_id(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
-    vm_id: Union[int, str, None] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
+    vm_id: "Union[int, str, None]" = None,
     restart: bool = False,
     yes: bool = False,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Changes a registered VM's vm_id (it must be unique)."""
     return _object(
         "set-vm-id",
@@ -158,15 +169,15 @@ def set_vm_id(
 
 
 def set_pool(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
-    pool: Optional[str] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
+    pool: "Optional[str]" = None,
     restart: bool = False,
     yes: bool = False,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Moves a registered VM to another pool (A/B)."""
     return _object(
         "set-pool",
@@ -181,15 +192,15 @@ def set_pool(
 
 
 def set_priority(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
-    priority: Union[str, int, None] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
+    priority: "Union[str, int, None]" = None,
     restart: bool = False,
     yes: bool = False,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Changes a registered VM's priority (low/medium/high)."""
     return _object(
         "set-priority",
@@ -204,17 +215,17 @@ def set_priority(
 
 
 def update(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
-    pool: Optional[str] = None,
-    priority: Union[str, int, None] = None,
-    vm_id: Union[int, str, None] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
+    pool: "Optional[str]" = None,
+    priority: "Union[str, int, None]" = None,
+    vm_id: "Union[int, str, None]" = None,
     restart: bool = False,
     yes: bool = False,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Changes any of pool, priority, vm_id of a registered VM in one step."""
     return _object(
         "update",
@@ -231,55 +242,55 @@ def update(
 
 
 def show(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """One registered VM plus its live XAPI state: power state, device-model-args, status,
     drift."""
     return _object("show", session, config, vm_uuid=vm_uuid, vm_name=vm_name)
 
 
 def list_vms(
-    pool: Optional[str] = None,
-    priority: Union[str, int, None] = None,
+    pool: "Optional[str]" = None,
+    priority: "Union[str, int, None]" = None,
     quarantined: bool = False,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> List[Json]:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "List[Json]":
     """The registered VMs (optionally of one pool and/or priority, or only the quarantined),
     ordered by pool, priority (high first), vm_id."""
     return _array("list", session, config, pool=pool, priority=priority, quarantined=quarantined)
 
 
-def list_pools(*, session: Optional[str] = None, config: Optional[Path] = None) -> List[Json]:
+def list_pools(*, session: "Optional[str]" = None, config: "Optional[Path]" = None) -> "List[Json]":
     """The registry pools with name, description, enabled, VM count and counts per
     priority."""
     return _array("list-pools", session, config)
 
 
 def show_pool(
-    pool: Optional[str] = None,
+    pool: "Optional[str]" = None,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """One registry pool (as in ``list_pools``) plus its ``vms``."""
     return _object("show-pool", session, config, pool=pool)
 
 
 def remove(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
     restart: bool = False,
     yes: bool = False,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Removes the registration and the vgpu device from device-model-args (a stale VM is
     removed from the registry only)."""
     return _object(
@@ -293,22 +304,22 @@ def remove(
     )
 
 
-def status(*, session: Optional[str] = None, config: Optional[Path] = None) -> Json:
+def status(*, session: "Optional[str]" = None, config: "Optional[Path]" = None) -> "Json":
     """A summary: pools, counts, drift, not applied, unregistered, stale, problems."""
     return _object("status", session, config)
 
 
 def sync(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
     all: bool = False,
     dry_run: bool = False,
     restart: bool = False,
     yes: bool = False,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Re-applies the registry values to one VM (or, ``all=True``, to every VM in drift or
     not applied) and refreshes stored names; ``dry_run=True`` only reports."""
     return _object(
@@ -325,8 +336,8 @@ def sync(
 
 
 def refresh(
-    reload: bool = False, *, session: Optional[str] = None, config: Optional[Path] = None
-) -> Json:
+    reload: bool = False, *, session: "Optional[str]" = None, config: "Optional[Path]" = None
+) -> "Json":
     """Refreshes this host's copy of the registry from the pool's copy in XAPI (a replica on a
     member, the primary on the master); acts on the host it runs on. ``reload=True`` then asks
     this host's GPU mediator to reload."""
@@ -334,14 +345,14 @@ def refresh(
 
 
 def adopt(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
     all: bool = False,
     dry_run: bool = False,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Registers VMs that already carry a vgpu device with the device's values; ``skipped``
     lists those left alone and why; ``dry_run=True`` only reports."""
     return _object(
@@ -350,35 +361,35 @@ def adopt(
 
 
 def rebuild(
-    dry_run: bool = False, *, session: Optional[str] = None, config: Optional[Path] = None
-) -> Json:
+    dry_run: bool = False, *, session: "Optional[str]" = None, config: "Optional[Path]" = None
+) -> "Json":
     """Rebuilds the master's registry from the pool's copy in XAPI (backing up what was there),
     then adopts VMs that carry a device but have no copy; ``dry_run=True`` only reports."""
     return _object("rebuild", session, config, dry_run=dry_run)
 
 
 def set_weight(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
-    weight: Optional[int] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
+    weight: "Optional[int]" = None,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Sets the VM's mediator weight (1 to 100); ``reloads`` and ``in_effect`` say where it
     took effect."""
     return _object("set-weight", session, config, vm_uuid=vm_uuid, vm_name=vm_name, weight=weight)
 
 
 def set_rate_limit(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
-    rate: Optional[int] = None,
-    queue_depth: Optional[int] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
+    rate: "Optional[int]" = None,
+    queue_depth: "Optional[int]" = None,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Sets the VM's rate limit (jobs per second, 0 = unlimited) and, when given, its queue
     depth; ``in_effect`` is false when a mediator could not reload it."""
     return _object(
@@ -393,50 +404,50 @@ def set_rate_limit(
 
 
 def quarantine(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Quarantines the VM (mediators reject its new GPU work once they reload)."""
     return _object("quarantine", session, config, vm_uuid=vm_uuid, vm_name=vm_name)
 
 
 def clear_quarantine(
-    vm_uuid: Optional[str] = None,
-    vm_name: Optional[str] = None,
+    vm_uuid: "Optional[str]" = None,
+    vm_name: "Optional[str]" = None,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> Json:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "Json":
     """Lifts the VM's quarantine and zeroes its error count."""
     return _object("clear-quarantine", session, config, vm_uuid=vm_uuid, vm_name=vm_name)
 
 
 def show_weights(
-    pool: Optional[str] = None, *, session: Optional[str] = None, config: Optional[Path] = None
-) -> List[Json]:
+    pool: "Optional[str]" = None, *, session: "Optional[str]" = None, config: "Optional[Path]" = None
+) -> "List[Json]":
     """The registrations with their controls (the weights' view)."""
     return _array("show-weights", session, config, pool=pool)
 
 
 def show_rate_limits(
-    pool: Optional[str] = None, *, session: Optional[str] = None, config: Optional[Path] = None
-) -> List[Json]:
+    pool: "Optional[str]" = None, *, session: "Optional[str]" = None, config: "Optional[Path]" = None
+) -> "List[Json]":
     """The registrations with their controls (the rate limits' view)."""
     return _array("show-rate-limits", session, config, pool=pool)
 
 
 def mediator(
-    action: Optional[str] = None,
+    action: "Optional[str]" = None,
     prometheus: bool = False,
-    host: Optional[str] = None,
+    host: "Optional[str]" = None,
     all_hosts: bool = False,
     *,
-    session: Optional[str] = None,
-    config: Optional[Path] = None
-) -> List[Json]:
+    session: "Optional[str]" = None,
+    config: "Optional[Path]" = None
+) -> "List[Json]":
     """Asks a GPU mediator (``metrics``, ``health``, ``connections`` or ``reload``): this
     host's, ``host``'s through its plugin, or every host's."""
     return _array(

@@ -6,7 +6,10 @@ They are defined here and only raised by the native module: it looks the error's
 code is one new class; the test suite fails until every code of the core has exactly one.
 """
 
-from typing import Any, Dict, Optional, Type
+# typing is for type checkers only: importing it would cost every plugin call (see __init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional, Type
 
 __all__ = [
     "VgpuError",
@@ -31,16 +34,16 @@ class VgpuError(Exception):
     ``message`` the human message (also ``str(e)``), ``details`` a dict of machine-readable
     details."""
 
-    code: Optional[str] = None
+    code: "Optional[str]" = None
     message: str = ""
-    details: Dict[str, Any] = {}
+    details: "Dict[str, Any]" = {}
 
     def __init__(
         self,
         message: str = "",
         *,
-        code: Optional[str] = None,
-        details: Optional[Dict[str, Any]] = None
+        code: "Optional[str]" = None,
+        details: "Optional[Dict[str, Any]]" = None
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -129,6 +132,6 @@ class ConfigError(VgpuError):
 
 
 # The class of each error code: what the native module raises.
-BY_CODE: Dict[str, Type[VgpuError]] = {
+BY_CODE: "Dict[str, Type[VgpuError]]" = {
     cls.code: cls for cls in VgpuError.__subclasses__() if cls.code is not None
 }
