@@ -4,6 +4,7 @@
 NO_FREE_VM_ID is not reachable here: it needs all 4294967295 ids taken."""
 
 import os
+import sys
 
 import pytest
 
@@ -119,6 +120,33 @@ def test_internal_when_the_cli_is_missing(pool, workdir):
     code, message, details = pool.fail("list")
     assert code == "VGPU_INTERNAL"
     assert "no-such-vgpu-admin" in message and details["admin_path"] == missing
+
+
+def test_internal_when_the_cli_cannot_be_executed(pool, workdir):
+    """A file that is there but not executable: the exec failure reaches the plugin as an error
+    naming the file, not as a child that exits 255."""
+    stub = os.path.join(workdir, "not-executable-vgpu-admin")
+    with open(stub, "w") as f:
+        f.write("not a program\n")
+    os.chmod(stub, 0o644)
+    pool.set_env(pool.master, VGPU_ADMIN=stub, VGPU_PLUGIN_BACKEND="cli")
+    code, message, details = pool.fail("list")
+    assert code == "VGPU_INTERNAL", (code, message)
+    assert "not-executable-vgpu-admin" in message and details["admin_path"] == stub
+    assert "ermission denied" in message, message
+
+
+def test_internal_when_the_cli_is_killed_by_a_signal(pool, workdir):
+    """vgpu-admin killed by a signal (the OOM killer, an administrator): the status is minus the
+    signal, as subprocess reports it, and the call fails as INTERNAL."""
+    stub = os.path.join(workdir, "killed-vgpu-admin")
+    with open(stub, "w") as f:
+        f.write("#!%s\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n" % sys.executable)
+    os.chmod(stub, 0o755)
+    pool.set_env(pool.master, VGPU_ADMIN=stub, VGPU_PLUGIN_BACKEND="cli")
+    code, message, details = pool.fail("list")
+    assert code == "VGPU_INTERNAL", (code, message)
+    assert details["exit_status"] == -9, details
 
 
 def test_internal_when_native_is_forced_but_missing(pool, workdir):
