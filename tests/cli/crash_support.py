@@ -10,6 +10,8 @@ the point:
 - a stale -wal / -shm (and SQLite's POSIX locks, which die with the process) block nothing: the
   next command simply runs;
 - every acknowledged change is still there;
+- the in-flight VM's other device-model-args tokens (not the product's) are there, before any
+  repair: the key is written in one VM.set_platform, never removed then added;
 - ``scan-vms`` flags exactly the VMs that are out of step (registry, device-model-args and mirror
   disagree) — at most the VM that was in flight — and ``sync --all`` brings them back, so that the
   change in flight is either wholly applied or wholly absent.
@@ -248,7 +250,7 @@ class CrashRig(object):
         self.base = {}
         self.generation_seen = 0
         self.adopted = 0
-        self.tokens_lost = 0
+        self.tokens_kept = 0
         self.kills = 0
         self.crash_dirs = 0
         self.side_files = 0
@@ -321,12 +323,13 @@ class CrashRig(object):
         result, left = crash_copy_integrity(self.db, os.path.join(self.tmp, "crash-%d" % self.crash_dirs))
         assert result == ["ok"], "%s: integrity of the file as the kill left it: %s" % (what, result)
         self.side_files += bool(left)
-        if self.base[inflight] and self.sim.get_vm(inflight)["platform"].get(DMA) is None:
-            # Killed between VM.remove_from_platform and VM.add_to_platform: xapi has no
-            # single-key set, and the VM's other tokens die with the writer
-            # (test_kill_between_platform_remove_and_add_keeps_other_tokens).
-            self.base[inflight] = ""
-            self.tokens_lost += 1
+        if self.base[inflight]:
+            # device-model-args are written in one VM.set_platform: wherever the kill fell, the
+            # VM's other QEMU tokens are there, before any repair.
+            others, _ = split_dma(self.sim.get_vm(inflight)["platform"].get(DMA))
+            assert others == self.base[inflight], "%s: the kill took the VM's other tokens: %r, not %r" % (
+                what, others, self.base[inflight])
+            self.tokens_kept += 1
         # The next command runs over whatever the kill left (-wal, -shm; SQLite's locks died with it).
         scan = self.scan()
         truth = out_of_step(self.db, self.sim, self.vms, self.base)

@@ -6,7 +6,7 @@ For every mutating command: run it once successfully and read from the simulator
 XAPI calls it makes (session.* aside). Then, from the same starting state, make each of those calls
 fail in turn and check that the command fails with XAPI_ERROR (exit 1) and that
 
-- for the calls before the commit (lookups, get_platform, remove/add_to_platform, the mirror's
+- for the calls before the commit (lookups, get_platform, set_platform, the mirror's
   remove/add_to_other_config on the VM and the pool): the registry file, every VM's platform,
   the mirror and the VM's power state are exactly as before;
 - for the restart calls (clean_shutdown, start), which come after the commit: the change is saved
@@ -150,7 +150,9 @@ def test_each_xapi_call_failing_leaves_a_consistent_state(cli, setup, argv, targ
     methods = [m for m, _, _ in calls]
     # what a successful run does (SPEC §3)
     assert "VM.get_platform" in methods
-    assert ("VM.add_to_platform" in methods) or ("VM.remove_from_platform" in methods)
+    # device-model-args are written in one call, never removed then added (decision 0012)
+    assert "VM.set_platform" in methods, methods
+    assert not set(methods) & {"VM.add_to_platform", "VM.remove_from_platform"}, methods
     if restart:
         assert methods[-2:] == list(RESTART_CALLS), methods
         assert ok["restarted"] is True and ok["pending_restart"] is False
@@ -196,7 +198,7 @@ def test_each_xapi_call_failing_leaves_a_consistent_state(cli, setup, argv, targ
             assert now["power"] == state["power"], where
             assert now["mirror"] == state["mirror"], where
             assert not [e for e in cli.sim.call_log() if e["method"] in RESTART_CALLS], where
-            if method in ("VM.get_platform", "VM.remove_from_platform", "VM.add_to_platform"):
+            if method in ("VM.get_platform", "VM.set_platform"):
                 msg = err["message"]
                 assert ("unchanged" in msg) or ("put back" in msg) or ("nothing was changed" in msg), where
             if method.endswith("_other_config"):
@@ -281,32 +283,41 @@ def test_sync_all_each_call_failing(cli):
      lambda cli: reg(cli, "register-vm", "--vm-uuid", ML_TRAIN_A, "--pool", "A", "--priority", "high")),
 ])
 def test_double_fault_prints_the_repair_command(cli, argv, setup):
-    """add_to_platform fails for the write and again for the compensation."""
+    """set_platform lands but its answer is lost, and the undo's set_platform fails."""
     state = prepare(cli, setup, "double")
     old = state["platforms"][ML_TRAIN_A][DMA]
-    cli.sim.inject_fault("VM.add_to_platform", nth=1, times=2, code="INTERNAL_ERROR", params=["disk full"])
+    inject_double_fault(cli)
     r = cli.run(*argv)
     assert r.code == 1
     assert r.err.startswith("error: ")
     prefix = "xe vm-param-set uuid=%s platform:%s=" % (ML_TRAIN_A, DMA)
     assert prefix in r.err, r.err
     assert prefix + shlex.quote(old) in r.err, r.err
+    assert "may be left with the new device-model-args" in r.err, r.err
     assert cli.dump() == state["db"]
     now = platforms(cli.sim)
+    # the write landed, the undo did not: the new value, and every other key as it was
+    assert now[ML_TRAIN_A][DMA] != old
+    assert "vgpu" in now[ML_TRAIN_A][DMA]
     expected = dict(state["platforms"][ML_TRAIN_A])
-    del expected[DMA]  # the remove went through, both adds failed
+    expected[DMA] = now[ML_TRAIN_A][DMA]
     assert now[ML_TRAIN_A] == expected
     # json mode says the same
     prepare(cli, setup, "double-json")
-    cli.sim.inject_fault("VM.add_to_platform", nth=1, times=2, code="INTERNAL_ERROR", params=["disk full"])
+    inject_double_fault(cli)
     code, err = cli.json_error(*argv, expect_code="XAPI_ERROR")
     assert prefix in err["message"]
+
+
+def inject_double_fault(cli):
+    cli.sim.inject_fault("VM.set_platform", nth=1, times=1, drop="after")
+    cli.sim.inject_fault("VM.set_platform", nth=2, times=1, code="INTERNAL_ERROR", params=["disk full"])
 
 
 def test_repair_command_can_be_pasted_as_is(cli):
     state = prepare(cli, None, "paste")
     old = state["platforms"][ML_TRAIN_A][DMA]
-    cli.sim.inject_fault("VM.add_to_platform", nth=1, times=2, code="INTERNAL_ERROR", params=["disk full"])
+    inject_double_fault(cli)
     r = cli.run("register-vm", "--vm-uuid", ML_TRAIN_A, "--pool", "A", "--priority", "high")
     assert r.code == 1
     line = [l for l in r.err.splitlines() if "xe vm-param-set" in l][0]
@@ -314,14 +325,26 @@ def test_repair_command_can_be_pasted_as_is(cli):
     assert shlex.split(cmd) == ["xe", "vm-param-set", "uuid=" + ML_TRAIN_A, "platform:%s=%s" % (DMA, old)]
 
 
-def test_add_fault_puts_the_old_value_back(cli):
-    """A single add_to_platform failure is compensated: device-model-args hold the old value."""
-    prepare(cli, None, "single")
-    cli.sim.inject_fault("VM.add_to_platform", nth=1, times=1, code="INTERNAL_ERROR", params=[])
+@pytest.mark.parametrize("drop,sets", [("before", 1), ("after", 2)])
+def test_lost_set_platform_answer_puts_the_old_value_back(cli, drop, sets):
+    """A set_platform whose answer is lost is undone from a fresh read of the map: when the write
+    landed (dropped after) the old value is set back, when it did not (dropped before) the read
+    shows the old value and nothing more is written."""
+    state = prepare(cli, None, "lost-" + drop)
+    cli.sim.clear_call_log()
+    cli.sim.inject_fault("VM.set_platform", nth=1, times=1, drop=drop)
     code, err = cli.json_error("register-vm", "--vm-uuid", ML_TRAIN_A, "--pool", "A", "--priority", "high",
                                expect_code="XAPI_ERROR")
-    assert "put back" in err["message"]
+    assert "put back" in err["message"], err
+    assert "may still carry out" in err["message"], err
     assert cli.dma(ML_TRAIN_A) == ML_TRAIN_A_DMA
+    assert platforms(cli.sim) == state["platforms"]
     assert [r[1] for r in cli.dump()] == [ML_TRAIN_B]
-    adds = [e["params"][2:] for e in cli.sim.call_log("VM.add_to_platform")]
-    assert adds[-1] == [DMA, ML_TRAIN_A_DMA]
+    vm_ref = make_ref("VM", ML_TRAIN_A)
+    written = [e["params"][2] for e in cli.sim.call_log("VM.set_platform") if e["params"][1] == vm_ref]
+    assert len(written) == sets, written
+    assert written[0][DMA] != ML_TRAIN_A_DMA  # the write itself
+    if drop == "after":
+        assert written[1] == state["platforms"][ML_TRAIN_A]  # the undo: the map as it was
+    reads = [e for e in cli.sim.call_log("VM.get_platform") if e["params"][1] == vm_ref]
+    assert len(reads) == 2, reads

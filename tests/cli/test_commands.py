@@ -211,7 +211,7 @@ def test_restart_of_running_and_halted_vms(cli, sim):
     assert out["restarted"] is True and out["pending_restart"] is False and out["power_state"] == "Running"
     methods = [e["method"] for e in sim.call_log()]
     assert methods.count("VM.clean_shutdown") == 1 and methods.count("VM.start") == 1
-    assert methods.index("VM.add_to_platform") < methods.index("VM.clean_shutdown") < methods.index("VM.start")
+    assert methods.index("VM.set_platform") < methods.index("VM.clean_shutdown") < methods.index("VM.start")
     assert sim.get_vm(RENDER_01)["power_state"] == "Running"
     # halted: not started
     sim.clear_call_log()

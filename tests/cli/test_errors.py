@@ -354,7 +354,8 @@ def test_confirmation_required_without_terminal(seeded):
     for u in (RENDER_01, CUDA_DEV, ML_TRAIN_A):
         assert cli.sim.get_vm(u)["power_state"] == "Running"
     names = {e["method"] for e in cli.sim.call_log()}
-    assert not names & {"VM.clean_shutdown", "VM.start", "VM.add_to_platform", "VM.remove_from_platform"}
+    assert not names & {"VM.clean_shutdown", "VM.start", "VM.set_platform", "VM.add_to_platform",
+                         "VM.remove_from_platform"}
 
 
 @pytest.mark.parametrize("uuid,state", [(DB_PRIMARY, "paused"), (WEB_01, "suspended")])

@@ -445,7 +445,7 @@ def test_error_replies_to_every_call(tcp, binary, tmp_path, source):
     """An error reply to each call a register makes, the login included: whatever the outcome,
     neither the password nor a session ref is shown."""
     methods = _register_methods(tcp, binary, tmp_path)
-    assert "session.login_with_password" in methods and "VM.add_to_platform" in methods, methods
+    assert "session.login_with_password" in methods and "VM.set_platform" in methods, methods
     failed = 0
     for i, method in enumerate(methods):
         tcp.reset()

@@ -171,7 +171,7 @@ def test_every_read_command_fits_the_terminal(crowded, columns):
 
 @pytest.mark.parametrize("columns", [80, 120])
 def test_sync_fits_the_terminal_with_its_errors_under_their_vm(crowded, sim, columns):
-    sim.inject_fault("VM.add_to_platform", code="INTERNAL_ERROR",
+    sim.inject_fault("VM.set_platform", code="INTERNAL_ERROR",
                      params=["the host refused the change: " + "very " * 12 + "long reason"])
     r = in_terminal(crowded, columns, "sync", "--all")
     assert r.code == 1, r

@@ -214,7 +214,7 @@ def test_sync_with_a_failing_vm_answers_its_report(pool):
     pool.call("register", {"vm-uuid": ML_TRAIN_B, "pool": "A", "priority": "low"})
     pool.sim.set_platform_key(ML_TRAIN_B, "device-model-args",
                               "-device vgpu-cuda,addr=5,pool_id=B,priority=low,vm_id=1")
-    pool.sim.inject_fault("VM.add_to_platform", code="INTERNAL_ERROR", params=["boom"])
+    pool.sim.inject_fault("VM.set_platform", code="INTERNAL_ERROR", params=["boom"])
     out = pool.call("sync", {"all": "true"})
     assert out["failed"] == 1
     [item] = out["results"]

@@ -429,7 +429,7 @@ def test_session_invalidated_in_flight_is_not_echoed(pool, tmp_path):
             assert [k for k, v in env.items() if ref.encode() in v] == [b"VGPU_XAPI_SESSION"], env.keys()
 
 
-@pytest.mark.parametrize("method", ["VM.get_by_uuid", "VM.add_to_platform", "pool.add_to_other_config"])
+@pytest.mark.parametrize("method", ["VM.get_by_uuid", "VM.set_platform", "pool.add_to_other_config"])
 def test_xapi_error_replies_do_not_echo_the_session(pool, method):
     """Error replies of the calls a register makes: its session appears in none of the failure,
     the plugin's log, or the details."""

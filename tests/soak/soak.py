@@ -69,7 +69,7 @@ PRIORITIES = ("low", "medium", "high")
 # log shows it calls).
 LATENCY_METHODS = [
     "session.login_with_password", "VM.get_all_records_where", "VM.get_record", "VM.get_by_uuid",
-    "VM.get_platform", "VM.add_to_platform", "VM.remove_from_platform", "VM.add_to_other_config",
+    "VM.get_platform", "VM.set_platform", "VM.add_to_other_config",
     "VM.remove_from_other_config", "pool.get_all_records", "pool.get_all", "pool.get_record",
     "pool.add_to_other_config", "pool.remove_from_other_config", "host.get_all_records",
     "host.get_record", "host.call_plugin", "host.add_to_other_config", "host.remove_from_other_config",

@@ -110,10 +110,10 @@ def wait_for_call(sim, method, deadline_s=60):
 
 def race(sim, db, looker, remover):
     """``looker`` is held in its VM lookup (VM.get_record delayed) until ``remover`` holds the
-    write lock (its VM.remove_from_platform delayed): ``looker`` then reads the registration
+    write lock (its VM.set_platform delayed): ``looker`` then reads the registration
     before the remove commits and writes after it. Both outcomes, (``looker``, ``remover``)."""
     sim.inject_fault("VM.get_record", nth=1, times=1, latency_ms=3000)
-    sim.inject_fault("VM.remove_from_platform", nth=1, times=1, latency_ms=3000)
+    sim.inject_fault("VM.set_platform", nth=1, times=1, latency_ms=3000)
     sim.clear_call_log()
     out = {}
     t = threading.Thread(target=lambda: out.__setitem__("looker", cli(sim, db, *looker)))

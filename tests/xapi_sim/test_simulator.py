@@ -509,6 +509,9 @@ def test_platform_map_operations(sim):
     sim.call("VM.set_platform", s, ref, {"only": "this"})
     assert sim.call("VM.get_platform", s, ref) == {"only": "this"}
     assert fault_of(sim.call, "VM.set_platform", s, ref, {"n": 1}) == ("FIELD_TYPE_ERROR", ["value"])
+    assert fault_of(sim.call, "VM.set_platform", s, "OpaqueRef:gone", {"k": "v"}) == \
+        ("HANDLE_INVALID", ["VM", "OpaqueRef:gone"])
+    assert sim.get_vm(vm_uuid("render-01"))["platform"] == {"only": "this"}
     assert fault_of(sim.call, "VM.add_to_platform", s, "OpaqueRef:gone", "k", "v") == \
         ("HANDLE_INVALID", ["VM", "OpaqueRef:gone"])
 

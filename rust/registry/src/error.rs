@@ -274,9 +274,10 @@ pub enum Error {
         #[source]
         source: XapiError,
     },
-    /// An XAPI write failed and so did putting the old value back: the VM is left changed.
+    /// An XAPI write whose answer was lost, and putting the old value back failed: the VM may be
+    /// left changed.
     /// The repair command ends the message so it can be copied from the end of the line.
-    #[error("{context} ({source}); putting the previous value back also failed ({restore}): the registry is unchanged but VM {vm} now has no device-model-args; restore them with: {repair_command}")]
+    #[error("{context} ({source}); putting the previous value back also failed ({restore}): the registry is unchanged but VM {vm} may be left with the new device-model-args; restore them with: {repair_command}")]
     XapiUnrestored {
         context: String,
         #[source]

@@ -624,11 +624,8 @@ impl Xapi for Offline {
     fn get_platform(&self, _: &str) -> xapi::Result<BTreeMap<String, String>> {
         self.unused("VM.get_platform")
     }
-    fn add_to_platform(&self, _: &str, _: &str, _: &str) -> xapi::Result<()> {
-        self.unused("VM.add_to_platform")
-    }
-    fn remove_from_platform(&self, _: &str, _: &str) -> xapi::Result<()> {
-        self.unused("VM.remove_from_platform")
+    fn set_platform(&self, _: &str, _: &BTreeMap<String, String>) -> xapi::Result<()> {
+        self.unused("VM.set_platform")
     }
     fn power_state(&self, _: &str) -> xapi::Result<String> {
         self.unused("VM.get_power_state")

@@ -515,16 +515,8 @@ impl Xapi for Client {
         records::string_map(method, "platform", &value)
     }
 
-    fn add_to_platform(&self, vm_ref: &str, key: &str, value: &str) -> Result<()> {
-        self.call(
-            "VM.add_to_platform",
-            vec![json!(vm_ref), json!(key), json!(value)],
-        )
-        .map(drop)
-    }
-
-    fn remove_from_platform(&self, vm_ref: &str, key: &str) -> Result<()> {
-        self.call("VM.remove_from_platform", vec![json!(vm_ref), json!(key)])
+    fn set_platform(&self, vm_ref: &str, platform: &BTreeMap<String, String>) -> Result<()> {
+        self.call("VM.set_platform", vec![json!(vm_ref), json!(platform)])
             .map(drop)
     }
 
@@ -1137,10 +1129,10 @@ mod tests {
                     other => err("HANDLE_INVALID", &["VM", other]),
                 },
                 "VM.get_platform" => ok(json!({"a": "1"})),
-                "VM.add_to_platform" => {
-                    err("MAP_DUPLICATE_KEY", &["VM", "platform", &arg(1), &arg(2)])
+                "VM.set_platform" if arg(1) != "OpaqueRef:a1" => {
+                    err("HANDLE_INVALID", &["VM", &arg(1)])
                 }
-                "VM.remove_from_platform" | "VM.clean_shutdown" | "VM.start" => ok(json!("")),
+                "VM.set_platform" | "VM.clean_shutdown" | "VM.start" => ok(json!("")),
                 "pool.get_all" => ok(json!(["OpaqueRef:pool"])),
                 "pool.get_master" => ok(json!("OpaqueRef:h1")),
                 "pool.get_all_records" => ok(json!({"OpaqueRef:pool": {
@@ -1218,11 +1210,15 @@ mod tests {
                 .map(String::as_str),
             Some("1")
         );
-        let duplicate = client
-            .add_to_platform("OpaqueRef:a1", "k", "v")
+        let platform = BTreeMap::from([
+            ("a".to_string(), "1".to_string()),
+            ("k".to_string(), "v w".to_string()),
+        ]);
+        let invalid = client
+            .set_platform("OpaqueRef:gone", &platform)
             .unwrap_err();
-        assert_eq!(duplicate.api_code(), Some("MAP_DUPLICATE_KEY"));
-        client.remove_from_platform("OpaqueRef:a1", "k").unwrap();
+        assert_eq!(invalid.api_code(), Some("HANDLE_INVALID"));
+        client.set_platform("OpaqueRef:a1", &platform).unwrap();
         client.clean_shutdown("OpaqueRef:a1", 120).unwrap();
         client.start("OpaqueRef:a1").unwrap();
         let log = server.log.lock().unwrap().clone();
@@ -1236,12 +1232,12 @@ mod tests {
             [
                 ("VM.get_platform", vec![json!("OpaqueRef:a1")]),
                 (
-                    "VM.add_to_platform",
-                    vec![json!("OpaqueRef:a1"), json!("k"), json!("v")]
+                    "VM.set_platform",
+                    vec![json!("OpaqueRef:gone"), json!({"a": "1", "k": "v w"})]
                 ),
                 (
-                    "VM.remove_from_platform",
-                    vec![json!("OpaqueRef:a1"), json!("k")]
+                    "VM.set_platform",
+                    vec![json!("OpaqueRef:a1"), json!({"a": "1", "k": "v w"})]
                 ),
                 ("VM.clean_shutdown", vec![json!("OpaqueRef:a1")]),
                 (

@@ -153,10 +153,10 @@ pub trait Xapi {
     fn vms_by_name(&self, name: &str) -> Result<Vec<VmRecord>>;
     /// The VM's current platform map (`VM.get_platform`).
     fn get_platform(&self, vm_ref: &str) -> Result<BTreeMap<String, String>>;
-    /// `VM.add_to_platform` (fails with `MAP_DUPLICATE_KEY` when the key exists).
-    fn add_to_platform(&self, vm_ref: &str, key: &str, value: &str) -> Result<()>;
-    /// `VM.remove_from_platform` (no error when the key is absent).
-    fn remove_from_platform(&self, vm_ref: &str, key: &str) -> Result<()>;
+    /// `VM.set_platform`: replaces the whole platform map in one write. xapi has no per-key
+    /// replace, and a remove followed by an add leaves the key missing in between; see
+    /// `docs/decisions/0012-platform-write.md`.
+    fn set_platform(&self, vm_ref: &str, platform: &BTreeMap<String, String>) -> Result<()>;
     /// `VM.get_power_state`.
     fn power_state(&self, vm_ref: &str) -> Result<String>;
     /// `VM.clean_shutdown`, waiting at most `timeout_s` seconds for it to finish.

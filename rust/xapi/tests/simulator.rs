@@ -351,29 +351,18 @@ fn exercise(sim: &Simulator, auth: Auth) {
         .unwrap()
         .is_empty());
 
-    // Platform map: add, duplicate, remove, remove again.
+    // Platform map: set the whole map with one extra key, then set it back; the other keys
+    // come through both writes unchanged.
     let key = "vgpu-xapi-test";
-    client
-        .add_to_platform(&first.opaque_ref, key, "v1")
-        .unwrap();
-    assert_eq!(
-        client
-            .get_platform(&first.opaque_ref)
-            .unwrap()
-            .get(key)
-            .map(String::as_str),
-        Some("v1")
-    );
-    let duplicate = client
-        .add_to_platform(&first.opaque_ref, key, "v2")
-        .unwrap_err();
-    assert_eq!(duplicate.api_code(), Some("MAP_DUPLICATE_KEY"));
-    client.remove_from_platform(&first.opaque_ref, key).unwrap();
-    assert!(!client
-        .get_platform(&first.opaque_ref)
-        .unwrap()
-        .contains_key(key));
-    client.remove_from_platform(&first.opaque_ref, key).unwrap();
+    let before = client.get_platform(&first.opaque_ref).unwrap();
+    let mut with_key = before.clone();
+    with_key.insert(key.to_string(), "v1 -x".to_string());
+    client.set_platform(&first.opaque_ref, &with_key).unwrap();
+    assert_eq!(client.get_platform(&first.opaque_ref).unwrap(), with_key);
+    client.set_platform(&first.opaque_ref, &before).unwrap();
+    let after = client.get_platform(&first.opaque_ref).unwrap();
+    assert!(!after.contains_key(key));
+    assert_eq!(after, before);
 
     // Power: take a halted-or-running VM through a full cycle.
     let vm = vms

@@ -10,6 +10,7 @@ use crate::dma::{DeviceArgs, DeviceSpec, ParseError, PLATFORM_KEY};
 use crate::error::{CommitAftermath, Error, Result};
 use crate::report::PowerState;
 use crate::status::vm_ref;
+use std::collections::BTreeMap;
 use xapi::{VmRecord, Xapi};
 
 /// What a mutation does to the VM's vgpu device.
@@ -45,7 +46,7 @@ pub(crate) fn apply_to_vm(
         message: format!("{e}; fix device-model-args by hand first, nothing was changed"),
     })?;
     if new != old {
-        write_dma(xapi, vm, old.as_deref(), new.as_deref())?;
+        write_dma(xapi, vm, &platform, old.as_deref(), new.as_deref())?;
     }
     if let Err(e) = commit() {
         let aftermath = if new == old {
@@ -53,9 +54,9 @@ pub(crate) fn apply_to_vm(
         } else {
             match restore_dma(xapi, vm, old.as_deref()) {
                 Ok(()) => CommitAftermath::Restored,
-                Err((restore, removed)) => CommitAftermath::Unrestored {
+                Err(restore) => CommitAftermath::Unrestored {
                     restore: Box::new(restore),
-                    left: if removed { None } else { new.clone() },
+                    left: new.clone(),
                     repair_command: repair_command(vm, old.as_deref()),
                 },
             }
@@ -113,54 +114,40 @@ fn repair_command(vm: &VmRecord, old: Option<&str>) -> String {
     }
 }
 
-/// Replaces the platform key: `remove_from_platform` then `add_to_platform` (xapi has no
-/// single-key set). When the add fails after the remove, the old value is put back. A call
-/// whose answer was lost (the connection broke, or xapi was slower than the timeout) may have
-/// been carried out: the old value is put back then too (removing whatever is there first),
-/// and the error names the command that restores it should the lost call still land later.
-fn write_dma(xapi: &dyn Xapi, vm: &VmRecord, old: Option<&str>, new: Option<&str>) -> Result<()> {
-    let what = format!("writing device-model-args of VM {}", vm_ref(vm));
-    if old.is_some() {
-        if let Err(e) = xapi.remove_from_platform(&vm.opaque_ref, PLATFORM_KEY) {
-            if e.outcome_unknown() {
-                return Err(put_back(xapi, vm, &what, old, e));
-            }
-            return Err(Error::xapi(
-                format!("{what} failed; the registry and the VM are unchanged"),
-                e,
-            ));
-        }
-    }
-    let Some(new) = new else {
-        return Ok(());
+/// `platform` with device-model-args set to `value` (`None`: without the key); every other key
+/// is kept as it is.
+fn with_dma(platform: &BTreeMap<String, String>, value: Option<&str>) -> BTreeMap<String, String> {
+    let mut map = platform.clone();
+    match value {
+        Some(v) => map.insert(PLATFORM_KEY.to_string(), v.to_string()),
+        None => map.remove(PLATFORM_KEY),
     };
-    if let Err(e) = xapi.add_to_platform(&vm.opaque_ref, PLATFORM_KEY, new) {
-        if e.outcome_unknown() {
-            return Err(put_back(xapi, vm, &what, old, e));
-        }
-        let Some(old_v) = old else {
-            return Err(Error::xapi(
-                format!("{what} failed; the registry and the VM are unchanged"),
-                e,
-            ));
-        };
-        return match xapi.add_to_platform(&vm.opaque_ref, PLATFORM_KEY, old_v) {
-            Ok(()) => Err(Error::xapi(
-                format!(
-                    "{what} failed; the registry is unchanged and device-model-args were put back"
-                ),
-                e,
-            )),
-            Err(restore) => Err(Error::XapiUnrestored {
-                context: format!("{what} failed"),
-                source: Box::new(e),
-                restore: Box::new(restore),
-                vm: vm_ref(vm),
-                repair_command: repair_command(vm, old),
-            }),
-        };
+    map
+}
+
+/// Writes device-model-args `new` in one `VM.set_platform` of `platform` (the map just read)
+/// with only that key changed. xapi has no per-key replace; a remove followed by an add would
+/// leave the VM without the key, and the user's other QEMU arguments in it, should the writer
+/// die in between (decision 0012). An error reply means nothing was written. A call whose
+/// answer was lost (the connection broke, or xapi was slower than the timeout) may have been
+/// carried out: the old value is put back then too, and the error names the command that
+/// restores it should the lost call still land later.
+fn write_dma(
+    xapi: &dyn Xapi,
+    vm: &VmRecord,
+    platform: &BTreeMap<String, String>,
+    old: Option<&str>,
+    new: Option<&str>,
+) -> Result<()> {
+    let what = format!("writing device-model-args of VM {}", vm_ref(vm));
+    match xapi.set_platform(&vm.opaque_ref, &with_dma(platform, new)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.outcome_unknown() => Err(put_back(xapi, vm, &what, old, e)),
+        Err(e) => Err(Error::xapi(
+            format!("{what} failed; the registry and the VM are unchanged"),
+            e,
+        )),
     }
-    Ok(())
 }
 
 /// After a write whose answer was lost: sets device-model-args back to `old` whether or not the
@@ -183,7 +170,7 @@ fn put_back(
             ),
             lost,
         ),
-        Err((restore, _)) => Error::XapiUnrestored {
+        Err(restore) => Error::XapiUnrestored {
             context: format!("{what} failed"),
             source: Box::new(lost),
             restore: Box::new(restore),
@@ -193,19 +180,14 @@ fn put_back(
     }
 }
 
-/// Puts `old` back after a failed commit. On failure, also says whether the new value had
-/// already been removed (the VM then has no device-model-args).
-fn restore_dma(
-    xapi: &dyn Xapi,
-    vm: &VmRecord,
-    old: Option<&str>,
-) -> Result<(), (xapi::XapiError, bool)> {
-    xapi.remove_from_platform(&vm.opaque_ref, PLATFORM_KEY)
-        .map_err(|e| (e, false))?;
-    match old {
-        Some(v) => xapi
-            .add_to_platform(&vm.opaque_ref, PLATFORM_KEY, v)
-            .map_err(|e| (e, true)),
-        None => Ok(()),
+/// Puts device-model-args `old` back, after a failed commit or a write whose answer was lost.
+/// The platform map is read afresh, so that the undo is right whether or not the write landed
+/// and keeps whatever else changed in the map meanwhile; when the key already holds `old`
+/// nothing is written.
+fn restore_dma(xapi: &dyn Xapi, vm: &VmRecord, old: Option<&str>) -> Result<(), xapi::XapiError> {
+    let current = xapi.get_platform(&vm.opaque_ref)?;
+    if current.get(PLATFORM_KEY).map(String::as_str) == old {
+        return Ok(());
     }
+    xapi.set_platform(&vm.opaque_ref, &with_dma(&current, old))
 }

@@ -135,19 +135,10 @@ impl Xapi for FakePool {
         self.enter("VM.get_platform")?;
         Ok(self.vm(vm_ref).platform)
     }
-    fn add_to_platform(&self, vm_ref: &str, key: &str, value: &str) -> xapi::Result<()> {
-        self.enter("VM.add_to_platform")?;
-        self.edit(vm_ref, |v| {
-            v.platform.insert(key.into(), value.into());
-        });
-        self.leave("VM.add_to_platform")
-    }
-    fn remove_from_platform(&self, vm_ref: &str, key: &str) -> xapi::Result<()> {
-        self.enter("VM.remove_from_platform")?;
-        self.edit(vm_ref, |v| {
-            v.platform.remove(key);
-        });
-        self.leave("VM.remove_from_platform")
+    fn set_platform(&self, vm_ref: &str, platform: &BTreeMap<String, String>) -> xapi::Result<()> {
+        self.enter("VM.set_platform")?;
+        self.edit(vm_ref, |v| v.platform = platform.clone());
+        self.leave("VM.set_platform")
     }
     fn power_state(&self, vm_ref: &str) -> xapi::Result<String> {
         self.enter("VM.get_power_state")?;
@@ -388,13 +379,9 @@ fn templates_are_not_vms() {
 
 #[test]
 fn failed_platform_write_rolls_back_and_puts_args_back() {
-    for (method, skip, times) in [
-        ("VM.get_platform", 0, 1),
-        ("VM.remove_from_platform", 0, 1),
-        ("VM.add_to_platform", 0, 1),
-    ] {
+    for (method, skip, times) in [("VM.get_platform", 0, 1), ("VM.set_platform", 0, 1)] {
         let (mut w, x) = (world(), pool());
-        let before = x.dma("OpaqueRef:1");
+        let before = x.vm("OpaqueRef:1").platform;
         x.fail(method, skip, times);
         let mut ctx = Ctx {
             store: &mut w.store,
@@ -408,21 +395,18 @@ fn failed_platform_write_rolls_back_and_puts_args_back() {
             .unwrap_err();
         assert_eq!(e.code(), ErrorCode::XapiError, "{method}");
         assert!(e.to_string().contains("unchanged"), "{method}: {e}");
-        assert_eq!(x.dma("OpaqueRef:1"), before, "{method}");
+        assert_eq!(x.vm("OpaqueRef:1").platform, before, "{method}");
         assert!(dump(&w.store).is_empty(), "{method}");
+        // an error reply proves nothing was written: no undo
+        assert!(x.count("VM.set_platform") <= 1, "{method}");
     }
 }
 
 #[test]
 fn unanswered_platform_write_is_put_back_and_names_the_repair() {
-    for (method, carried_out) in [
-        ("VM.remove_from_platform", false),
-        ("VM.remove_from_platform", true),
-        ("VM.add_to_platform", false),
-        ("VM.add_to_platform", true),
-    ] {
+    for (method, carried_out) in [("VM.set_platform", false), ("VM.set_platform", true)] {
         let (mut w, x) = (world(), pool());
-        let before = x.dma("OpaqueRef:1");
+        let before = x.vm("OpaqueRef:1").platform;
         x.lose(method, 0, 1, carried_out);
         let mut ctx = Ctx {
             store: &mut w.store,
@@ -441,11 +425,14 @@ fn unanswered_platform_write_is_put_back_and_names_the_repair() {
             "`xe vm-param-set uuid={} platform:{PLATFORM_KEY}='-m 1 '\\''a b'\\'''`",
             uuid(1)
         );
-        assert!(msg.contains(&repair), "{method}: {msg}");
-        assert_eq!(x.dma("OpaqueRef:1"), before, "{method}");
-        assert!(dump(&w.store).is_empty(), "{method}");
-        // put back by removing whatever is there, then adding the old value
-        assert_eq!(x.count("VM.remove_from_platform"), 2, "{method}");
+        assert!(msg.contains(&repair), "{carried_out}: {msg}");
+        assert_eq!(x.vm("OpaqueRef:1").platform, before, "{carried_out}");
+        assert!(dump(&w.store).is_empty(), "{carried_out}");
+        // The undo reads the map afresh: a write that landed is set back, one that did not
+        // needs no second write.
+        assert_eq!(x.count("VM.get_platform"), 2, "{carried_out}");
+        let sets = if carried_out { 2 } else { 1 };
+        assert_eq!(x.count(method), sets, "{carried_out}");
     }
 }
 
@@ -480,28 +467,49 @@ fn unanswered_claim_is_undone_and_does_not_block_the_next_change() {
 
 #[test]
 fn failed_compensation_says_how_to_repair() {
-    let (mut w, x) = (world(), pool());
-    x.fail("VM.add_to_platform", 0, 2);
-    let mut ctx = Ctx {
-        store: &mut w.store,
-        xapi: &x,
-        config: &w.config,
-        me: None,
-        committed: None,
-    };
-    let e = ctx
-        .register(reg(1, Pool::A, Priority::High, None))
-        .unwrap_err();
-    let msg = e.to_string();
-    assert!(
-        msg.ends_with(&format!(
-            "xe vm-param-set uuid={} platform:device-model-args='-m 1 '\\''a b'\\'''",
-            uuid(1)
-        )),
-        "{msg}"
-    );
-    assert!(msg.contains("registry is unchanged"), "{msg}");
-    assert!(dump(&w.store).is_empty());
+    // The write lands but its answer is lost; the undo then fails at its read or its write.
+    for (method, skip) in [("VM.get_platform", 1), ("VM.set_platform", 1)] {
+        let (mut w, x) = (world(), pool());
+        x.lose("VM.set_platform", 0, 1, true);
+        x.fail(method, skip, 1);
+        let mut ctx = Ctx {
+            store: &mut w.store,
+            xapi: &x,
+            config: &w.config,
+            me: None,
+            committed: None,
+        };
+        let e = ctx
+            .register(reg(1, Pool::A, Priority::High, None))
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.ends_with(&format!(
+                "xe vm-param-set uuid={} platform:device-model-args='-m 1 '\\''a b'\\'''",
+                uuid(1)
+            )),
+            "{method}: {msg}"
+        );
+        assert!(msg.contains("registry is unchanged"), "{method}: {msg}");
+        assert!(
+            msg.contains("may be left with the new device-model-args"),
+            "{method}: {msg}"
+        );
+        assert!(dump(&w.store).is_empty(), "{method}");
+        let now = x.dma("OpaqueRef:1").unwrap();
+        assert!(
+            now.starts_with("-m 1 'a b' -device vgpu-cuda"),
+            "{method}: {now}"
+        );
+        assert_eq!(
+            x.vm("OpaqueRef:1")
+                .platform
+                .get("viridian")
+                .map(String::as_str),
+            Some("true"),
+            "{method}"
+        );
+    }
 }
 
 #[test]
@@ -525,7 +533,7 @@ fn vm_id_conflict_changes_nothing_and_names_the_owner() {
     );
     assert_eq!(e.details()["next_free_vm_id"], 1);
     assert_eq!(x.dma("OpaqueRef:2"), None);
-    assert_eq!(x.count("VM.add_to_platform"), 1);
+    assert_eq!(x.count("VM.set_platform"), 1);
 }
 
 #[test]
@@ -674,12 +682,12 @@ fn remove_takes_only_the_vgpu_entry_and_stale_rows_go_from_the_registry_only() {
 
     ctx.register(reg(3, Pool::B, Priority::Low, None)).unwrap();
     x.vms.borrow_mut().retain(|v| v.uuid != uuid(3));
-    let calls_before = x.count("VM.remove_from_platform");
+    let calls_before = x.count("VM.set_platform");
     let a = ctx
         .remove(&Selector::Name("stub".into()), Restart::default())
         .unwrap();
     assert_eq!(a.power_state, None);
-    assert_eq!(x.count("VM.remove_from_platform"), calls_before);
+    assert_eq!(x.count("VM.set_platform"), calls_before);
     assert!(dump(ctx.store).is_empty());
 }
 
@@ -719,37 +727,69 @@ fn failed_commit_puts_device_model_args_back() {
 }
 
 #[test]
-fn failed_commit_and_failed_restore_say_what_remains_and_how_to_repair() {
+fn failed_commit_restores_only_our_key_from_a_fresh_read() {
     let x = pool();
     let vm = x.vm("OpaqueRef:1");
-    // The write's add goes through; the restore's add fails after its remove.
-    x.fail("VM.add_to_platform", 1, 1);
+    let before = x.dma("OpaqueRef:1");
     let change = DeviceChange::Set(spec_of(&Config::default(), Pool::A, Priority::High, 1));
-    let e = apply_to_vm(&x, &vm, &change, "vgpu-cuda", || Err(locked())).unwrap_err();
-    assert_eq!(e.code(), ErrorCode::DatabaseError);
-    let msg = e.to_string();
+    // Someone else writes another platform key between our write and our undo.
+    let e = apply_to_vm(&x, &vm, &change, "vgpu-cuda", || {
+        x.edit("OpaqueRef:1", |v| {
+            v.platform.insert("nested-virt".into(), "true".into());
+        });
+        Err(locked())
+    })
+    .unwrap_err();
+    assert!(e.to_string().ends_with("nothing was changed"), "{e}");
+    let platform = x.vm("OpaqueRef:1").platform;
+    assert_eq!(platform.get(PLATFORM_KEY), before.as_ref());
+    assert_eq!(
+        platform.get("nested-virt").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(platform.get("viridian").map(String::as_str), Some("true"));
+    assert_eq!(x.count("VM.get_platform"), 2);
+    assert_eq!(x.count("VM.set_platform"), 2);
+}
+
+#[test]
+fn failed_commit_and_failed_restore_say_what_remains_and_how_to_repair() {
+    let change = DeviceChange::Set(spec_of(&Config::default(), Pool::A, Priority::High, 1));
     let repair = format!(
         "xe vm-param-set uuid={} platform:device-model-args='-m 1 '\\''a b'\\'''",
         uuid(1)
     );
-    assert!(msg.ends_with(&repair), "{msg}");
-    assert!(
-        msg.contains("putting device-model-args back also failed"),
-        "{msg}"
-    );
-    assert_eq!(x.dma("OpaqueRef:1"), None);
-    assert!(msg.contains("the VM now has no device-model-args"), "{msg}");
-    assert_eq!(e.details()["repair_command"], repair);
-
-    // The restore's remove fails: the VM keeps the new value, and the message names it.
-    let x = pool();
-    x.fail("VM.remove_from_platform", 1, 1);
-    let e = apply_to_vm(&x, &vm, &change, "vgpu-cuda", || Err(locked())).unwrap_err();
-    let now = x.dma("OpaqueRef:1").unwrap();
-    assert!(now.contains("vgpu-cuda"), "{now}");
-    let msg = e.to_string();
-    assert!(msg.contains(&format!("device-model-args {now:?}")), "{msg}");
-    assert!(msg.ends_with(&repair), "{msg}");
+    // The write goes through; the restore fails at its fresh read or at its write. Either way
+    // the VM keeps the new value, other keys included, and the message names it.
+    for (method, skip) in [("VM.get_platform", 1), ("VM.set_platform", 1)] {
+        let x = pool();
+        let vm = x.vm("OpaqueRef:1");
+        x.fail(method, skip, 1);
+        let e = apply_to_vm(&x, &vm, &change, "vgpu-cuda", || Err(locked())).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::DatabaseError, "{method}");
+        let msg = e.to_string();
+        assert!(msg.ends_with(&repair), "{method}: {msg}");
+        assert!(
+            msg.contains("putting device-model-args back also failed"),
+            "{method}: {msg}"
+        );
+        let now = x.dma("OpaqueRef:1").unwrap();
+        assert!(now.contains("vgpu-cuda"), "{method}: {now}");
+        assert!(now.starts_with("-m 1 'a b' "), "{method}: {now}");
+        assert!(
+            msg.contains(&format!("device-model-args {now:?}")),
+            "{method}: {msg}"
+        );
+        assert_eq!(e.details()["repair_command"], repair, "{method}");
+        assert_eq!(
+            x.vm("OpaqueRef:1")
+                .platform
+                .get("viridian")
+                .map(String::as_str),
+            Some("true"),
+            "{method}"
+        );
+    }
 }
 
 #[test]
@@ -758,8 +798,7 @@ fn failed_commit_of_an_unchanged_device_touches_nothing() {
     let vm = x.vm("OpaqueRef:1");
     let e = apply_to_vm(&x, &vm, &DeviceChange::Keep, "vgpu-cuda", || Err(locked())).unwrap_err();
     assert_eq!(e.code(), ErrorCode::DatabaseError);
-    assert_eq!(x.count("VM.remove_from_platform"), 0);
-    assert_eq!(x.count("VM.add_to_platform"), 0);
+    assert_eq!(x.count("VM.set_platform"), 0);
 }
 
 #[test]
@@ -1103,7 +1142,7 @@ fn a_master_that_is_no_longer_master_writes_nothing() {
     assert!(matches!(e, Error::NoLongerMaster { .. }), "{e}");
     assert!(dump(ctx.store).is_empty());
     assert_eq!(x.dma("OpaqueRef:1").as_deref(), Some("-m 1 'a b'"));
-    assert_eq!(x.count("VM.add_to_platform"), 0);
+    assert_eq!(x.count("VM.set_platform"), 0);
 }
 
 #[test]
