@@ -1152,6 +1152,40 @@ mod tests {
     }
 
     #[test]
+    fn the_streamed_listing_replaces_an_expired_session_once() {
+        let listed = Arc::new(StdMutex::new(0u32));
+        let server = FakeXapi::start(move |method, _| match method {
+            "session.login_with_password" => ok(json!("OpaqueRef:s")),
+            "session.logout" => ok(json!("")),
+            _ => {
+                let mut n = listed.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    err("SESSION_INVALID", &["OpaqueRef:s"])
+                } else {
+                    ok(
+                        json!({"OpaqueRef:a": vm("u-a", "alpha", (false, false, false)),
+                              "OpaqueRef:t": vm("u-t", "template", (true, false, false))}),
+                    )
+                }
+            }
+        });
+        let client = server.client(Auth::LocalRoot);
+        let mut seen = Vec::new();
+        client.for_each_vm(&mut |vm| seen.push(vm.uuid)).unwrap();
+        assert_eq!(seen, ["u-a"]);
+        assert_eq!(
+            server.methods(),
+            [
+                "session.login_with_password",
+                "VM.get_all_records_where",
+                "session.login_with_password",
+                "VM.get_all_records_where"
+            ]
+        );
+    }
+
+    #[test]
     fn vm_lookups() {
         let server = pool_server();
         let client = server.client(Auth::LocalRoot);
