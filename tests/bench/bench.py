@@ -84,7 +84,10 @@ answer carries xapi's whole record of every VM, about 2.7 kB each here: 138 MB f
 which the scan reads eight fields. The answer is now read from the connection as it arrives and
 never held whole: a scan follows strings and brackets to find where each VM's record ends, and that
 record alone is deserialised (serde_json, the fields the scan does not use skipped unread into any
-tree) and handed to the scan, which reduces it to its line of the report at once. The registry is
+tree) and handed to the scan, which reduces it to its line of the report at once. (serde_json's own
+streaming reader with a visitor per record was tried too: on the 50,000-VM answer read from a file
+it took 0.66 s of CPU, against 0.59 s for the former whole-answer parse and 0.48 s for this framing,
+which also keeps each record's bytes to name a VM whose text is not Unicode.) The registry is
 read first (it is small); its rows are kept as the text of their XAPI copy rather than as JSON maps,
 which for 25,000 rows took 55 MB on their own. The JSON document is serialised straight to stdout
 through a 64 kB buffer instead of into one string first, byte for byte the same document as before
