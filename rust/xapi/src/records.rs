@@ -198,12 +198,12 @@ pub(crate) struct Envelope {
 /// Reads a `get_all_records[_where]` answer of VMs from `reader` as it arrives, handing each VM
 /// to `each` as soon as its record is complete, and returns the envelope for the caller to check.
 ///
-/// The answer of a large pool is hundreds of megabytes of which the registry reads a few fields,
-/// so neither the answer nor a JSON tree of it is ever held: only the record being read. The
-/// framing (where a record ends) is found by a scan that follows strings and brackets; each
-/// record is then deserialised from its bytes by serde_json, which checks it is JSON and skips
-/// the fields [`WireVm`] does not name. Keeping the record's bytes also lets a record holding
-/// text that is not Unicode be named (VM and field) by [`crate::unicode::describe`].
+/// The answer of a large pool runs to a hundred megabytes and more, of which the registry reads a
+/// few fields, so neither the answer nor a JSON tree of it is ever held: only the record being
+/// read. The framing (where a record ends) is found by a scan that follows strings and brackets;
+/// each record is then deserialised from its bytes by serde_json, which checks it is JSON and
+/// skips the fields [`WireVm`] does not name. Keeping the record's bytes also lets a record
+/// holding text that is not Unicode be named (VM and field) by [`crate::unicode::describe`].
 pub(crate) fn read_vm_records<R: std::io::BufRead>(
     method: &str,
     reader: R,
