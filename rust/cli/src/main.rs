@@ -260,14 +260,15 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Error> {
         );
     }
     let outcome = answer.outcome;
-    let text = if is_call {
-        outcome.to_ascii_json() + "\n"
+    if is_call {
+        write_out(&(outcome.to_ascii_json() + "\n"));
     } else if cli.format == Format::Json {
-        pretty(&outcome)
+        // Straight to stdout: the document of a large pool's scan is tens of megabytes.
+        let _ = write_json(std::io::stdout().lock(), &outcome);
     } else {
-        render::render(&outcome, spec)
-    };
-    write_out(&text);
+        // A table's column widths depend on every row, so it is laid out whole first.
+        write_out(&render::render(&outcome, spec));
+    }
     Ok(if outcome.partly_failed() {
         ExitCode::from(1)
     } else {
@@ -278,6 +279,16 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Error> {
 fn pretty(value: &impl serde::Serialize) -> String {
     // Serialising the contract's types cannot fail: string keys only.
     serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+}
+
+/// The pretty JSON document of `value` and a newline, serialised into `out` through a buffer,
+/// never built as one string; the same bytes as [`pretty`].
+fn write_json(out: impl Write, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    // Serialising the contract's types cannot fail (string keys only): an error is the writer's.
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    out.flush()
 }
 
 fn write_out(text: &str) {
@@ -345,4 +356,69 @@ fn ask_restart_confirmation() -> bool {
         return false;
     }
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry::report::{Outcome, ScanReport};
+
+    /// A scan of `n` registered and `n` unregistered VMs, names not all ASCII.
+    fn scan_report(n: usize) -> Outcome {
+        let registered: Vec<serde_json::Value> = (0..n)
+            .map(|i| {
+                serde_json::json!({
+                    "vm_uuid": format!("00000000-0000-4000-8000-{i:012}"),
+                    "vm_name": format!("rendu-{i} \u{e9}\u{2603} \"q\""),
+                    "vm_id": i + 1, "pool": (["A", "B"][i % 2]), "priority": "high",
+                    "created_at": null, "updated_at": "2026-01-02T03:04:05Z",
+                    "weight": 50, "max_jobs_per_sec": 0, "max_queue_depth": 0,
+                    "quarantined": false, "error_count": 0,
+                    "power_state": "Running",
+                    "device_model_args": format!("-device vgpu-cuda,pool_id=A,vm_id={}", i + 1),
+                    "status": if i % 3 == 0 { "drift" } else { "configured" },
+                    "drift": if i % 3 == 0 {
+                        serde_json::json!([{"field": "pool", "registry": "B", "device": null}])
+                    } else {
+                        serde_json::json!([])
+                    },
+                    "mirror": "missing",
+                })
+            })
+            .collect();
+        let unregistered: Vec<serde_json::Value> = (0..n)
+            .map(|i| {
+                serde_json::json!({
+                    "vm_uuid": format!("10000000-0000-4000-8000-{i:012}"),
+                    "vm_name": format!("vm-{i}\t\u{1F600}"),
+                    "power_state": "Halted", "device_model_args": null,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "registered": registered, "unregistered": unregistered, "stale": [],
+            "summary": {"total_vms": 2 * n, "registered": n, "unregistered": n, "stale": 0,
+                        "configured": n - n.div_ceil(3), "drift": n.div_ceil(3), "not_applied": 0,
+                        "mirror_drift": n},
+        });
+        let report: ScanReport = serde_json::from_value(doc).unwrap();
+        assert_eq!(report.registered.len(), n);
+        Outcome::Scan(report)
+    }
+
+    /// The document written as a stream is the one built whole before, byte for byte.
+    #[test]
+    fn the_streamed_json_document_is_the_built_one() {
+        for n in [0, 1, 2000] {
+            let outcome = scan_report(n);
+            let mut streamed = Vec::new();
+            write_json(&mut streamed, &outcome).unwrap();
+            let built = pretty(&outcome);
+            assert!(built.len() > 100 * n, "{}", built.len());
+            assert!(
+                streamed == built.as_bytes(),
+                "{n} VMs: the documents differ"
+            );
+        }
+    }
 }

@@ -503,6 +503,12 @@ impl Store {
         rows_json(&self.conn).map_err(|e| self.db_err(e))
     }
 
+    /// [`rows_json`](Self::rows_json) one row at a time, in uuid order, for a caller that keeps
+    /// less of each row than the whole map (a scan of a large pool).
+    pub fn each_row_json(&self, each: &mut dyn FnMut(String, JsonMap)) -> Result<()> {
+        each_row_json_where(&self.conn, None, each).map_err(|e| self.db_err(e))
+    }
+
     /// Copies the registry beside itself as `<file>.<tag>-<time>.bak`.
     pub fn backup_as(&self, tag: &str) -> Result<PathBuf> {
         write_backup_named(&self.conn, &self.path, tag)
@@ -1408,12 +1414,23 @@ fn rows_json_where(
     conn: &Connection,
     vm_uuid: Option<&str>,
 ) -> rusqlite::Result<BTreeMap<String, JsonMap>> {
+    let mut out = BTreeMap::new();
+    each_row_json_where(conn, vm_uuid, &mut |uuid, map| {
+        out.insert(uuid, map);
+    })?;
+    Ok(out)
+}
+
+fn each_row_json_where(
+    conn: &Connection,
+    vm_uuid: Option<&str>,
+    each: &mut dyn FnMut(String, JsonMap),
+) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "SELECT * FROM vms WHERE ?1 IS NULL OR lower(vm_uuid) = lower(?1) ORDER BY vm_uuid",
     )?;
     let names: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
     let mut rows = stmt.query([vm_uuid])?;
-    let mut out = BTreeMap::new();
     while let Some(r) = rows.next()? {
         let mut map = JsonMap::new();
         let mut uuid = String::new();
@@ -1433,9 +1450,9 @@ fn rows_json_where(
                 map.insert(to_mirror_key(name).to_string(), v);
             }
         }
-        out.insert(uuid, map);
+        each(uuid, map);
     }
-    Ok(out)
+    Ok(())
 }
 
 fn pools_json(conn: &Connection) -> rusqlite::Result<Vec<JsonMap>> {

@@ -294,6 +294,25 @@ impl Client {
         parse(method, id, &answer)
     }
 
+    /// One `VM.get_all_records_where` of the scan filter, its records handed to `each` as they
+    /// are read from the connection.
+    fn rpc_vm_records(
+        &self,
+        method: &str,
+        session: &str,
+        each: &mut dyn FnMut(VmRecord),
+    ) -> Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let params = [json!(session), json!(SCAN_FILTER)];
+        let request = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| protocol(method, format!("cannot encode the request: {e}")))?;
+        self.transport.post_streamed(method, &body, None, |stream| {
+            let envelope = records::read_vm_records(method, stream, each)?;
+            check_vm_envelope(method, id, envelope)
+        })
+    }
+
     fn vm_ref_by_uuid(&self, uuid: &str) -> Result<Option<String>> {
         let method = "VM.get_by_uuid";
         match self.call(method, vec![json!(uuid)]) {
@@ -376,42 +395,23 @@ pub(crate) fn parse_response(method: &str, id: u64, body: &[u8]) -> Result<Value
         .ok_or_else(|| protocol(method, "answer has neither result nor error"))
 }
 
-/// [`parse_response`] for `get_all_records[_where]` of VMs, deserialising the records directly.
-pub(crate) fn parse_vm_map(
-    method: &str,
-    id: u64,
-    body: &[u8],
-) -> Result<std::collections::HashMap<String, records::WireVm>> {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(default)]
-        id: Option<Value>,
-        #[serde(default)]
-        error: Option<Value>,
-        #[serde(default, borrow)]
-        result: Option<&'a serde_json::value::RawValue>,
+/// A whole `get_all_records[_where]` answer of VMs, read as [`Client::for_each_vm`] reads the
+/// stream.
+pub(crate) fn parse_vm_records(method: &str, id: u64, body: &[u8]) -> Result<Vec<VmRecord>> {
+    let mut vms = Vec::new();
+    let envelope = records::read_vm_records(method, body, &mut |vm| vms.push(vm))?;
+    check_vm_envelope(method, id, envelope)?;
+    Ok(vms)
+}
+
+/// The envelope of a streamed answer: for our request, not an error, and with records.
+fn check_vm_envelope(method: &str, id: u64, envelope: records::Envelope) -> Result<()> {
+    check_envelope(method, id, envelope.id.as_ref(), envelope.error)?;
+    if envelope.result {
+        Ok(())
+    } else {
+        Err(protocol(method, "answer has neither result nor error"))
     }
-    let answer: Envelope<'_> = serde_json::from_slice(body).map_err(|e| {
-        if let Some(what) = crate::unicode::describe(method, body) {
-            return protocol(method, what);
-        }
-        let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
-        protocol(
-            method,
-            format!("answer is not a JSON-RPC object ({e}): {text:?}"),
-        )
-    })?;
-    check_envelope(method, id, answer.id.as_ref(), answer.error)?;
-    let raw = answer
-        .result
-        .ok_or_else(|| protocol(method, "answer has neither result nor error"))?;
-    serde_json::from_str(raw.get()).map_err(|e| {
-        let what = crate::unicode::describe(method, body);
-        protocol(
-            method,
-            what.unwrap_or_else(|| format!("unexpected VM records: {e}")),
-        )
-    })
 }
 
 /// The answer is for our request, and is not an error.
@@ -471,16 +471,37 @@ fn api_error(method: &str, error: Value) -> XapiError {
 
 impl Xapi for Client {
     fn list_vms(&self) -> Result<Vec<VmRecord>> {
-        let method = "VM.get_all_records_where";
-        let wire = self.call_parsed(method, vec![json!(SCAN_FILTER)], None, parse_vm_map)?;
-        let mut vms: Vec<VmRecord> = wire
-            .into_iter()
-            .map(|(opaque_ref, vm)| vm.into_record(opaque_ref))
-            .collect();
-        // The filter already does this; repeating it keeps a lax server from leaking templates.
-        vms.retain(|vm| !vm.is_a_template && !vm.is_a_snapshot && !vm.is_control_domain);
+        let mut vms = Vec::new();
+        self.for_each_vm(&mut |vm| vms.push(vm))?;
         vms.sort_by(|a, b| (&a.name_label, &a.uuid).cmp(&(&b.name_label, &b.uuid)));
         Ok(vms)
+    }
+
+    fn for_each_vm(&self, each: &mut dyn FnMut(VmRecord)) -> Result<()> {
+        let method = "VM.get_all_records_where";
+        let handed_out = std::cell::Cell::new(false);
+        let mut real = |vm: VmRecord| {
+            handed_out.set(true);
+            // The filter already does this; repeating it keeps a lax server from leaking
+            // templates.
+            if !vm.is_a_template && !vm.is_a_snapshot && !vm.is_control_domain {
+                each(vm)
+            }
+        };
+        let session = self.session_ref()?;
+        match self.rpc_vm_records(method, &session, &mut real) {
+            // As `call`; an answer that handed out records before its error is not retried,
+            // since the caller has them.
+            Err(err)
+                if err.api_code() == Some(SESSION_INVALID)
+                    && self.can_login()
+                    && !handed_out.get() =>
+            {
+                let session = self.replace_session(&session)?;
+                self.rpc_vm_records(method, &session, &mut real)
+            }
+            result => result,
+        }
     }
 
     fn vm_by_uuid(&self, uuid: &str) -> Result<Option<VmRecord>> {
@@ -679,11 +700,7 @@ mod tests {
                 "platform":{"device-model-args":"-m 1"},"VCPUs_max":"4","other_config":{"x":"y"},
                 "blocked_operations":{},"is_a_template":false},
             "OpaqueRef:b":{"uuid":"u-b"}}}"#;
-        let mut vms: Vec<VmRecord> = parse_vm_map("VM.get_all_records_where", 3, body)
-            .unwrap()
-            .into_iter()
-            .map(|(r, v)| v.into_record(r))
-            .collect();
+        let mut vms = parse_vm_records("VM.get_all_records_where", 3, body).unwrap();
         vms.sort_by(|a, b| a.uuid.cmp(&b.uuid));
         assert_eq!(vms[0].opaque_ref, "OpaqueRef:a");
         assert_eq!(vms[0].name_label, "");
@@ -693,7 +710,7 @@ mod tests {
 
         let err = br#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"SESSION_INVALID","data":["s"]}}"#;
         assert_eq!(
-            parse_vm_map("m", 3, err).unwrap_err().api_code(),
+            parse_vm_records("m", 3, err).unwrap_err().api_code(),
             Some("SESSION_INVALID")
         );
         for bad in [
@@ -705,7 +722,10 @@ mod tests {
             br#"not json"#,
         ] {
             assert!(
-                matches!(parse_vm_map("m", 3, bad), Err(XapiError::Protocol { .. })),
+                matches!(
+                    parse_vm_records("m", 3, bad),
+                    Err(XapiError::Protocol { .. })
+                ),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
@@ -1177,6 +1197,40 @@ mod tests {
             ["session.login_with_password", "VM.get_all_records_where"]
         );
         assert_eq!(server.params(1), [json!("OpaqueRef:s"), json!(SCAN_FILTER)]);
+    }
+
+    #[test]
+    fn the_streamed_listing_replaces_an_expired_session_once() {
+        let listed = Arc::new(StdMutex::new(0u32));
+        let server = FakeXapi::start(move |method, _| match method {
+            "session.login_with_password" => ok(json!("OpaqueRef:s")),
+            "session.logout" => ok(json!("")),
+            _ => {
+                let mut n = listed.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    err("SESSION_INVALID", &["OpaqueRef:s"])
+                } else {
+                    ok(
+                        json!({"OpaqueRef:a": vm("u-a", "alpha", (false, false, false)),
+                              "OpaqueRef:t": vm("u-t", "template", (true, false, false))}),
+                    )
+                }
+            }
+        });
+        let client = server.client(Auth::LocalRoot);
+        let mut seen = Vec::new();
+        client.for_each_vm(&mut |vm| seen.push(vm.uuid)).unwrap();
+        assert_eq!(seen, ["u-a"]);
+        assert_eq!(
+            server.methods(),
+            [
+                "session.login_with_password",
+                "VM.get_all_records_where",
+                "session.login_with_password",
+                "VM.get_all_records_where"
+            ]
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! property the client relies on is broken. The same function runs under cargo-fuzz
 //! (`rust/fuzz`) and, on the stable toolchain, in `rust/fuzz-check`.
 
-use crate::client::{parse_response, parse_vm_map};
+use crate::client::{parse_response, parse_vm_records};
 use crate::records;
 use crate::XapiError;
 use serde_json::Value;
@@ -17,10 +17,10 @@ fn touch(e: &XapiError) {
 }
 
 /// The body of an xapi answer, read the ways the client reads it: the generic envelope and
-/// every record reader on its result, and the typed reading of VM records.
+/// every record reader on its result, and the streamed reading of VM records.
 pub fn json_rpc_answer(data: &[u8]) {
     let method = "VM.get_all_records_where";
-    let typed = parse_vm_map(method, ID, data);
+    let typed = parse_vm_records(method, ID, data);
     if let Err(e) = &typed {
         touch(e);
     }
@@ -47,13 +47,12 @@ pub fn json_rpc_answer(data: &[u8]) {
         touch(e);
     }
     // The two readings of VM records agree on every answer both accept.
-    if let (Ok(wire), Ok(mut generic)) = (typed, generic) {
-        let mut typed: Vec<_> = wire.into_iter().map(|(r, vm)| vm.into_record(r)).collect();
+    if let (Ok(mut typed), Ok(mut generic)) = (typed, generic) {
         typed.sort_by(|a, b| a.opaque_ref.cmp(&b.opaque_ref));
         generic.sort_by(|a, b| a.opaque_ref.cmp(&b.opaque_ref));
         assert_eq!(
             typed, generic,
-            "the typed and generic VM records of {value}"
+            "the streamed and generic VM records of {value}"
         );
     }
     let _ = Value::to_string(&value);

@@ -147,6 +147,13 @@ pub trait Xapi {
     /// Every VM that is not a template, snapshot or control domain, in one round trip
     /// (`VM.get_all_records_where`).
     fn list_vms(&self) -> Result<Vec<VmRecord>>;
+    /// The VMs of [`list_vms`](Self::list_vms), each handed to `each` as it is read, in no
+    /// particular order: a whole pool's VMs are never held at once. On an error, the VMs handed
+    /// out so far are to be discarded. The default lists them first (in-memory pools).
+    fn for_each_vm(&self, each: &mut dyn FnMut(VmRecord)) -> Result<()> {
+        self.list_vms()?.into_iter().for_each(each);
+        Ok(())
+    }
     /// The VM with this uuid, or `None` when xapi knows no such VM (`UUID_INVALID`).
     fn vm_by_uuid(&self, uuid: &str) -> Result<Option<VmRecord>>;
     /// VMs whose name-label is exactly `name` (templates, snapshots and control domains excluded).

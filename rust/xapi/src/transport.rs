@@ -76,49 +76,160 @@ impl Transport {
         read_timeout: Option<Duration>,
     ) -> Result<Vec<u8>> {
         let read_timeout = read_timeout.unwrap_or(self.read_timeout);
+        let response = self.send(method, body, read_timeout)?;
+        let status = response.status;
+        let body = response
+            .body
+            .into_with_config()
+            .limit(MAX_BODY as u64)
+            .read_to_vec()
+            .map_err(|e| self.failure(method, read_timeout, e))?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(self.status_error(status, &body))
+        }
+    }
+
+    /// [`post`](Self::post), handing the body of a 2xx answer to `read` as a buffered stream
+    /// rather than reading it whole first: a large answer is parsed as it arrives. When the
+    /// connection fails under `read` (a timeout, the peer gone, the size limit), the stream keeps
+    /// that error, and it is what this returns, whatever `read` made of the stream's failure.
+    pub(crate) fn post_streamed<T>(
+        &self,
+        method: &str,
+        body: &[u8],
+        read_timeout: Option<Duration>,
+        read: impl FnOnce(&mut BodyStream<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let read_timeout = read_timeout.unwrap_or(self.read_timeout);
+        let response = self.send(method, body, read_timeout)?;
+        if !response.status.is_success() {
+            let status = response.status;
+            let body = response
+                .body
+                .into_with_config()
+                .limit(MAX_BODY as u64)
+                .read_to_vec()
+                .map_err(|e| self.failure(method, read_timeout, e))?;
+            return Err(self.status_error(status, &body));
+        }
+        let reader = response
+            .body
+            .into_with_config()
+            .limit(MAX_BODY as u64)
+            .reader();
+        let mut stream = BodyStream {
+            inner: io::BufReader::with_capacity(STREAM_BUFFER, reader),
+            transport: self,
+            method,
+            read_timeout,
+            failure: None,
+        };
+        let result = read(&mut stream);
+        match stream.failure.take() {
+            Some(failure) => Err(failure),
+            None => result,
+        }
+    }
+
+    fn send(&self, method: &str, body: &[u8], read_timeout: Duration) -> Result<HttpResponse> {
+        match &self.kind {
+            Kind::Agent {
+                agent,
+                url,
+                whole_call,
+            } => post_agent(agent, url, body, read_timeout, *whole_call)
+                .map_err(|err| self.failure(method, read_timeout, err)),
+            Kind::Unusable(reason) => Err(XapiError::Transport {
+                endpoint: self.label.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// The error for a failed exchange: a timeout names the call, anything else the reason.
+    fn failure(&self, method: &str, read_timeout: Duration, err: ureq::Error) -> XapiError {
         let timeout = |seconds: Duration| XapiError::Timeout {
             endpoint: self.label.clone(),
             method: method.to_string(),
             seconds: seconds.as_secs(),
         };
-        let broken = |reason: String| XapiError::Transport {
+        match err {
+            ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+                timeout(self.connect_timeout)
+            }
+            ureq::Error::Timeout(_) => timeout(read_timeout),
+            ureq::Error::Io(e) if is_timeout(&e) => timeout(read_timeout),
+            other => XapiError::Transport {
+                endpoint: self.label.clone(),
+                reason: describe_ureq_error(&other),
+            },
+        }
+    }
+
+    /// An answer that is not 2xx (a proxy's or xapi's error page).
+    fn status_error(&self, status: ureq::http::StatusCode, body: &[u8]) -> XapiError {
+        XapiError::Transport {
             endpoint: self.label.clone(),
-            reason,
-        };
-        let response = match &self.kind {
-            Kind::Agent {
-                agent,
-                url,
-                whole_call,
-            } => post_agent(agent, url, body, read_timeout, *whole_call).map_err(
-                |err| match err {
-                    ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
-                        timeout(self.connect_timeout)
-                    }
-                    ureq::Error::Timeout(_) => timeout(read_timeout),
-                    ureq::Error::Io(e) if is_timeout(&e) => timeout(read_timeout),
-                    other => broken(describe_ureq_error(&other)),
-                },
-            )?,
-            Kind::Unusable(reason) => return Err(broken(reason.clone())),
-        };
-        if (200..300).contains(&response.status) {
-            Ok(response.body)
-        } else {
-            Err(broken(format!(
+            reason: format!(
                 "HTTP {} {}{}",
-                response.status,
-                response.reason,
-                body_excerpt(&response.body)
-            )))
+                status.as_u16(),
+                status.canonical_reason().unwrap_or(""),
+                body_excerpt(body)
+            ),
         }
     }
 }
 
+/// Reading buffer of a streamed answer: large enough that the parse works on long runs of bytes.
+const STREAM_BUFFER: usize = 64 * 1024;
+
+/// The body of an answer, read as it arrives (see [`Transport::post_streamed`]).
+pub(crate) struct BodyStream<'t> {
+    inner: io::BufReader<ureq::BodyReader<'static>>,
+    transport: &'t Transport,
+    method: &'t str,
+    read_timeout: Duration,
+    /// What broke the connection, as `post` would report it.
+    failure: Option<XapiError>,
+}
+
+impl BodyStream<'_> {
+    fn keep(&mut self, err: io::Error) -> io::Error {
+        if self.failure.is_none() {
+            let failure =
+                self.transport
+                    .failure(self.method, self.read_timeout, ureq::Error::from(err));
+            self.failure = Some(failure);
+        }
+        io::Error::other("the connection to XAPI failed while reading the answer")
+    }
+}
+
+impl io::Read for BodyStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| self.keep(e))
+    }
+}
+
+impl io::BufRead for BodyStream<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        // Two steps, so that the error path does not hold the buffer's borrow.
+        if let Err(e) = self.inner.fill_buf() {
+            return Err(self.keep(e));
+        }
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n)
+    }
+}
+
 struct HttpResponse {
-    status: u16,
-    reason: String,
-    body: Vec<u8>,
+    status: ureq::http::StatusCode,
+    body: ureq::Body,
 }
 
 fn is_timeout(err: &io::Error) -> bool {
@@ -197,9 +308,9 @@ fn read_ca_file(path: &Path) -> std::result::Result<Vec<ureq::tls::Certificate<'
     Ok(certs)
 }
 
-/// One POST. Each phase (sending, waiting for the head, reading the body) gets `read_timeout`;
-/// with `whole_call` the exchange as a whole gets it too, as on the unix socket, where there is
-/// no connect phase to bound separately.
+/// One POST, up to the head of the answer. Each phase (sending, waiting for the head, reading
+/// the body) gets `read_timeout`; with `whole_call` the exchange as a whole gets it too, as on
+/// the unix socket, where there is no connect phase to bound separately.
 fn post_agent(
     agent: &ureq::Agent,
     url: &str,
@@ -220,17 +331,9 @@ fn post_agent(
         .header("Content-Type", "application/json")
         .header("Accept", "application/json")
         .send(body)?;
-    let status = response.status();
-    let reason = status.canonical_reason().unwrap_or("").to_string();
-    let body = response
-        .into_body()
-        .with_config()
-        .limit(MAX_BODY as u64)
-        .read_to_vec()?;
     Ok(HttpResponse {
-        status: status.as_u16(),
-        reason,
-        body,
+        status: response.status(),
+        body: response.into_body(),
     })
 }
 
@@ -526,6 +629,79 @@ mod tests {
         );
         assert!(
             started.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// The body as `post_streamed` hands it out, read to the end.
+    fn post_streamed(path: &Path, timeout: Duration) -> Result<Vec<u8>> {
+        unix_transport(path).post_streamed("VM.get_all_records_where", b"{}", Some(timeout), |s| {
+            let mut body = Vec::new();
+            // What a parser does with a failed read: report something else; the stream's own
+            // failure must win.
+            s.read_to_end(&mut body).map_err(|e| XapiError::Protocol {
+                method: "m".into(),
+                reason: e.to_string(),
+            })?;
+            Ok(body)
+        })
+    }
+
+    #[test]
+    fn a_streamed_body_arrives_whole_however_it_is_sent() {
+        let (_dir, path, rx) = unix_server(|s| {
+            s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n")
+                .unwrap();
+            s.flush().unwrap();
+            thread::sleep(Duration::from_millis(20));
+            s.write_all(b"B\r\n:[1,2,3,4]}\r\n0\r\n\r\n").unwrap();
+        });
+        assert_eq!(post_streamed(&path, SECOND).unwrap(), b"{\"a\":[1,2,3,4]}");
+        assert_eq!(rx.recv().unwrap().body, b"{}");
+
+        let big = vec![b'x'; 3 * STREAM_BUFFER + 17];
+        let sent = big.clone();
+        let (_dir, path, _rx) = unix_server(move |s| {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", sent.len());
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&sent).unwrap();
+        });
+        assert_eq!(post_streamed(&path, SECOND).unwrap(), big);
+    }
+
+    #[test]
+    fn a_streamed_call_reports_the_connection_not_the_parse() {
+        let (_dir, path, _rx) = unix_server(|s| {
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"short\"")
+                .unwrap();
+        });
+        let reason = broken(post_streamed(&path, SECOND));
+        assert!(reason.contains("Peer disconnected"), "{reason}");
+
+        let (_dir, path, _rx) = unix_server(|s| {
+            s.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 4\r\n\r\nbody")
+                .unwrap();
+        });
+        assert_eq!(
+            broken(post_streamed(&path, SECOND)),
+            "HTTP 502 Bad Gateway: body"
+        );
+
+        // The head at once, the body never: the call's timeout still bounds the whole exchange.
+        let (_dir, path, _rx) = unix_server(|s| {
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n{")
+                .unwrap();
+            thread::sleep(Duration::from_millis(1500));
+        });
+        let started = Instant::now();
+        let result = post_streamed(&path, Duration::from_millis(300));
+        assert!(
+            matches!(&result, Err(XapiError::Timeout { method, .. }) if method == "VM.get_all_records_where"),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1400),
             "{:?}",
             started.elapsed()
         );

@@ -14,7 +14,7 @@ use crate::report::{
     Applied, PoolDetail, PoolInfo, PowerState, Problem, ScanReport, ShowReport, StatusReport,
     SyncAction, SyncChange, SyncItem, SyncReport, VmStatus,
 };
-use crate::status::{build_scan, device_status, dma_of, is_real_vm, vm_ref, DeviceStatus};
+use crate::status::{device_status, dma_of, is_real_vm, vm_ref, DeviceStatus, Scan};
 use crate::store::{ControlChange, NewValues, Store, WriteTx};
 use apply::{apply_to_vm, new_dma, DeviceChange};
 use std::collections::BTreeMap;
@@ -300,14 +300,17 @@ impl Ctx<'_> {
         Ok((tx, primary))
     }
 
+    /// The registry read first (it is small), then each VM compared with it as XAPI's answer
+    /// arrives: only the report's lines are kept, never the pool's VM records.
     pub fn scan(&self) -> Result<ScanReport> {
-        let vms = self
-            .xapi
-            .list_vms()
-            .map_err(|e| Error::xapi("listing the pool's VMs", e))?;
         let regs = self.store.list(&ListFilter::default())?;
-        let rows = self.store.rows_json()?;
-        Ok(build_scan(vms, regs, &rows, self.device_type()))
+        let mut scan = Scan::new(regs, self.device_type());
+        self.store
+            .each_row_json(&mut |uuid, row| scan.add_row(&uuid, row))?;
+        self.xapi
+            .for_each_vm(&mut |vm| scan.add(vm))
+            .map_err(|e| Error::xapi("listing the pool's VMs", e))?;
+        Ok(scan.finish())
     }
 
     pub fn register(&mut self, req: RegisterReq) -> Result<Applied> {
