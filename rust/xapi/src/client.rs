@@ -499,8 +499,9 @@ impl Xapi for Client {
             {
                 let session = self.replace_session(&session)?;
                 self.rpc_vm_records(method, &session, &mut real)
+                    .map_err(|e| redact(e, &session, REDACTED_SESSION))
             }
-            result => result,
+            result => result.map_err(|e| redact(e, &session, REDACTED_SESSION)),
         }
     }
 
@@ -1036,6 +1037,17 @@ mod tests {
         assert_eq!(error.api_code(), Some("SESSION_INVALID"));
         drop(client);
         assert_eq!(server.methods(), ["VM.get_power_state"]);
+    }
+
+    #[test]
+    fn invalid_given_session_is_not_shown_by_the_streamed_listing() {
+        let server = session_server();
+        let client = server.client(Auth::Session("OpaqueRef:stale".into()));
+        let error = client.list_vms().unwrap_err();
+        assert_eq!(error.api_code(), Some("SESSION_INVALID"));
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("OpaqueRef:stale"), "{shown}");
+        assert!(shown.contains(REDACTED_SESSION), "{shown}");
     }
 
     #[test]
