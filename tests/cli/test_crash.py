@@ -14,10 +14,9 @@ stream (other tokens kept), so a device on an unregistered VM can only come from
 - a seeded random stream: changes of every kind, each killed (or not) at a random time.
 
 After every kill, see crash_support.py: integrity, nothing acknowledged lost, `scan-vms` flags
-exactly what is out of step (at most the VM in flight), and `sync --all` repairs it — except a
-register killed after it wrote the device and before the pool's generation moved on, which leaves
-an unregistered VM carrying the device: `scan-vms` flags it, `adopt` repairs it (sync does not:
-the strict xfail below).
+exactly what is out of step (at most the VM in flight), and `sync --all` repairs it. A register
+killed after it wrote the device and before the pool's generation moved on is rolled back: its
+claim names the VM, and sync (or the next change) takes the device and mirror keys off.
 
 Reproduce the random stream with another seed or length: VGPU_CRASH_SEED=<n>
 VGPU_CRASH_CHANGES=<n> (printed with -s).
@@ -39,8 +38,8 @@ from conftest import (
     base_env, fixture_uuid,
 )
 from crash_support import (
-    DMA, CrashRig, crash_copy_integrity, kill_group, out_of_step, popen, scan_flags, split_dma, state_of, wait_for,
-    wait_idle,
+    DMA, GENERATION_KEY, CrashRig, crash_copy_integrity, kill_group, out_of_step, popen, scan_flags, split_dma,
+    state_of, wait_for, wait_idle,
 )
 
 MASTER = fixture_uuid("sample_pool.json", "xcp-lab-01", kind="hosts")
@@ -85,9 +84,6 @@ class Rig(CrashRig):
 
     def sync_all(self):
         return self.ok("sync", "--all")
-
-    def adopt(self, vm):
-        return self.ok("adopt", "--vm-uuid", vm)
 
 
 @pytest.fixture
@@ -211,11 +207,11 @@ def test_kill_at_every_xapi_call(rig, name, prep, change, vm, after):
     # after_kill checked the VM's other tokens after every kill
     assert kept == (len(points) if snap["base"][vm] else 0), (kept, len(points))
     sys.stdout.write("\n%s: %d kills at %d of its %d calls; change there after %d, absent after %d; "
-                     "adopted %d; other device-model-args tokens kept after %d\n"
+                     "other device-model-args tokens kept after %d\n"
                      % (name, len(points), len({i for i, _ in points}), len(calls), outcomes["applied"],
-                        outcomes["absent"], rig.adopted, kept))
+                        outcomes["absent"], kept))
     # Past the pool's generation the change is there (a reader catches up from the mirror), before
-    # it not (or adopted): both sides must have been reached.
+    # it not (a register is rolled back by sync): both sides must have been reached.
     assert outcomes["applied"] and outcomes["absent"], outcomes
 
 
@@ -403,8 +399,8 @@ def test_random_kills_in_a_stream_of_changes(rig):
         assert out_of_step(rig.db, rig.sim, VMS, rig.base) == {}, what
         rig.note_generation()
     sys.stdout.write("random stream: %d changes, %d acknowledged, %d killed (%d there after the repair, %d "
-                     "absent; %d adopted; %d left -wal/-shm behind; other tokens kept after %d)\n"
-                     % (CHANGES, acked, killed, applied, killed - applied, rig.adopted, rig.side_files,
+                     "absent; %d left -wal/-shm behind; other tokens kept after %d)\n"
+                     % (CHANGES, acked, killed, applied, killed - applied, rig.side_files,
                         rig.tokens_kept))
     assert killed and acked, (killed, acked)
 
@@ -446,14 +442,78 @@ def test_kill_at_the_platform_write_keeps_other_tokens(rig, applied):
 
 
 # ------------------------------------------------------------------------------------------------
-# What the kills showed that the core does not repair yet (strict: they fail until it does)
+# A register killed between its device write and its commit: the claim names the VM
 
 
-@pytest.mark.xfail(strict=True, reason="a register killed after writing the device leaves an unregistered VM "
-                                       "carrying it; sync does not touch unregistered VMs (adopt repairs it)")
+def claims(sim):
+    return {k: v for k, v in sim.pool_other_config().items() if k.startswith("vgpu-registry:claim:")}
+
+
 def test_sync_alone_repairs_a_killed_register(rig):
+    """The device the killed register wrote is taken off by `sync --all` (the registry never had
+    the VM), reported as a roll-back of that VM, and the claim it left is gone."""
     kill_once(rig, [["register-vm", "--vm-uuid", RENDER_02, "--pool", "B", "--priority", "low"]],
               ["register-vm", "--vm-uuid", RENDER_01, "--pool", "A", "--priority", "high"], "VM.set_platform")
+    _, devices = split_dma(rig.sim.get_vm(RENDER_01)["platform"].get(DMA))
+    assert devices == ["-device vgpu-cuda,addr=5,pool_id=A,priority=high,vm_id=2"], devices
+    generation = rig.sim.pool_other_config()[GENERATION_KEY]
+    left = claims(rig.sim)
+    assert any(RENDER_01 in v for k, v in left.items() if int(k.rsplit(":", 1)[1]) > int(generation)), left
     assert RENDER_01 in scan_flags(rig.scan())
-    rig.ok("sync", "--all")
+    # A dry run says what it would take off and changes nothing.
+    dry = rig.ok("sync", "--all", "--dry-run")
+    item = [r for r in dry["results"] if r["vm_uuid"] == RENDER_01]
+    assert [(r["status_before"], r["action"]) for r in item] == [("unregistered", "would_apply")], dry
+    assert split_dma(rig.sim.get_vm(RENDER_01)["platform"].get(DMA))[1] == devices
+    sync = rig.ok("sync", "--all")
+    item = [r for r in sync["results"] if r["vm_uuid"] == RENDER_01]
+    assert [(r["status_before"], r["action"]) for r in item] == [("unregistered", "applied")], sync
+    dma = [c for c in item[0]["changes"] if c["field"] == "device_model_args"]
+    assert dma and "vm_id=2" in dma[0]["old"] and "vgpu-cuda" not in (dma[0]["new"] or ""), item
     assert out_of_step(rig.db, rig.sim, VMS, rig.base) == {}
+    assert rig.state()[RENDER_01] is None
+    generation = int(rig.sim.pool_other_config()[GENERATION_KEY])
+    assert all(int(k.rsplit(":", 1)[1]) <= generation for k in claims(rig.sim)), claims(rig.sim)
+    # Nothing is left for a second sync to do.
+    again = rig.ok("sync", "--all")
+    assert [r for r in again["results"] if r["action"] != "unchanged"] == [], again
+
+
+def test_the_next_register_rolls_back_a_killed_one_and_reuses_no_device_id(rig):
+    """Without a sync in between, the next change takes the killed register's claim over and its
+    device off, so the free vm_id it picks (the one that device carried) is on one VM only."""
+    kill_once(rig, [["register-vm", "--vm-uuid", RENDER_02, "--pool", "B", "--priority", "low"]],
+              ["register-vm", "--vm-uuid", RENDER_01, "--pool", "A", "--priority", "high"], "VM.set_platform")
+    assert "vm_id=2" in rig.sim.get_vm(RENDER_01)["platform"][DMA]
+    doc = rig.ok("register-vm", "--vm-uuid", WEB_01, "--pool", "B", "--priority", "medium")
+    assert doc["vm_id"] == 2, doc
+    holders = [u for u in VMS if "vm_id=2" in (rig.sim.get_vm(u)["platform"].get(DMA) or "")]
+    assert holders == [WEB_01], holders
+    assert out_of_step(rig.db, rig.sim, VMS, rig.base) == {}
+    assert scan_flags(rig.scan()) == {}
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["write-landed", "write-refused"])
+def test_a_killed_register_of_a_vm_with_a_device_keeps_that_device(rig, applied):
+    """A register that rewrites a device the VM already had (an older tool's) does not name the
+    VM in its claim: whether its write landed or not, the VM keeps a device after sync."""
+    snap = prepare(rig, [["register-vm", "--vm-uuid", RENDER_02, "--pool", "B", "--priority", "low"]])
+    legacy = "-device vgpu-cuda,addr=5,pool_id=B,priority=low,vm_id=9"
+    rig.sim.set_platform_key(RENDER_01, DMA, " ".join(t for t in [rig.base[RENDER_01], legacy] if t))
+    snap = rig.snapshot()
+    change = ["register-vm", "--vm-uuid", RENDER_01, "--pool", "A", "--priority", "high"]
+    calls = clean_calls(rig, snap, change)
+    index = calls.index("VM.set_platform")
+    latency = LATENCY_MS
+    for attempt in range(4):
+        rig.restore(snap)
+        if kill_at(rig, change, calls, index, applied, latency):
+            break
+        latency *= 2
+    else:
+        pytest.fail("the writer always went past VM.set_platform before the kill")
+    assert not any(RENDER_01 in v for v in claims(rig.sim).values()), claims(rig.sim)
+    rig.ok("sync", "--all")
+    _, devices = split_dma(rig.sim.get_vm(RENDER_01)["platform"].get(DMA))
+    want = "-device vgpu-cuda,addr=5,pool_id=A,priority=high,vm_id=2" if applied else legacy
+    assert devices == [want], devices

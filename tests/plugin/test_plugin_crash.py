@@ -141,9 +141,6 @@ class PluginRig(CrashRig):
     def sync_all(self):
         return self.pool.call("sync", {"all": "true"})
 
-    def adopt(self, vm):
-        return self.pool.call("adopt", {"vm-uuid": vm})
-
     def start(self, fn, args):
         """Starts a change; returns (the call, the plugin's pid once it runs, or None if the call
         ended before)."""
@@ -321,7 +318,7 @@ def test_plugin_killed_at_random_times(rig):
         assert out_of_step(rig.db, rig.sim, VMS, rig.base) == {}, what
         rig.note_generation()
     sys.stdout.write("%s random stream: %d changes, %d acknowledged, %d killed (%d there after the repair, "
-                     "%d absent; %d adopted); processes killed: %s\n"
-                     % (rig.pool.variant.name, CHANGES, acked, killed, there, killed - there, rig.adopted,
+                     "%d absent); processes killed: %s\n"
+                     % (rig.pool.variant.name, CHANGES, acked, killed, there, killed - there,
                         rig.group_kills))
     assert killed, "no change was killed"

@@ -453,42 +453,233 @@ pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> 
 
 /// Writes the mirror of the VMs `touched` (every VM, the first time anything is published),
 /// bumps the pool's generation, and commits `tx`; all or nothing. Returns the new generation.
+/// `device_type`: the vgpu device this registry writes (for [`Publication::start`]'s repairs).
 pub fn publish_and_commit(
     xapi: &dyn Xapi,
     tx: WriteTx<'_>,
     primary: &Primary,
     touched: &[Touched],
+    device_type: &str,
 ) -> Result<u64> {
-    let mut journal = Journal::new(xapi);
-    let next = match primary.generation {
-        Some(g) => g + 1,
-        // Never published, or the pool's generation key went missing (a remove that xapi
-        // carried out after its answer was lost): generations only grow, so that no replica or
-        // claim of before is taken for the new one.
-        None => {
-            let claimed = primary
-                .pool
-                .other_config
-                .keys()
-                .filter_map(|k| k.strip_prefix(CLAIM_PREFIX)?.parse::<u64>().ok())
-                .max();
-            tx.meta()?.generation.unwrap_or(0).max(claimed.unwrap_or(0)) + 1
+    Publication::start(xapi, &tx, primary, touched, &[], device_type)?.finish(tx, primary)
+}
+
+/// A change's publication, begun: its generation claimed before anything else of the change is
+/// written in XAPI, so that a writer killed midway leaves that claim behind, naming the VMs it
+/// was registering (see [`Claim`]). Finished by [`Publication::finish`], or given up by
+/// [`Publication::abandon`] when the change fails before its commit.
+pub struct Publication<'a> {
+    journal: Journal<'a>,
+    next: u64,
+    touched: Vec<Touched>,
+    /// VMs whose interrupted registration this change rolled back.
+    pub rolled_back: Vec<String>,
+}
+
+impl<'a> Publication<'a> {
+    /// Claims the next generation for this writer, naming `registers`: the VMs this change
+    /// registers and gives a device they did not have. A claim that a killed writer left is
+    /// taken over (see [`claim`]); the registrations it was making never committed, so the
+    /// device and mirror keys it may have written on those VMs are taken off here
+    /// ([`roll_back_register`]) and this change publishes them. Nothing is left claimed when
+    /// this fails.
+    pub fn start(
+        xapi: &'a dyn Xapi,
+        tx: &WriteTx<'_>,
+        primary: &Primary,
+        touched: &[Touched],
+        registers: &[&str],
+        device_type: &str,
+    ) -> Result<Publication<'a>> {
+        let mut publication = Publication {
+            journal: Journal::new(xapi),
+            next: 0,
+            touched: touched.to_vec(),
+            rolled_back: Vec::new(),
+        };
+        match publication.claim_and_repair(tx, primary, registers, device_type) {
+            Ok(()) => Ok(publication),
+            Err(e) => Err(match publication.journal.undo() {
+                Ok(()) => e,
+                Err(restore) => Error::MirrorUnrestored {
+                    source: Box::new(e),
+                    restore,
+                },
+            }),
         }
-    };
-    let outcome = publish(&mut journal, &tx, primary, touched, next).and_then(|()| {
-        tx.set_meta(Role::Primary, next)?;
-        tx.commit()
-    });
-    match outcome {
-        Ok(()) => Ok(next),
-        Err(e) => Err(match journal.undo() {
+    }
+
+    fn claim_and_repair(
+        &mut self,
+        tx: &WriteTx<'_>,
+        primary: &Primary,
+        registers: &[&str],
+        device_type: &str,
+    ) -> Result<()> {
+        let local = tx.meta()?.generation;
+        self.next = match primary.generation {
+            Some(g) => g + 1,
+            // Never published, or the pool's generation key went missing (a remove that xapi
+            // carried out after its answer was lost): generations only grow, so that no replica
+            // or claim of before is taken for the new one.
+            None => {
+                let claimed = claims(&primary.pool).map(|(g, _)| g).max();
+                local.unwrap_or(0).max(claimed.unwrap_or(0)) + 1
+            }
+        };
+        let held = claim(&mut self.journal, primary, self.next, registers)?;
+        // Claims past the registry's generation were left by writers that never committed.
+        let base = primary.generation.or(local).unwrap_or(0);
+        let mut interrupted: Vec<String> = claims(&primary.pool)
+            .filter(|(g, _)| *g > base && *g < self.next)
+            .flat_map(|(_, c)| c.registers)
+            .chain(held.into_iter().flat_map(|c| c.registers))
+            .collect();
+        interrupted.sort();
+        interrupted.dedup();
+        for uuid in interrupted {
+            let known = |t: &Touched| t.vm_uuid.eq_ignore_ascii_case(&uuid);
+            if self.touched.iter().any(known) || tx.get(&uuid)?.is_some() {
+                // This change writes that VM itself, or it was registered since.
+                continue;
+            }
+            let xapi = self.journal.xapi;
+            if let Some(vm) = roll_back_register(xapi, &uuid, device_type)? {
+                self.touched.push(Touched::of(&vm));
+                self.rolled_back.push(vm.uuid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the rest of the mirror, bumps the pool's generation and commits `tx`; all or
+    /// nothing (the claim included). Returns the new generation.
+    pub fn finish(mut self, tx: WriteTx<'_>, primary: &Primary) -> Result<u64> {
+        let next = self.next;
+        let outcome =
+            publish(&mut self.journal, &tx, primary, &self.touched, next).and_then(|()| {
+                tx.set_meta(Role::Primary, next)?;
+                tx.commit()
+            });
+        match outcome {
+            Ok(()) => Ok(next),
+            Err(e) => Err(self.undo_after(e)),
+        }
+    }
+
+    /// Gives the publication up after `failure` (the change failed before its commit): the claim
+    /// and whatever else it wrote are undone. Returns the error to report.
+    pub fn abandon(self, failure: Error) -> Error {
+        self.undo_after(failure)
+    }
+
+    fn undo_after(self, e: Error) -> Error {
+        match self.journal.undo() {
             Ok(()) => e,
             Err(restore) => Error::MirrorUnrestored {
                 source: Box::new(e),
                 restore,
             },
-        }),
+        }
     }
+}
+
+/// A claim's value: `<writer> <time>`, or `<writer> <uuid,uuid…> <time>` when the change
+/// registers VMs. Readers of before took the first word as the writer and the last as the time,
+/// which both forms keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub writer: String,
+    pub since: u64,
+    /// The VMs the claiming change registers (lower-case uuids).
+    pub registers: Vec<String>,
+}
+
+impl Claim {
+    pub fn parse(text: &str) -> Claim {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        Claim {
+            writer: words.first().copied().unwrap_or("").to_string(),
+            since: words
+                .last()
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0),
+            registers: match words.as_slice() {
+                [_, vms, _] => vms
+                    .split(',')
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_ascii_lowercase)
+                    .collect(),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    fn text(writer: &str, registers: &[&str], since: u64) -> String {
+        if registers.is_empty() {
+            format!("{writer} {since}")
+        } else {
+            let vms: Vec<String> = registers.iter().map(|u| u.to_ascii_lowercase()).collect();
+            format!("{writer} {} {since}", vms.join(","))
+        }
+    }
+}
+
+/// Every claim on the pool object: (generation, claim).
+fn claims(pool: &PoolRecord) -> impl Iterator<Item = (u64, Claim)> + '_ {
+    pool.other_config.iter().filter_map(|(k, v)| {
+        let g = k.strip_prefix(CLAIM_PREFIX)?.parse::<u64>().ok()?;
+        Some((g, Claim::parse(v)))
+    })
+}
+
+/// The VMs whose registration a killed writer left half-done: those named by claims past the
+/// pool's generation (`local` when the pool has none). Their device and mirror keys, if
+/// written, are taken off by the next change that publishes (`sync --all` makes one).
+pub fn interrupted_registers(pool: &PoolRecord, local: Option<u64>) -> Vec<String> {
+    let base = pool_generation(pool).or(local).unwrap_or(0);
+    let mut vms: Vec<String> = claims(pool)
+        .filter(|(g, _)| *g > base)
+        .flat_map(|(_, c)| c.registers)
+        .collect();
+    vms.sort();
+    vms.dedup();
+    vms
+}
+
+/// Takes the vgpu device of `device_type` off an unregistered VM whose registration was
+/// interrupted, keeping every other token of its device-model-args (the map is read just
+/// before, and written in one call, as [`crate::ops`] writes it). The register that wrote the
+/// device only does so on a VM that had none of its own, so this puts the VM back as it was.
+/// Returns the VM as it was read (its mirror keys go with the change that publishes), or
+/// `None` when it no longer exists.
+fn roll_back_register(xapi: &dyn Xapi, uuid: &str, device_type: &str) -> Result<Option<VmRecord>> {
+    let what = || format!("rolling back the interrupted registration of VM {uuid}");
+    let Some(vm) = xapi.vm_by_uuid(uuid).map_err(|e| Error::xapi(what(), e))? else {
+        return Ok(None);
+    };
+    let platform = xapi
+        .get_platform(&vm.opaque_ref)
+        .map_err(|e| Error::xapi(what(), e))?;
+    let old = platform.get(crate::dma::PLATFORM_KEY);
+    // A value that does not parse was not written by us: it stays, as scan-vms shows it.
+    let new = old.and_then(|text| {
+        let mut args = crate::dma::DeviceArgs::parse(text).ok()?;
+        if !args.remove_vgpu(device_type) {
+            return None;
+        }
+        Some((!args.is_empty()).then(|| args.render()))
+    });
+    if let Some(new) = new {
+        let mut map = platform.clone();
+        match new {
+            Some(v) => map.insert(crate::dma::PLATFORM_KEY.to_string(), v),
+            None => map.remove(crate::dma::PLATFORM_KEY),
+        };
+        xapi.set_platform(&vm.opaque_ref, &map)
+            .map_err(|e| Error::xapi(what(), e))?;
+    }
+    Ok(Some(vm))
 }
 
 fn now_s() -> u64 {
@@ -497,18 +688,35 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Claims generation `next` for this writer (see [`CLAIM_PREFIX`]), and drops older claims.
-fn claim(journal: &mut Journal<'_>, primary: &Primary, next: u64, writer: &str) -> Result<()> {
+/// Claims generation `next` for this writer (see [`CLAIM_PREFIX`]), naming the VMs the change
+/// `registers`, and drops older claims. Returns the claim it took over, if any.
+fn claim(
+    journal: &mut Journal<'_>,
+    primary: &Primary,
+    next: u64,
+    registers: &[&str],
+) -> Result<Option<Claim>> {
     let xapi = journal.xapi;
+    let writer = primary.writer.as_str();
     let pool_ref = primary.pool.opaque_ref.as_str();
     let key = format!("{CLAIM_PREFIX}{next}");
-    let value = format!("{writer} {}", now_s());
-    let err = |e| {
+    let value = Claim::text(writer, registers, now_s());
+    // The claim is the change's first write: when it fails, nothing else was written.
+    let err = |e: XapiError| {
+        let remains = if e.outcome_unknown() {
+            "; the registry and the VM are unchanged, but xapi may still carry out the claim \
+             whose answer was lost: `vgpu-admin sync --all` clears it"
+        } else {
+            "; the registry and the VM are unchanged"
+        };
         Error::xapi(
-            format!("writing the registry's copy in XAPI (claiming generation {next})"),
+            format!(
+                "writing the registry's copy in XAPI (claiming generation {next}) failed{remains}"
+            ),
             e,
         )
     };
+    let mut taken_over = None;
     match xapi.add_to_other_config(Class::Pool, pool_ref, &key, &value) {
         Ok(()) => journal.record(Class::Pool, pool_ref, &key, None),
         Err(e) if e.outcome_unknown() => {
@@ -520,24 +728,20 @@ fn claim(journal: &mut Journal<'_>, primary: &Primary, next: u64, writer: &str) 
         Err(e) if e.api_code() == Some("MAP_DUPLICATE_KEY") => {
             let pool = xapi.pool().map_err(err)?;
             let held = pool.other_config.get(&key).cloned().unwrap_or_default();
-            let since = held
-                .rsplit(' ')
-                .next()
-                .and_then(|t| t.parse::<u64>().ok())
-                .unwrap_or(0);
-            let holder = held.split(' ').next().unwrap_or("");
+            let found = Claim::parse(&held);
             // Writers on one host take the registry's write lock first, so a claim of this
             // host's that is still there was left by an attempt that failed before undoing it.
-            let own = holder == writer && writer != OFF_POOL;
-            if !own && now_s().saturating_sub(since) < STALE_CLAIM_S {
+            let own = found.writer == writer && writer != OFF_POOL;
+            if !own && now_s().saturating_sub(found.since) < STALE_CLAIM_S {
                 return Err(Error::GenerationClaimed {
                     generation: next,
-                    by: held.split(' ').next().unwrap_or("").to_string(),
+                    by: found.writer,
                 });
             }
             journal
                 .set(Class::Pool, pool_ref, &key, Some(&held), Some(&value))
                 .map_err(err)?;
+            taken_over = Some(found);
         }
         Err(e) => return Err(err(e)),
     }
@@ -557,7 +761,7 @@ fn claim(journal: &mut Journal<'_>, primary: &Primary, next: u64, writer: &str) 
             .set(Class::Pool, pool_ref, &k, Some(&v), None)
             .map_err(err)?;
     }
-    Ok(())
+    Ok(taken_over)
 }
 
 fn publish(
@@ -568,7 +772,6 @@ fn publish(
     next: u64,
 ) -> Result<()> {
     let xapi = journal.xapi;
-    claim(journal, primary, next, &primary.writer)?;
     let step = |what: String| {
         move |e| Error::xapi(format!("writing the registry's copy in XAPI ({what})"), e)
     };

@@ -14,7 +14,7 @@ use crate::report::{
     Applied, PoolDetail, PoolInfo, PowerState, Problem, ScanReport, ShowReport, StatusReport,
     SyncAction, SyncChange, SyncItem, SyncReport, VmStatus,
 };
-use crate::status::{device_status, dma_of, is_real_vm, vm_ref, DeviceStatus, Scan};
+use crate::status::{device_status, dma_of, found_device, is_real_vm, vm_ref, DeviceStatus, Scan};
 use crate::store::{ControlChange, NewValues, Store, WriteTx};
 use apply::{apply_to_vm, new_dma, DeviceChange};
 use std::collections::BTreeMap;
@@ -268,6 +268,19 @@ impl Ctx<'_> {
         vm: &VmRecord,
         change: impl FnOnce(&WriteTx<'_>) -> Result<(T, DeviceChange)>,
     ) -> Result<(T, Option<String>)> {
+        self.apply_as(vm, false, change)
+    }
+
+    /// [`Ctx::apply`]; `registers`: the change registers the VM and gives it a device it did not
+    /// have. The generation is claimed before the device is written, naming such a VM, so that
+    /// the device of a register killed before its commit can be told from one the user wrote:
+    /// the next change to publish takes it off again ([`pool::Publication::start`]).
+    fn apply_as<T>(
+        &mut self,
+        vm: &VmRecord,
+        registers: bool,
+        change: impl FnOnce(&WriteTx<'_>) -> Result<(T, DeviceChange)>,
+    ) -> Result<(T, Option<String>)> {
         let (xapi, config) = (self.xapi, self.config);
         let me = self.me.as_ref().map(|h| h.opaque_ref.clone());
         let tx = self.store.write()?;
@@ -275,11 +288,23 @@ impl Ctx<'_> {
         let (out, desired) = change(&tx)?;
         let device_type = config.device.device_type.as_str();
         let touched = [Touched::of(vm)];
+        let new_vm: &[&str] = if registers { &[vm.uuid.as_str()] } else { &[] };
+        let publication =
+            pool::Publication::start(xapi, &tx, &primary, &touched, new_vm, device_type)?;
+        let mut pending = Some(publication);
         let mut published = None;
         let dma = apply_to_vm(xapi, vm, &desired, device_type, || {
-            published = Some(pool::publish_and_commit(xapi, tx, &primary, &touched)?);
+            if let Some(p) = pending.take() {
+                published = Some(p.finish(tx, &primary)?);
+            }
             Ok(())
-        })?;
+        });
+        let dma = match (dma, pending) {
+            (Ok(dma), _) => dma,
+            // The device write failed (and was put back): the claim goes too.
+            (Err(e), Some(p)) => return Err(p.abandon(e)),
+            (Err(e), None) => return Err(e),
+        };
         self.committed = published.or(self.committed);
         Ok((out, dma))
     }
@@ -325,7 +350,10 @@ impl Ctx<'_> {
         };
         let uuid = vm.uuid.clone();
         let cfg = self.config;
-        let (reg, dma) = self.apply(&vm, |tx| {
+        // A device this register adds (the VM had none) is named in the claim, so that a kill
+        // before the commit is rolled back; one it rewrites stays whatever happens.
+        let adds_device = found_device(dma_of(&vm).as_deref(), self.device_type()).is_none();
+        let (reg, dma) = self.apply_as(&vm, adds_device, |tx| {
             if let Some(r) = tx.get(&uuid)? {
                 return Err(Error::AlreadyRegistered {
                     vm: r.vm_ref(),
@@ -412,12 +440,13 @@ impl Ctx<'_> {
         let Some(vm) = vm else {
             // Stale: the VM is gone (and its other_config with it), so only the row goes.
             let xapi = self.xapi;
+            let device_type = self.config.device.device_type.as_str();
             let (tx, primary) = self.begin()?;
             // Another remove may have committed since the row was read: only one of them wins.
             if !tx.delete(&reg.vm_uuid)? {
                 return Err(Error::NotRegistered { vm: reg.vm_ref() });
             }
-            let g = pool::publish_and_commit(xapi, tx, &primary, &[])?;
+            let g = pool::publish_and_commit(xapi, tx, &primary, &[], device_type)?;
             self.committed = Some(g);
             return Ok(Applied {
                 registration: reg,
@@ -454,9 +483,10 @@ impl Ctx<'_> {
             return Err(invalid);
         };
         let xapi = self.xapi;
+        let device_type = self.config.device.device_type.as_str();
         let (tx, primary) = self.begin()?;
         tx.delete(raw_uuid)?;
-        let g = pool::publish_and_commit(xapi, tx, &primary, &[])?;
+        let g = pool::publish_and_commit(xapi, tx, &primary, &[], device_type)?;
         self.committed = Some(g);
         Ok(Applied {
             registration: reg,
@@ -514,12 +544,13 @@ impl Ctx<'_> {
         let Some(vm) = vm else {
             // A stale registration: its row and the pool's copy only.
             let xapi = self.xapi;
+            let device_type = self.config.device.device_type.as_str();
             let (tx, primary) = self.begin()?;
             if tx.get(&uuid)?.is_none() {
                 return Err(Error::NotRegistered { vm: reg.vm_ref() });
             }
             let reg = tx.set_controls(&uuid, &change)?;
-            let g = pool::publish_and_commit(xapi, tx, &primary, &[])?;
+            let g = pool::publish_and_commit(xapi, tx, &primary, &[], device_type)?;
             self.committed = Some(g);
             return Ok(Applied {
                 registration: reg,
@@ -840,6 +871,28 @@ impl Ctx<'_> {
             });
         }
         let mut results = Vec::new();
+        let mut rolled_back = std::collections::BTreeSet::new();
+        if *target == SyncTarget::All {
+            // First, so that no other change of this sync takes them off unreported.
+            let pool_rec = match &start {
+                Some((rec, _)) => rec.clone(),
+                None => self
+                    .xapi
+                    .pool()
+                    .map_err(|e| Error::xapi("reading the pool's registry generation", e))?,
+            };
+            let local = self.store.meta()?.generation;
+            for uuid in pool::interrupted_registers(&pool_rec, local) {
+                let Some(vm) = vms.get(&uuid) else { continue };
+                if self.store.get(&vm.uuid)?.is_some() {
+                    continue;
+                }
+                if let Some(item) = self.roll_back(vm, dry_run) {
+                    rolled_back.insert(vm.uuid.clone());
+                    results.push(item);
+                }
+            }
+        }
         for step in plan {
             results.push(self.sync_step(step, dry_run));
         }
@@ -854,7 +907,10 @@ impl Ctx<'_> {
             // Also what a failed change may leave once its undo is overtaken by a write xapi
             // carried out after the answer was lost: the VM's own row, or our custom field.
             for vm in vms.values() {
-                if registered.contains(&vm.uuid) || !pool::leftover_mirror(vm) {
+                if registered.contains(&vm.uuid)
+                    || rolled_back.contains(&vm.uuid)
+                    || !pool::leftover_mirror(vm)
+                {
                     continue;
                 }
                 results.push(self.strip_copy(vm, dry_run));
@@ -885,10 +941,73 @@ impl Ctx<'_> {
             return Ok(());
         }
         let xapi = self.xapi;
+        let device_type = self.config.device.device_type.as_str();
         let (tx, primary) = self.begin()?;
-        let g = pool::publish_and_commit(xapi, tx, &primary, &[])?;
+        let g = pool::publish_and_commit(xapi, tx, &primary, &[], device_type)?;
         self.committed = Some(g);
         Ok(())
+    }
+
+    /// Takes off what a register killed before its commit left on `vm` (see
+    /// [`Ctx::apply_as`]): its device and its mirror keys. `None`: it left nothing.
+    fn roll_back(&mut self, vm: &VmRecord, dry_run: bool) -> Option<SyncItem> {
+        let dma = dma_of(vm);
+        let mut changes = Vec::new();
+        if let Ok(new) = new_dma(dma.as_deref(), &DeviceChange::Remove, self.device_type()) {
+            if new != dma {
+                changes.push(SyncChange {
+                    field: "device_model_args".into(),
+                    old: dma.clone(),
+                    new,
+                });
+            }
+        }
+        if pool::leftover_mirror(vm) {
+            changes.push(SyncChange {
+                field: "mirror".into(),
+                old: vm.other_config.get(VM_KEY).cloned(),
+                new: None,
+            });
+        }
+        if changes.is_empty() {
+            return None;
+        }
+        let mut item = SyncItem {
+            vm_uuid: vm.uuid.clone(),
+            vm_name: Some(vm.name_label.clone()).filter(|n| !n.is_empty()),
+            status_before: VmStatus::Unregistered,
+            action: SyncAction::WouldApply,
+            pending_restart: false,
+            restarted: false,
+            changes,
+            error: None,
+        };
+        if dry_run {
+            return Some(item);
+        }
+        let uuid = vm.uuid.clone();
+        let result = self.apply(vm, |tx| match tx.get(&uuid)? {
+            // Registered since the plan was made: nothing to roll back.
+            Some(r) => Err(Error::AlreadyRegistered {
+                vm: r.vm_ref(),
+                pool: r.pool,
+                priority: r.priority,
+                vm_id: r.vm_id,
+            }),
+            None => Ok(((), DeviceChange::Remove)),
+        });
+        match result {
+            Ok(((), dma)) => {
+                item.action = SyncAction::Applied;
+                item.pending_restart = dma != dma_of(vm)
+                    && PowerState::from_xapi(&vm.power_state) != PowerState::Halted;
+            }
+            Err(e) => {
+                item.action = SyncAction::Failed;
+                item.error = Some(e.to_json()["error"].clone());
+            }
+        }
+        Some(item)
     }
 
     /// Removes another VM's registry copy from an unregistered VM (a clone inherited it).
@@ -911,8 +1030,9 @@ impl Ctx<'_> {
             return item;
         }
         let xapi = self.xapi;
+        let device_type = self.config.device.device_type.as_str();
         let result = self.begin().and_then(|(tx, primary)| {
-            pool::publish_and_commit(xapi, tx, &primary, &[Touched::of(vm)])
+            pool::publish_and_commit(xapi, tx, &primary, &[Touched::of(vm)], device_type)
         });
         match result {
             Ok(g) => {

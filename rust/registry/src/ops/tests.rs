@@ -1080,7 +1080,14 @@ fn a_failing_mirror_write_leaves_registry_device_and_mirror_as_they_were() {
         let where_ = format!("{method} #{}", skip + 1);
         assert_eq!(e.code(), ErrorCode::XapiError, "{where_}: {e}");
         assert!(e.to_string().contains("registry's copy in XAPI"), "{e}");
-        assert!(e.to_string().contains("put back"), "{e}");
+        // The claim (its add, then the drop of the one before) comes before the device is
+        // written; every later write is undone.
+        let says = if method.starts_with("pool.") {
+            "the registry and the VM are unchanged"
+        } else {
+            "put back"
+        };
+        assert!(e.to_string().contains(says), "{where_}: {e}");
         let after = (
             dump(ctx.store),
             x.dma("OpaqueRef:1"),
@@ -1410,4 +1417,186 @@ fn a_generation_lost_between_its_remove_and_add_is_read_from_the_last_change() {
     x.pool_config.borrow_mut().clear();
     ctx.catch_up().unwrap();
     assert_eq!(generation(&x), None);
+}
+
+#[test]
+fn a_claim_names_the_vms_it_registers_and_reads_as_before() {
+    use crate::pool::Claim;
+    let old = Claim::parse("h1 1700000000");
+    assert_eq!(
+        (old.writer.as_str(), old.since, old.registers.len()),
+        ("h1", 1_700_000_000, 0)
+    );
+    let new = Claim::parse(&format!(
+        "h1 {},{} 1700000000",
+        uuid(1),
+        uuid(2).to_uppercase()
+    ));
+    assert_eq!((new.writer.as_str(), new.since), ("h1", 1_700_000_000));
+    assert_eq!(new.registers, [uuid(1), uuid(2)]);
+    // Garbage is a claim of nobody, from the epoch: stale.
+    assert_eq!(Claim::parse("").since, 0);
+}
+
+/// This host's writer, killed after it wrote VM 1's device and mirror keys for a register and
+/// before its commit: the claim it left on generation 2 names VM 1.
+fn killed_register_of_vm_1(x: &FakePool, writer: &str, age_s: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let device = "-device vgpu-cuda,addr=5,pool_id=A,priority=high,vm_id=2";
+    x.edit("OpaqueRef:1", |v| {
+        v.platform
+            .insert(PLATFORM_KEY.into(), format!("-m 1 'a b' {device}"));
+        v.other_config.insert(
+            crate::pool::VM_KEY.into(),
+            format!(
+                r#"{{"pool_id":"A","priority":3,"vm_id":2,"vm_uuid":"{}"}}"#,
+                uuid(1)
+            ),
+        );
+        v.other_config.insert(
+            crate::pool::FIELD_KEY.into(),
+            "pool A, high, vm_id 2".into(),
+        );
+    });
+    let key = format!("{}2", crate::pool::CLAIM_PREFIX);
+    x.pool_config
+        .borrow_mut()
+        .insert(key.clone(), format!("{writer} {} {}", uuid(1), now - age_s));
+    key
+}
+
+fn host_h1() -> Option<HostRecord> {
+    Some(HostRecord {
+        opaque_ref: "OpaqueRef:h1".into(),
+        uuid: "h1".into(),
+        name_label: "master".into(),
+        other_config: BTreeMap::new(),
+    })
+}
+
+#[test]
+fn the_next_change_rolls_back_a_register_killed_before_its_commit() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: host_h1(),
+        committed: None,
+    };
+    ctx.register(reg(4, Pool::B, Priority::Low, None)).unwrap();
+    let key = killed_register_of_vm_1(&x, "h1", 0);
+    // The next register picks vm_id 2 (free in the registry), which VM 1's device carries.
+    let a = ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    assert_eq!(a.registration.vm_id, 2);
+    assert_eq!(
+        x.dma("OpaqueRef:1").as_deref(),
+        Some("-m 1 'a b'"),
+        "only the device went"
+    );
+    let oc = x.vm("OpaqueRef:1").other_config;
+    assert!(!oc.contains_key(crate::pool::VM_KEY) && !oc.contains_key(crate::pool::FIELD_KEY));
+    assert_eq!(generation(&x).as_deref(), Some("2"));
+    let claim = x.pool_config.borrow().get(&key).cloned().unwrap();
+    assert!(
+        claim.contains(&uuid(2)) && !claim.contains(&uuid(1)),
+        "{claim}"
+    );
+    let report = ctx.scan().unwrap();
+    let one = report.unregistered.iter().find(|u| u.vm_uuid == uuid(1));
+    assert!(
+        one.is_some_and(|u| u.device.is_none() && u.mirror.is_none()),
+        "{one:?}"
+    );
+}
+
+#[test]
+fn a_claim_another_live_writer_holds_is_neither_taken_over_nor_rolled_back() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: host_h1(),
+        committed: None,
+    };
+    ctx.register(reg(4, Pool::B, Priority::Low, None)).unwrap();
+    killed_register_of_vm_1(&x, "h2", 0);
+    let dma = x.dma("OpaqueRef:1");
+    let e = ctx
+        .register(reg(2, Pool::B, Priority::Low, None))
+        .unwrap_err();
+    assert!(e.is_generation_claimed(), "{e}");
+    assert_eq!(
+        x.dma("OpaqueRef:1"),
+        dma,
+        "another host may still be writing it"
+    );
+    // Once that claim is stale, it was a writer that died.
+    killed_register_of_vm_1(&x, "h2", 3600);
+    ctx.register(reg(2, Pool::B, Priority::Low, None)).unwrap();
+    assert_eq!(x.dma("OpaqueRef:1").as_deref(), Some("-m 1 'a b'"));
+}
+
+#[test]
+fn sync_all_rolls_back_a_register_killed_before_its_commit() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: host_h1(),
+        committed: None,
+    };
+    ctx.register(reg(4, Pool::B, Priority::Low, None)).unwrap();
+    let key = killed_register_of_vm_1(&x, "h1", 0);
+    let device = x.dma("OpaqueRef:1");
+    let dry = ctx
+        .sync(&SyncTarget::All, true, Restart::default())
+        .unwrap();
+    let item = |r: &SyncReport| {
+        r.results
+            .iter()
+            .filter(|i| i.vm_uuid == uuid(1))
+            .map(|i| (i.status_before, i.action, i.changes.clone()))
+            .collect::<Vec<_>>()
+    };
+    let want_changes = vec![
+        SyncChange {
+            field: "device_model_args".into(),
+            old: device.clone(),
+            new: Some("-m 1 'a b'".into()),
+        },
+        SyncChange {
+            field: "mirror".into(),
+            old: x.vm("OpaqueRef:1").other_config.get(VM_KEY).cloned(),
+            new: None,
+        },
+    ];
+    assert_eq!(
+        item(&dry),
+        [(
+            VmStatus::Unregistered,
+            SyncAction::WouldApply,
+            want_changes.clone()
+        )]
+    );
+    assert_eq!(x.dma("OpaqueRef:1"), device, "a dry run changes nothing");
+    let done = ctx
+        .sync(&SyncTarget::All, false, Restart::default())
+        .unwrap();
+    assert_eq!(
+        item(&done),
+        [(VmStatus::Unregistered, SyncAction::Applied, want_changes)]
+    );
+    assert_eq!(done.failed, 0);
+    assert_eq!(x.dma("OpaqueRef:1").as_deref(), Some("-m 1 'a b'"));
+    assert!(x.vm("OpaqueRef:1").other_config.is_empty());
+    assert_eq!(generation(&x).as_deref(), Some("2"));
+    let claim = x.pool_config.borrow().get(&key).cloned().unwrap();
+    assert!(!claim.contains(&uuid(1)), "{claim}");
+    assert_eq!(dump(ctx.store).len(), 1, "nothing was registered");
 }
