@@ -634,6 +634,14 @@ impl WriteTx<'_> {
         get(&self.tx, vm_uuid).map_err(|e| self.err(e))
     }
 
+    /// The registration of `vm_uuid` as it is under the write lock, or `NOT_REGISTERED` naming
+    /// `vm`: a change looks the VM up before it takes the lock, and a remove that committed in
+    /// between must make it fail, not act on a row that is gone.
+    pub fn registered(&self, vm_uuid: &str, vm: &VmRef) -> Result<Registration> {
+        self.get(vm_uuid)?
+            .ok_or_else(|| Error::NotRegistered { vm: vm.clone() })
+    }
+
     /// The registration holding `vm_id`, if any.
     pub fn owner_of(&self, vm_id: u32) -> Result<Option<Registration>> {
         self.tx

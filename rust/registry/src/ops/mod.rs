@@ -400,9 +400,7 @@ impl Ctx<'_> {
         let cfg = self.config;
         let vmr = vm_ref(&vm);
         let (reg, dma) = self.apply(&vm, |tx| {
-            let cur = tx
-                .get(&uuid)?
-                .ok_or_else(|| Error::NotRegistered { vm: vmr.clone() })?;
+            let cur = tx.registered(&uuid, &vmr)?;
             let vm_id = match req.vm_id {
                 Some(id) => {
                     tx.check_vm_id_free(id, &uuid)?;
@@ -465,11 +463,8 @@ impl Ctx<'_> {
         let uuid = reg.vm_uuid.clone();
         let vmr = vm_ref(&vm);
         let (reg, dma) = self.apply(&vm, |tx| {
-            // Read again under the write lock: a remove that committed since the lookup above
-            // makes this one NOT_REGISTERED, and a change since then is what gets removed.
-            let reg = tx
-                .get(&uuid)?
-                .ok_or_else(|| Error::NotRegistered { vm: vmr.clone() })?;
+            // A change committed since the lookup above is what gets removed.
+            let reg = tx.registered(&uuid, &vmr)?;
             tx.delete(&uuid)?;
             Ok((reg, DeviceChange::Remove))
         })?;
@@ -546,9 +541,7 @@ impl Ctx<'_> {
             let xapi = self.xapi;
             let device_type = self.config.device.device_type.as_str();
             let (tx, primary) = self.begin()?;
-            if tx.get(&uuid)?.is_none() {
-                return Err(Error::NotRegistered { vm: reg.vm_ref() });
-            }
+            tx.registered(&uuid, &reg.vm_ref())?;
             let reg = tx.set_controls(&uuid, &change)?;
             let g = pool::publish_and_commit(xapi, tx, &primary, &[], device_type)?;
             self.committed = Some(g);
@@ -567,10 +560,7 @@ impl Ctx<'_> {
         };
         let vmr = vm_ref(&vm);
         let (reg, dma) = self.apply(&vm, |tx| {
-            // A remove that committed since the lookup above makes this NOT_REGISTERED.
-            if tx.get(&uuid)?.is_none() {
-                return Err(Error::NotRegistered { vm: vmr.clone() });
-            }
+            tx.registered(&uuid, &vmr)?;
             Ok((tx.set_controls(&uuid, &change)?, DeviceChange::Keep))
         })?;
         self.finish(&vm, reg, dma, false, false)
@@ -1109,15 +1099,11 @@ impl Ctx<'_> {
         let cfg = self.config;
         let vmr = vm_ref(vm);
         let (reg, dma) = self.apply(vm, |tx| {
-            let cur = tx
-                .get(&uuid)?
-                .ok_or_else(|| Error::NotRegistered { vm: vmr.clone() })?;
+            let cur = tx.registered(&uuid, &vmr)?;
             if let Some(name) = rename {
                 tx.set_name(&cur.vm_uuid, name)?;
             }
-            let reg = tx
-                .get(&cur.vm_uuid)?
-                .ok_or_else(|| Error::NotRegistered { vm: vmr.clone() })?;
+            let reg = tx.registered(&cur.vm_uuid, &vmr)?;
             if !reapply {
                 // Keep the device exactly as it is: only the stored name changes.
                 return Ok((reg, DeviceChange::Keep));
