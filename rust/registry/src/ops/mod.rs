@@ -650,23 +650,42 @@ impl Ctx<'_> {
         }
         let mut warnings: Vec<String> = self.store.exposure().into_iter().collect();
         warnings.extend(self.mediator_warnings()?);
+        let mut interrupted = Vec::new();
         let (generation, hosts) = match self.xapi.pool() {
-            Ok(p) => match pool::host_replicas(self.xapi, &p) {
-                Ok(h) => (pool::pool_generation(&p), h),
-                Err(e) => {
-                    warnings.push(format!("cannot show the hosts' replicas: {e}"));
-                    (pool::pool_generation(&p), Vec::new())
+            Ok(p) => {
+                interrupted = pool::interrupted_registers(&p, self.store.meta()?.generation);
+                match pool::host_replicas(self.xapi, &p) {
+                    Ok(h) => (pool::pool_generation(&p), h),
+                    Err(e) => {
+                        warnings.push(format!("cannot show the hosts' replicas: {e}"));
+                        (pool::pool_generation(&p), Vec::new())
+                    }
                 }
-            },
+            }
             Err(e) => {
                 warnings.push(format!("cannot read the pool's registry generation: {e}"));
                 (None, Vec::new())
             }
         };
+        let interrupted: Vec<_> = scan
+            .unregistered
+            .iter()
+            .filter(|u| u.device.is_some() || u.mirror.is_some())
+            .filter(|u| interrupted.contains(&u.vm_uuid))
+            .collect();
+        for u in &interrupted {
+            warnings.push(format!(
+                "a register of VM {} ({}) was interrupted after it wrote the VM and before it \
+                 committed: `vgpu-admin sync --all` takes off what it wrote (or `vgpu-admin adopt \
+                 --vm-uuid {}` keeps the device it wrote)",
+                u.vm_uuid, u.vm_name, u.vm_uuid
+            ));
+        }
         for u in scan
             .unregistered
             .iter()
             .filter(|u| u.mirror.as_deref() == Some("orphan"))
+            .filter(|u| !interrupted.iter().any(|i| i.vm_uuid == u.vm_uuid))
         {
             warnings.push(format!(
                 "XAPI's copy of the registry registers VM {} ({}) but the registry does not \

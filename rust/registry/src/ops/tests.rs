@@ -163,7 +163,7 @@ impl Xapi for FakePool {
         })
     }
     fn hosts(&self) -> xapi::Result<Vec<HostRecord>> {
-        unreachable!("not used by these operations")
+        Ok(vec![self.host_record("OpaqueRef:h1")?])
     }
     fn host_record(&self, host_ref: &str) -> xapi::Result<HostRecord> {
         Ok(HostRecord {
@@ -1554,6 +1554,11 @@ fn sync_all_rolls_back_a_register_killed_before_its_commit() {
     ctx.register(reg(4, Pool::B, Priority::Low, None)).unwrap();
     let key = killed_register_of_vm_1(&x, "h1", 0);
     let device = x.dma("OpaqueRef:1");
+    let says =
+        |w: &Vec<String>, what: &str| w.iter().any(|w| w.contains(&uuid(1)) && w.contains(what));
+    let warnings = ctx.status().unwrap().warnings;
+    assert!(says(&warnings, "interrupted"), "{warnings:?}");
+    assert!(!says(&warnings, "two registries"), "{warnings:?}");
     let dry = ctx
         .sync(&SyncTarget::All, true, Restart::default())
         .unwrap();
@@ -1599,4 +1604,6 @@ fn sync_all_rolls_back_a_register_killed_before_its_commit() {
     let claim = x.pool_config.borrow().get(&key).cloned().unwrap();
     assert!(!claim.contains(&uuid(1)), "{claim}");
     assert_eq!(dump(ctx.store).len(), 1, "nothing was registered");
+    let warnings = ctx.status().unwrap().warnings;
+    assert!(!says(&warnings, "interrupted"), "{warnings:?}");
 }
