@@ -230,15 +230,22 @@ def test_sync_all_each_call_failing(cli):
         assert after["platforms"][ML_TRAIN_B] == before["platforms"][ML_TRAIN_B]
         # First the registry catches up with the pool's generation, then the one listing.
         assert [c[0] for c in calls[:2]] == ["pool.get_all_records", "VM.get_all_records_where"], calls
-        # A later pool call (the generation check, the generation bump) belongs to the VM step
-        # around it.
+        # A later pool call belongs to the VM step it is in: each step begins with its read of the
+        # pool (the generation check), claims the next generation before the VM's own calls, and
+        # writes the rest of the pool's keys after them.
         owned = []
+        step_vm = None
         for i, (method, nth, vm) in enumerate(calls):
+            if i > 1 and method == "pool.get_all_records":
+                ahead = []
+                for m, _, v in calls[i + 1:]:
+                    if m == "pool.get_all_records":
+                        break
+                    if v:
+                        ahead.append(v)
+                step_vm = ahead[0] if ahead else None
             if vm is None and i > 1 and method.startswith("pool."):
-                around = [c[2] for c in calls[i + 1:] if c[2]] or [c[2] for c in calls[:i] if c[2]][-1:]
-                if method.startswith("pool.add") or method.startswith("pool.remove"):
-                    around = [c[2] for c in calls[:i] if c[2]][-1:]
-                vm = around[0] if around else None
+                vm = step_vm
             owned.append((method, nth, vm))
         calls = owned
         for i, (method, nth, vm) in enumerate(calls):

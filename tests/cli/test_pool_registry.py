@@ -176,7 +176,7 @@ def test_mirror_holds_exactly_the_registry_row(cli, sim):
     start = other_configs(sim)
     assert generation(sim) is None and POOLS_KEY not in sim.pool_other_config()
 
-    def check(changed, registered, gen, vm=RENDER_01):
+    def check(changed, registered, gen, vm=RENDER_01, names=None):
         """After a change: the generation, every registered VM's keys, the pool rows, and every
         other key of every VM and of the pool exactly as at the start."""
         assert generation(sim) == gen
@@ -186,9 +186,13 @@ def test_mirror_holds_exactly_the_registry_row(cli, sim):
         pool_oc = sim.pool_other_config()
         claim = CLAIM_PREFIX + str(gen)
         assert set(pool_oc) == {FOREIGN_KEY, POOLS_KEY, GENERATION_KEY, LAST_CHANGE_KEY, claim}
-        writer, since = pool_oc[claim].split(" ")
-        assert writer and abs(int(since) - time.time()) < 600, pool_oc[claim]
+        # `<writer> <time>`, or `<writer> <uuid> <time>` for a register that gives the VM its
+        # first device (decision 0014)
+        words = pool_oc[claim].split(" ")
+        writer, since = words[0], words[-1]
+        assert abs(int(since) - time.time()) < 600, pool_oc[claim]
         assert writer == "off-pool", pool_oc[claim]
+        assert words[1:-1] == ([names.lower()] if names else []), (changed, pool_oc[claim])
         # the last change names the VM it touched, at the generation it made
         last = json.loads(pool_oc[LAST_CHANGE_KEY])
         # (the first change publishes every VM: null)
@@ -202,12 +206,12 @@ def test_mirror_holds_exactly_the_registry_row(cli, sim):
                 assert VM_KEY not in now[u] and FIELD_KEY not in now[u], (changed, u)
 
     cli.register(ML_TRAIN_B, "B", "medium", 7)
-    check("register ml-train-b", [ML_TRAIN_B], 1)
+    check("register ml-train-b", [ML_TRAIN_B], 1, names=ML_TRAIN_B)
     assert sim.vm_other_config(ML_TRAIN_B)[FIELD_KEY] == "pool B, medium, vm_id 7"
 
     cli.run_json("register-vm", "--vm-uuid", RENDER_01, "--vm-name", "Render One", "--pool", "a",
                  "--priority", "2")
-    check("register render-01 with a chosen name", [ML_TRAIN_B, RENDER_01], 2)
+    check("register render-01 with a chosen name", [ML_TRAIN_B, RENDER_01], 2, names=RENDER_01)
     assert json.loads(sim.vm_other_config(RENDER_01)[VM_KEY])["vm_name"] == "Render One"
     assert db_rows(cli.db)[RENDER_01]["name_chosen"] == 1
 

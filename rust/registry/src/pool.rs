@@ -704,10 +704,10 @@ fn claim(
     // The claim is the change's first write: when it fails, nothing else was written.
     let err = |e: XapiError| {
         let remains = if e.outcome_unknown() {
-            "; the registry and the VM are unchanged, but xapi may still carry out the claim \
-             whose answer was lost: `vgpu-admin sync --all` clears it"
+            "; nothing was changed, but xapi may still carry out the claim whose answer was \
+             lost: `vgpu-admin sync --all` clears it"
         } else {
-            "; the registry and the VM are unchanged"
+            "; nothing was changed"
         };
         Error::xapi(
             format!(

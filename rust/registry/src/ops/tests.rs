@@ -1083,7 +1083,7 @@ fn a_failing_mirror_write_leaves_registry_device_and_mirror_as_they_were() {
         // The claim (its add, then the drop of the one before) comes before the device is
         // written; every later write is undone.
         let says = if method.starts_with("pool.") {
-            "the registry and the VM are unchanged"
+            "nothing was changed"
         } else {
             "put back"
         };
