@@ -686,3 +686,20 @@ def _without_xenapiplugin(reason):
     sys.stdout.write(xmlrpclib.dumps((answer,), "", True) + "\n")
     sys.stdout.flush()
     sys.exit(0)
+
+
+def functions(names):
+    """The plugin's function table for ``names`` (plugin/vgpu's list), under each name and its
+    underscore spelling: each function hands its own name, dashed, to ``run``. Made here, where
+    the bytecode is cached, rather than in the plugin file, which is compiled on every call."""
+    table = {}
+    for name in names:
+        table[name] = table[name.replace("-", "_")] = _function(name)
+    return table
+
+
+def _function(name):
+    def function(session, args):
+        return run(name, session, args)
+    function.__name__ = str(name.replace("-", "_"))
+    return function

@@ -75,3 +75,37 @@ def test_readme_lists_the_table_functions_and_arguments():
 def test_readme_lists_the_table_error_codes():
     codes = re.findall(r"^\| `VGPU_([A-Z_]+)` \|", open(README).read(), re.M)
     assert sorted(codes) == sorted(function_table()["error_codes"])
+
+
+def test_without_its_helper_every_function_answers_one_proper_failure(tmp_path):
+    """plugin/vgpu alone (vgpu_plugin.py missing beside it): every name of the table, in both
+    spellings, still answers, with VGPU_INTERNAL naming the missing file, not xapi's
+    UNKNOWN_XENAPI_PLUGIN_FUNCTION."""
+    import shutil
+    import XenAPIPlugin
+
+    lonely = str(tmp_path / "vgpu")
+    shutil.copy(PLUGIN_FILE, lonely)
+    hidden = [p for p in sys.path if os.path.exists(os.path.join(p or ".", "vgpu_plugin.py"))]
+    saved = list(sys.path)
+    cached = sys.modules.pop("vgpu_plugin", None)
+    try:
+        sys.path[:] = [p for p in sys.path if p not in hidden]
+        loader = importlib.machinery.SourceFileLoader("vgpu_lonely", lonely)
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader("vgpu_lonely", loader))
+        loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+        if cached is not None:
+            sys.modules["vgpu_plugin"] = cached
+    assert module.vgpu_plugin is None
+    table = [f["name"] for f in function_table()["functions"]]
+    assert set(module.FUNCTIONS) == with_aliases(table)
+    for name, function in sorted(module.FUNCTIONS.items()):
+        try:
+            function("session", {})
+        except XenAPIPlugin.Failure as e:
+            assert e.params[0] == "VGPU_INTERNAL", (name, e.params)
+            assert "cannot import vgpu_plugin.py" in e.params[1] and "ModuleNotFoundError" in e.params[1], e.params
+        else:
+            raise AssertionError("%s answered without its helper" % name)
