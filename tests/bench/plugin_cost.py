@@ -88,8 +88,12 @@ def run_waited(argv, env, cwd="/"):
 
 
 def instructions(argv, env, cwd="/"):
-    """Instructions executed by argv and its children (callgrind's Ir, summed), or None without
-    valgrind. Unlike times, they do not depend on the machine's load."""
+    """Instructions executed by argv and its children (callgrind's Ir, summed over every process),
+    or None without valgrind. Unlike times, they do not depend on the machine's load.
+
+    valgrind writes to a log file per process, not to stderr: the stderr of ``vgpu-admin`` on the
+    CLI path is a pipe the plugin reads (and logs, line by line), so its summary would be neither
+    seen here nor free."""
     valgrind = shutil.which("valgrind")
     if not valgrind:
         return None
@@ -97,13 +101,17 @@ def instructions(argv, env, cwd="/"):
     try:
         env = dict(env, PYTHONHASHSEED="0")
         with open(os.devnull, "rb") as devnull, open(os.devnull, "wb") as null:
-            proc = subprocess.run([valgrind, "--tool=callgrind", "--trace-children=yes",
-                                   "--callgrind-out-file=" + os.path.join(d, "cg.%p")] + argv,
-                                  stdin=devnull, stdout=null, stderr=subprocess.PIPE, env=env, cwd=cwd)
+            subprocess.run([valgrind, "--tool=callgrind", "--trace-children=yes",
+                            "--log-file=" + os.path.join(d, "log.%p"),
+                            "--callgrind-out-file=" + os.path.join(d, "cg.%p")] + argv,
+                           stdin=devnull, stdout=null, stderr=null, env=env, cwd=cwd)
         total = 0
-        for line in proc.stderr.decode("utf-8", "replace").splitlines():
-            if "Collected :" in line:
-                total += int(line.split("Collected :")[1].split()[0])
+        for name in os.listdir(d):
+            if name.startswith("log."):
+                with open(os.path.join(d, name), "rb") as f:
+                    for line in f.read().decode("utf-8", "replace").splitlines():
+                        if "Collected :" in line:
+                            total += int(line.split("Collected :")[1].split()[0])
         return total or None
     finally:
         shutil.rmtree(d, ignore_errors=True)

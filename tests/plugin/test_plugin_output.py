@@ -190,6 +190,58 @@ def test_cli_crash_without_a_report_is_internal(dom0, workdir):
     assert code == "VGPU_INTERNAL" and details["exit_status"] == 101 and "panicked" in details["stderr"]
 
 
+def canned_admin(workdir, stdout, status):
+    """A stand-in vgpu-admin that writes ``stdout`` (bytes, as given) and exits with ``status``."""
+    path = os.path.join(workdir, "canned-answer")
+    with open(path, "wb") as f:
+        f.write(stdout)
+    return executable(os.path.join(workdir, "canned-admin"), '#!/bin/sh\ncat "%s"\nexit %d\n' % (path, status))
+
+
+# What vgpu-admin call writes on success is one line of JSON: the plugin takes that line without
+# parsing it when the exit status is 0; everything else is parsed, and refused when not JSON.
+ANSWERS_TAKEN = [
+    (b'{"vm_id":1,"vm_name":"caf\\u00e9 }{ ][ \\" x","drift":[]}\n', 0),
+    (b'[{"pool_id":"A","vms":0},{"pool_id":"B","vms":2}]\n', 0),
+    (b'{"a":1}', 0),  # no newline
+    (b'  {"a": 1}\r\n', 0),  # blanks around the document
+    (b'"just a string"\n', 0),
+    (b'{"registered":[],"failed":[{"vm_uuid":"x"}]}\n', 1),  # a sync some of whose VMs failed
+]
+ANSWERS_REFUSED = [
+    (b"not json\n", 0),
+    (b"\n", 0),
+    (b"", 0),
+    (b'{"vm_id": 1, "pool": "A"\n', 0),  # cut short
+    (b'{"vm_id": 1]\n', 0),  # mismatched brackets
+    (b'{"a": 1}\n{"b": 2}\n', 0),  # two documents
+    (b'junk\n[1, 2]\n', 0),
+    (b'[1, 2]\njunk\n', 0),
+    (b'{"vm_id": 1, "pool": "A"\n', 1),
+    (b"[not json]", 3),
+]
+
+
+@pytest.mark.parametrize("stdout,status", ANSWERS_TAKEN)
+def test_cli_json_answer_is_handed_on_verbatim(dom0, workdir, stdout, status):
+    env = direct_env(workdir, dom0, VGPU_PLUGIN_BACKEND="cli", VGPU_ADMIN=canned_admin(workdir, stdout, status))
+    rc, out, err = run_plugin_direct(dom0.python, "list-pools", {}, env)
+    assert rc == 0, err
+    value = answer(out)
+    assert value == stdout.decode("ascii").strip()
+    json.loads(value)
+
+
+@pytest.mark.parametrize("stdout,status", ANSWERS_REFUSED)
+def test_cli_answer_that_is_not_one_json_document_is_internal(dom0, workdir, stdout, status):
+    env = direct_env(workdir, dom0, VGPU_PLUGIN_BACKEND="cli", VGPU_ADMIN=canned_admin(workdir, stdout, status))
+    rc, out, err = run_plugin_direct(dom0.python, "list-pools", {}, env)
+    assert rc == 0, err
+    code, message, details = check_failure(answer(out))
+    assert code == "VGPU_INTERNAL" and "without a JSON answer" in message, message
+    assert details["exit_status"] == status and details["stdout"] == stdout.decode("ascii"), details
+
+
 def test_missing_cli_is_named_as_text(dom0, workdir):
     """Python 3.6 appends repr(executable) to the error of a failed exec, and the plugin hands
     subprocess bytes: the message must name the path, not b'...'."""

@@ -41,12 +41,17 @@ fn older_names(mut raw: Vec<String>) -> Vec<String> {
 
 fn main() -> ExitCode {
     let raw: Vec<String> = older_names(std::env::args().collect());
-    let parsed = Cli::command()
-        .try_get_matches_from(&raw)
-        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
-    let (cli, matches) = match parsed {
-        Ok(p) => p,
-        Err(e) => return clap_failure(e, &raw),
+    let (cli, matches) = match bridge_call(&raw) {
+        Some(cli) => (cli, ArgMatches::default()),
+        None => {
+            let parsed = Cli::command()
+                .try_get_matches_from(&raw)
+                .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+            match parsed {
+                Ok(p) => p,
+                Err(e) => return clap_failure(e, &raw),
+            }
+        }
     };
     // `call` is the plugin API from the shell: its errors are JSON in the API's words.
     let is_call = matches!(cli.command, Command::Call { .. });
@@ -62,6 +67,34 @@ fn main() -> ExitCode {
             ExitCode::from(e.code().exit_status())
         }
     }
+}
+
+/// `vgpu-admin call -- FUNCTION KEY=VALUE …`, the form the plugin's CLI bridge runs, read without
+/// clap: building clap's whole command tree (every command, its options and help) and dropping
+/// it took half of the instructions of a `call -- show`. clap reads exactly this form the same
+/// way (after `--` every word is a value, and `call` has no option of its own, so no global
+/// option is set); any other command line, `call` with options or without `--` included, is
+/// clap's.
+fn bridge_call(raw: &[String]) -> Option<Cli> {
+    let [_, call, dashes, function, args @ ..] = raw else {
+        return None;
+    };
+    (call == "call" && dashes == "--").then(|| Cli {
+        config: None,
+        db: None,
+        xapi: None,
+        xapi_user: None,
+        xapi_password_file: None,
+        xapi_insecure: false,
+        xapi_ca_file: None,
+        format: Format::Table,
+        remote: false,
+        yes: false,
+        command: Command::Call {
+            function: function.clone(),
+            args: args.to_vec(),
+        },
+    })
 }
 
 /// clap's own refusals (unknown flag, missing value…) are usage errors: exit 2, and JSON when
@@ -361,6 +394,7 @@ fn ask_restart_confirmation() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
     use registry::report::{Outcome, ScanReport};
 
     /// A scan of `n` registered and `n` unregistered VMs, names not all ASCII.
@@ -404,6 +438,88 @@ mod tests {
         let report: ScanReport = serde_json::from_value(doc).unwrap();
         assert_eq!(report.registered.len(), n);
         Outcome::Scan(report)
+    }
+
+    fn words(line: &[&str]) -> Vec<String> {
+        line.iter().map(|w| w.to_string()).collect()
+    }
+
+    /// The bridge's command lines are read as clap reads them, word for word, and every other
+    /// command line is left to clap.
+    #[test]
+    fn the_bridge_form_is_read_as_clap_reads_it() {
+        let bridged: [&[&str]; 7] = [
+            &["vgpu-admin", "call", "--", "show", "vm-uuid=1234"],
+            &["vgpu-admin", "call", "--", "list-pools"],
+            &[
+                "vgpu-admin",
+                "call",
+                "--",
+                "set-vm-id",
+                "vm-name=a b",
+                "vm-id=3",
+                "x=--y",
+                "=",
+                "k=v=w",
+            ],
+            &[
+                "vgpu-admin",
+                "call",
+                "--",
+                "--help",
+                "--format=json",
+                "-y",
+                "--",
+                "caf\u{e9}=\u{1F600}",
+            ],
+            &["vgpu-admin", "call", "--", "", ""],
+            &["vgpu-admin", "call", "--", "no-such-function", "not-a-pair"],
+            &[
+                "/usr/bin/vgpu-admin",
+                "call",
+                "--",
+                "register",
+                "vm-uuid=u",
+                "pool=A",
+                "priority=high",
+            ],
+        ];
+        for line in bridged {
+            let raw = words(line);
+            let fast = bridge_call(&raw).unwrap_or_else(|| panic!("{line:?} is the bridge's form"));
+            let clap = Cli::try_parse_from(&raw).unwrap();
+            let (
+                Command::Call { function, args },
+                Command::Call {
+                    function: f,
+                    args: a,
+                },
+            ) = (&fast.command, &clap.command)
+            else {
+                panic!(
+                    "{line:?}: not read as call: {:?} / {:?}",
+                    fast.command, clap.command
+                );
+            };
+            assert_eq!((function, args), (f, a), "{line:?}");
+            assert_eq!(function, line[3]);
+            assert_eq!(args.len(), line.len() - 4);
+            // No global option: the same settings as clap's defaults.
+            assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{line:?}");
+        }
+        let not_bridged: [&[&str]; 8] = [
+            &["vgpu-admin", "call", "show", "vm-uuid=1"],
+            &["vgpu-admin", "call", "--"],
+            &["vgpu-admin", "--format", "json", "call", "--", "show"],
+            &["vgpu-admin", "call", "--db", "/x", "--", "show"],
+            &["vgpu-admin", "show-vm", "--", "show"],
+            &["vgpu-admin", "--", "call", "show"],
+            &["vgpu-admin"],
+            &[],
+        ];
+        for line in not_bridged {
+            assert!(bridge_call(&words(line)).is_none(), "{line:?}");
+        }
     }
 
     /// The document written as a stream is the one built whole before, byte for byte.

@@ -230,12 +230,16 @@ impl Service {
             });
         }
         let master_here = here.pool.is_some();
+        let mut current = None;
         if master_here && !call.spec.mutating {
             // On the master even a read first brings the registry to the pool's generation.
             let store = self.open(false)?;
             let behind = pool_needs_sync(store.meta()?, here.pool.as_ref());
-            drop(store);
-            if behind {
+            if !behind {
+                // The read the call needs anyway: no second open (and -wal/-shm) for it.
+                current = Some(store);
+            } else {
+                drop(store);
                 let mut store = self.open(true)?;
                 let mut ctx = Ctx {
                     store: &mut store,
@@ -248,7 +252,10 @@ impl Service {
             }
         }
         // Reading needs no write access and creates nothing; nor does a dry run.
-        let mut store = self.open(call.spec.mutating && !call.request.dry_run())?;
+        let mut store = match current {
+            Some(store) => store,
+            None => self.open(call.spec.mutating && !call.request.dry_run())?,
+        };
         let migration_backup = store.migration_backup().map(Path::to_path_buf);
         let mut ctx = Ctx {
             store: &mut store,

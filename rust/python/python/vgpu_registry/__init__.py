@@ -11,6 +11,7 @@ Each convenience takes exactly the argument keys of its plugin function (``-`` s
 """
 
 import os
+import sys
 
 # typing and json are not imported when the package is: the xapi plugin imports it for every call,
 # in an interpreter of its own, and typing alone costs more than the rest of the package (it is
@@ -24,9 +25,10 @@ if TYPE_CHECKING:
     Value = Union[str, int, bool, None]
     Json = Dict[str, Any]
 
-from . import exceptions  # noqa: F401 (vgpu_registry.exceptions, where the classes are defined)
+    from . import exceptions  # noqa: F401 (vgpu_registry.exceptions, where the classes are defined)
+    from .exceptions import *  # noqa: F401,F403 (the classes, listed in exceptions.__all__)
+
 from ._native import __version__, call
-from .exceptions import *  # noqa: F401,F403 (the classes, listed in exceptions.__all__)
 
 __all__ = [
     "__version__",
@@ -70,6 +72,32 @@ __all__ = [
     "InternalError",
     "ConfigError",
 ]
+
+
+class _Package(type(sys)):
+    """This package's module type. Creating the fourteen exception classes (``exceptions``) was the
+    largest part of importing the package, which the xapi plugin does for every call while it needs
+    them only when a call fails: they are created on first use of ``vgpu_registry.exceptions``, of
+    one of their names here (``vgpu_registry.VgpuError`` ..., ``import *``, ``dir()``), or of a
+    failure, which the extension raises as one of them. (CPython 3.6 has no module
+    ``__getattr__``, hence a module type of its own.)"""
+
+    def __getattr__(self, name: str) -> "Any":
+        if name != "exceptions" and name not in __all__:
+            raise AttributeError("module %r has no attribute %r" % (__name__, name))
+        __import__(__name__ + ".exceptions")  # which sets self.exceptions
+        exceptions = sys.modules[__name__ + ".exceptions"]
+        for exported in exceptions.__all__:
+            setattr(self, exported, getattr(exceptions, exported))
+        if name not in self.__dict__:
+            raise AttributeError("module %r has no attribute %r" % (__name__, name))
+        return self.__dict__[name]
+
+    def __dir__(self) -> "List[str]":
+        return sorted(set(super().__dir__()) | set(__all__) | {"exceptions"})
+
+
+sys.modules[__name__].__class__ = _Package
 
 # ``call`` flushes C stdio's buffers before it returns, so the xapi plugin, which keeps them out of
 # its answer, need not load ctypes to flush them itself.
