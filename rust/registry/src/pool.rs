@@ -266,7 +266,9 @@ impl<'a> Journal<'a> {
     }
 
     /// Sets `key` of `obj`'s other_config from `old` to `new` (`None`: absent). xapi has no
-    /// single-key set: remove, then add. Nothing is called when the value is already right.
+    /// single-key set: remove, then add; a key believed absent is added straight away, and only
+    /// removed first when xapi says it exists after all. Nothing is called when the value is
+    /// already right.
     pub fn set(
         &mut self,
         class: Class,
@@ -285,8 +287,14 @@ impl<'a> Journal<'a> {
             key.to_string(),
             old.map(str::to_string),
         ));
-        // Removed even when `old` says absent: `old` was read before the write lock was taken,
-        // and an add over a key that exists fails (MAP_DUPLICATE_KEY).
+        if let (None, Some(v)) = (old, new) {
+            // `old` was read before the write lock was taken: the key may have come since, and
+            // an add over a key that exists fails (MAP_DUPLICATE_KEY), changing nothing.
+            match self.xapi.add_to_other_config(class, obj, key, v) {
+                Err(e) if e.api_code() == Some("MAP_DUPLICATE_KEY") => {}
+                other => return other,
+            }
+        }
         self.xapi.remove_from_other_config(class, obj, key)?;
         if let Some(v) = new {
             self.xapi.add_to_other_config(class, obj, key, v)?;

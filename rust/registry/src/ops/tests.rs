@@ -1051,12 +1051,15 @@ fn the_first_publication_carries_every_registration() {
 
 #[test]
 fn a_failing_mirror_write_leaves_registry_device_and_mirror_as_they_were() {
+    // VM 1's keys are absent, so they are added straight away; the pool's last change and
+    // generation are replaced (remove, then add).
     for (method, skip) in [
         ("VM.add_to_other_config", 0),
         ("VM.add_to_other_config", 1),
-        ("VM.remove_from_other_config", 1),
         ("pool.add_to_other_config", 0),
         ("pool.remove_from_other_config", 0),
+        ("pool.remove_from_other_config", 1),
+        ("pool.add_to_other_config", 2),
     ] {
         let (mut w, x) = (world(), pool());
         let mut ctx = Ctx {
@@ -1606,4 +1609,28 @@ fn sync_all_rolls_back_a_register_killed_before_its_commit() {
     assert_eq!(dump(ctx.store).len(), 1, "nothing was registered");
     let warnings = ctx.status().unwrap().warnings;
     assert!(!says(&warnings, "interrupted"), "{warnings:?}");
+}
+
+#[test]
+fn a_key_believed_absent_is_added_at_once_and_replaced_when_it_came_since() {
+    let x = pool();
+    let mut journal = crate::pool::Journal::new(&x);
+    journal
+        .set(xapi::Class::Vm, "OpaqueRef:2", "k", None, Some("one"))
+        .unwrap();
+    assert_eq!(x.count("VM.add_to_other_config"), 1);
+    assert_eq!(x.count("VM.remove_from_other_config"), 0, "nothing to remove");
+    // Another writer added it since it was read as absent: removed, then added.
+    x.edit("OpaqueRef:2", |v| {
+        v.other_config.insert("j".into(), "theirs".into());
+    });
+    journal
+        .set(xapi::Class::Vm, "OpaqueRef:2", "j", None, Some("ours"))
+        .unwrap();
+    assert_eq!(x.vm("OpaqueRef:2").other_config["j"], "ours");
+    assert_eq!(x.count("VM.remove_from_other_config"), 1);
+    // The undo puts back what the journal knew: neither key.
+    journal.undo().unwrap();
+    let oc = x.vm("OpaqueRef:2").other_config;
+    assert!(!oc.contains_key("k") && !oc.contains_key("j"), "{oc:?}");
 }
