@@ -1619,7 +1619,11 @@ fn a_key_believed_absent_is_added_at_once_and_replaced_when_it_came_since() {
         .set(xapi::Class::Vm, "OpaqueRef:2", "k", None, Some("one"))
         .unwrap();
     assert_eq!(x.count("VM.add_to_other_config"), 1);
-    assert_eq!(x.count("VM.remove_from_other_config"), 0, "nothing to remove");
+    assert_eq!(
+        x.count("VM.remove_from_other_config"),
+        0,
+        "nothing to remove"
+    );
     // Another writer added it since it was read as absent: removed, then added.
     x.edit("OpaqueRef:2", |v| {
         v.other_config.insert("j".into(), "theirs".into());
