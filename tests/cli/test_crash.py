@@ -479,6 +479,25 @@ def test_sync_alone_repairs_a_killed_register(rig):
     assert [r for r in again["results"] if r["action"] != "unchanged"] == [], again
 
 
+def test_sync_of_that_vm_alone_repairs_a_killed_register(rig):
+    """`sync --vm-uuid` of the VM that scan-vms flags repairs it too, rather than answering that
+    the VM is not registered; a VM that is merely unregistered still gets NOT_REGISTERED."""
+    kill_once(rig, [["register-vm", "--vm-uuid", RENDER_02, "--pool", "B", "--priority", "low"]],
+              ["register-vm", "--vm-uuid", RENDER_01, "--pool", "A", "--priority", "high"], "VM.set_platform")
+    assert RENDER_01 in scan_flags(rig.scan())
+    code, _, err = rig.run("sync", "--vm-uuid", WEB_01)
+    assert code != 0 and "NOT_REGISTERED" in err, (code, err)
+    dry = rig.ok("sync", "--vm-uuid", RENDER_01, "--dry-run")
+    assert [(r["vm_uuid"], r["status_before"], r["action"]) for r in dry["results"]] == [
+        (RENDER_01, "unregistered", "would_apply")], dry
+    assert "vm_id=2" in rig.sim.get_vm(RENDER_01)["platform"][DMA]
+    sync = rig.ok("sync", "--vm-uuid", RENDER_01)
+    assert [(r["vm_uuid"], r["action"]) for r in sync["results"]] == [(RENDER_01, "applied")], sync
+    assert out_of_step(rig.db, rig.sim, VMS, rig.base) == {}
+    assert rig.state()[RENDER_01] is None
+    assert scan_flags(rig.scan()) == {}
+
+
 def test_the_next_register_rolls_back_a_killed_one_and_reuses_no_device_id(rig):
     """Without a sync in between, the next change takes the killed register's claim over and its
     device off, so the free vm_id it picks (the one that device carried) is on one VM only."""

@@ -800,7 +800,14 @@ impl Ctx<'_> {
         };
         let regs = match target {
             SyncTarget::All => self.store.list(&ListFilter::default())?,
-            SyncTarget::One(sel) => vec![self.resolve_registered(sel)?.0],
+            SyncTarget::One(sel) => match self.resolve_registered(sel) {
+                Ok((reg, _)) => vec![reg],
+                Err(Error::NotRegistered { vm }) => {
+                    let pool_rec = start.as_ref().map(|s| s.0.clone());
+                    return self.sync_interrupted(vm, pool_rec, dry_run);
+                }
+                Err(e) => return Err(e),
+            },
         };
         let vms: BTreeMap<String, VmRecord> = self
             .xapi
@@ -936,6 +943,44 @@ impl Ctx<'_> {
         Ok(SyncReport {
             dry_run,
             results,
+            failed,
+            replicas: None,
+            reloads: None,
+        })
+    }
+
+    /// `sync` of one VM that is not registered: it repairs the VM only when a register of it
+    /// was interrupted before its commit (decision 0014), as `sync --all` would; otherwise the
+    /// VM is simply not registered.
+    fn sync_interrupted(
+        &mut self,
+        vm: VmRef,
+        pool_rec: Option<xapi::PoolRecord>,
+        dry_run: bool,
+    ) -> Result<SyncReport> {
+        let pool_rec = match pool_rec {
+            Some(rec) => rec,
+            None => self
+                .xapi
+                .pool()
+                .map_err(|e| Error::xapi("reading the pool's registry generation", e))?,
+        };
+        let local = self.store.meta()?.generation;
+        let uuid = vm.vm_uuid.to_ascii_lowercase();
+        if !pool::interrupted_registers(&pool_rec, local).contains(&uuid) {
+            return Err(Error::NotRegistered { vm });
+        }
+        let record = self
+            .xapi
+            .vm_by_uuid(&uuid)
+            .map_err(|e| Error::xapi(format!("looking up VM {uuid}"), e))?;
+        let Some(item) = record.and_then(|r| self.roll_back(&r, dry_run)) else {
+            return Err(Error::NotRegistered { vm });
+        };
+        let failed = usize::from(item.action == SyncAction::Failed);
+        Ok(SyncReport {
+            dry_run,
+            results: vec![item],
             failed,
             replicas: None,
             reloads: None,

@@ -1638,3 +1638,49 @@ fn a_key_believed_absent_is_added_at_once_and_replaced_when_it_came_since() {
     let oc = x.vm("OpaqueRef:2").other_config;
     assert!(!oc.contains_key("k") && !oc.contains_key("j"), "{oc:?}");
 }
+
+#[test]
+fn sync_of_the_one_vm_rolls_back_its_interrupted_register() {
+    let (mut w, x) = (world(), pool());
+    let mut ctx = Ctx {
+        store: &mut w.store,
+        xapi: &x,
+        config: &w.config,
+        me: host_h1(),
+        committed: None,
+    };
+    ctx.register(reg(4, Pool::B, Priority::Low, None)).unwrap();
+    // A VM that is simply not registered is still answered NOT_REGISTERED.
+    let e = ctx
+        .sync(
+            &SyncTarget::One(Selector::Uuid(uuid(2))),
+            false,
+            Restart::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::NotRegistered { .. }), "{e}");
+    killed_register_of_vm_1(&x, "h1", 0);
+    let device = x.dma("OpaqueRef:1");
+    let one = SyncTarget::One(Selector::Uuid(uuid(1)));
+    let dry = ctx.sync(&one, true, Restart::default()).unwrap();
+    let actions: Vec<_> = dry
+        .results
+        .iter()
+        .map(|i| (i.vm_uuid.clone(), i.status_before, i.action))
+        .collect();
+    assert_eq!(
+        actions,
+        [(uuid(1), VmStatus::Unregistered, SyncAction::WouldApply)]
+    );
+    assert_eq!(x.dma("OpaqueRef:1"), device, "a dry run changes nothing");
+    let done = ctx.sync(&one, false, Restart::default()).unwrap();
+    assert_eq!(done.failed, 0);
+    assert_eq!(done.results.len(), 1);
+    assert_eq!(done.results[0].action, SyncAction::Applied);
+    assert_eq!(x.dma("OpaqueRef:1").as_deref(), Some("-m 1 'a b'"));
+    assert!(x.vm("OpaqueRef:1").other_config.is_empty());
+    assert_eq!(dump(ctx.store).len(), 1, "nothing was registered");
+    // Repaired: the VM is now just not registered.
+    let e = ctx.sync(&one, false, Restart::default()).unwrap_err();
+    assert!(matches!(e, Error::NotRegistered { .. }), "{e}");
+}
