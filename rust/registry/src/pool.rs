@@ -14,7 +14,7 @@ use crate::store::{JsonMap, Meta, Role, Store, WriteTx};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use xapi::{Class, PluginCall, PoolRecord, VmRecord, Xapi, XapiError};
+use xapi::{Class, HostRecord, PluginCall, PoolRecord, VmRecord, Xapi, XapiError};
 
 /// `VM.other_config` key holding the VM's registry row as compact JSON.
 pub const VM_KEY: &str = "vgpu-registry";
@@ -378,7 +378,8 @@ pub fn no_longer_master(pool: &PoolRecord) -> Error {
 /// master, and brings the registry to the pool's generation, rebuilding it from the mirror when
 /// it is behind or a replica. A registry of before the mirror is the pool's until something is
 /// published, so it is never replaced while the pool has no generation.
-pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> Result<Primary> {
+pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, me: Option<&HostRecord>) -> Result<Primary> {
+    let my_ref = me.map(|h| h.opaque_ref.as_str());
     let pool = xapi
         .pool()
         .map_err(|e| Error::xapi("reading the pool's registry generation", e))?;
@@ -444,11 +445,10 @@ pub fn take_primary(xapi: &dyn Xapi, tx: &WriteTx<'_>, my_ref: Option<&str>) -> 
             true
         }
     };
-    let writer = match my_ref {
-        Some(r) => xapi
-            .host_record(r)
-            .map(|h| h.uuid)
-            .unwrap_or_else(|_| r.to_string()),
+    // This host's record was read when the command started; the check above is what must be
+    // fresh (the pool's master), not the host's own uuid.
+    let writer = match me {
+        Some(h) => h.uuid.clone(),
         None => OFF_POOL.to_string(),
     };
     Ok(Primary {
@@ -917,7 +917,7 @@ pub fn refresh_here(
         report.role = Role::Primary.as_str().into();
         let mut store = open()?;
         let tx = store.write()?;
-        let primary = take_primary(xapi, &tx, Some(&me.opaque_ref))?;
+        let primary = take_primary(xapi, &tx, Some(me))?;
         report.changed = primary.rebuilt || before.role != Some(Role::Primary);
         report.vms = tx.rows_json()?.len();
         tx.commit()?;

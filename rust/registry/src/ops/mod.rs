@@ -282,9 +282,8 @@ impl Ctx<'_> {
         change: impl FnOnce(&WriteTx<'_>) -> Result<(T, DeviceChange)>,
     ) -> Result<(T, Option<String>)> {
         let (xapi, config) = (self.xapi, self.config);
-        let me = self.me.as_ref().map(|h| h.opaque_ref.clone());
         let tx = self.store.write()?;
-        let primary = pool::take_primary(xapi, &tx, me.as_deref())?;
+        let primary = pool::take_primary(xapi, &tx, self.me.as_ref())?;
         let (out, desired) = change(&tx)?;
         let device_type = config.device.device_type.as_str();
         let touched = [Touched::of(vm)];
@@ -318,10 +317,9 @@ impl Ctx<'_> {
     /// A write transaction on the primary: this host is still the master (when it knows who
     /// it is) and the registry is at the pool's generation.
     fn begin(&mut self) -> Result<(WriteTx<'_>, Primary)> {
-        let me = self.me.as_ref().map(|h| h.opaque_ref.clone());
         let xapi = self.xapi;
         let tx = self.store.write()?;
-        let primary = pool::take_primary(xapi, &tx, me.as_deref())?;
+        let primary = pool::take_primary(xapi, &tx, self.me.as_ref())?;
         Ok((tx, primary))
     }
 
