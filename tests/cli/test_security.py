@@ -378,6 +378,27 @@ def test_there_is_no_password_option(binary, tmp_path):
     assert not re.search(r"--(?:xapi-)?password(?![-\w])", helptext), helptext
 
 
+@pytest.mark.parametrize("source", ["option", "config"])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_password_file_others_can_read_is_refused(tcp, binary, tmp_path, source, mode):
+    """As ssh refuses a private key others can read: exit 2 naming the file and its mode, the fix
+    given, the password not shown, and no login attempted with it."""
+    r = Runner(binary, tcp, tmp_path, source)
+    secret_file = tmp_path / "xapi-password"
+    secret_file.chmod(mode)
+    code, out, err = r.run("scan-vms")
+    assert code == 2, (code, out, err)
+    doc = json.loads(err)["error"]
+    assert doc["code"] == "INVALID_ARGUMENT", doc
+    assert str(secret_file) in doc["message"] and "%04o" % mode in doc["message"], doc
+    assert "chmod 600" in doc["message"], doc
+    assert tcp.call_log() == [], tcp.call_log()
+    assert_no_secret(tcp, out, err)
+    secret_file.chmod(0o600)
+    code, out, err = r.run("scan-vms")
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("source", SOURCES)
 def test_the_password_works_and_stays_off_command_lines(tcp, binary, tmp_path, source):
     """A slow call in flight: the CLI's command line (and any child's) never holds the password or

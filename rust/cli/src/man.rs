@@ -235,8 +235,9 @@ const CONFIG_KEYS: &[Key] = &[
         ..key(
             "xapi_password_file",
             "\"/etc/vgpu/xapi-password\"",
-            "File holding the XAPI password for http(s) endpoints (keep it mode 0600). \
-             --xapi-password-file takes precedence; without either, VGPU_XAPI_PASSWORD.",
+            "File holding the XAPI password for http(s) endpoints, mode 0600: one that other \
+             users can read is refused. --xapi-password-file takes precedence; without either, \
+             VGPU_XAPI_PASSWORD.",
         )
     },
     key(

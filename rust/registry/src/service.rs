@@ -709,6 +709,7 @@ fn password_auth(
 }
 
 fn read_password(path: &Path) -> Result<String> {
+    refuse_open_password_file(path)?;
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
         .map_err(|e| {
@@ -718,6 +719,37 @@ fn read_password(path: &Path) -> Result<String> {
                 e.to_string(),
             )
         })
+}
+
+/// A password file that other users can read (or write) is refused, as ssh refuses such a key:
+/// the password is the pool's root login. Only regular files are checked, so a pipe such as
+/// `<(pass show xapi)` is taken as it is.
+#[cfg(unix)]
+fn refuse_open_password_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        // Reading it reports why it cannot be read.
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if meta.is_file() && mode & 0o077 != 0 {
+        let shown = path.display().to_string();
+        return Err(Error::invalid(
+            "xapi-password-file",
+            &shown,
+            format!(
+                "it can be read or changed by users other than its owner (mode {mode:04o}); \
+                 make it private with: chmod 600 {}",
+                shell_words::quote(&shown)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_open_password_file(_: &Path) -> Result<()> {
+    Ok(())
 }
 
 /// The master's plugin fails with `VGPU_<CODE>` `[message, details_json]`: keep its code and
@@ -768,6 +800,27 @@ mod tests {
             Some("b6dea120-450c-42c4-b642-f840206c9bb1")
         );
         assert_eq!(parse_inventory("X=1\n"), None);
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("xapi password");
+        std::fs::write(&path, "secret\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o666] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_password(&path).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgument);
+            let text = e.to_string();
+            assert!(text.contains(&format!("{mode:04o}")), "{text}");
+            assert!(text.contains("chmod 600 '"), "{text}");
+            assert!(!text.contains("secret"), "{text}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(read_password(&path).unwrap(), "secret");
+        }
     }
 
     #[test]
