@@ -150,3 +150,40 @@ def test_master_without_the_plugin_is_a_clear_error(binary, tmp_path):
         err = p.stderr.decode()
         assert "vgpu plugin is not installed" in err and MASTER in err, err
         assert not os.path.exists(str(tmp_path / "m.db"))
+
+
+@pytest.mark.parametrize("drop", ["after", "before"])
+def test_a_forwarded_change_whose_answer_is_lost_says_it_may_have_been_made(fwd, pool3, drop):
+    """The connection to xapi breaks while a member's change is forwarded: before the master's
+    plugin ran, or after it made the change. The member cannot tell which, so it says the master
+    may have made it and how to look, never that it failed; what the scan then shows is whole."""
+    run, rows, dbs, _ = fwd
+    pool3.inject_fault("host.call_plugin", drop=drop)
+    code, out, err = run(MEMBER_2, "--format", "json", "register-vm", "--vm-uuid", ALPHA,
+                         "--pool", "B", "--priority", "high", "--vm-id", "7")
+    assert code == 1, (code, out, err)
+    e = json.loads(err)["error"]
+    assert e["code"] == "XAPI_ERROR", e
+    assert "may have made the change" in e["message"] and "vgpu-admin scan-vms" in e["message"], e
+    assert MASTER in e["message"] and "register-vm" in e["message"], e
+    code, out, err = run(MEMBER_2, "--format", "json", "scan-vms")
+    assert code == 0, err
+    scan = json.loads(out)
+    registered = {r["vm_uuid"]: r for r in scan["registered"]}
+    if drop == "after":
+        assert rows(MASTER) == [(ALPHA, 7, "B", 2)]
+        assert registered[ALPHA]["status"] == "configured", registered
+        again = run(MEMBER_2, "--format", "json", "register-vm", "--vm-uuid", ALPHA, "--pool", "B",
+                    "--priority", "high", "--vm-id", "7")
+        assert again[0] == 1 and json.loads(again[2])["error"]["code"] == "ALREADY_REGISTERED", again
+    else:
+        assert ALPHA not in registered, registered
+        assert not os.path.exists(dbs[MASTER]) or rows(MASTER) == []
+        again = run(MEMBER_2, "register-vm", "--vm-uuid", ALPHA, "--pool", "B", "--priority", "high",
+                    "--vm-id", "7")
+        assert again[0] == 0, again
+        assert rows(MASTER) == [(ALPHA, 7, "B", 2)]
+    # A read whose answer is lost is only a failed read.
+    pool3.inject_fault("host.call_plugin", drop="after")
+    code, out, err = run(MEMBER_2, "--format", "json", "list-vms")
+    assert code == 1 and "may have" not in err, err

@@ -552,7 +552,7 @@ impl Service {
         let function = call.function();
         let answer = xapi
             .call_plugin(&master.opaque_ref, PLUGIN, function.name, &args)
-            .map_err(|e| from_plugin_error(e, master))?;
+            .map_err(|e| from_plugin_error(e, master, function))?;
         Outcome::from_json(function.result, &answer).map_err(|e| {
             Error::Internal(format!(
                 "the vgpu plugin on the pool master {} answered {} with something that is not \
@@ -754,7 +754,11 @@ fn refuse_open_password_file(_: &Path) -> Result<()> {
 
 /// The master's plugin fails with `VGPU_<CODE>` `[message, details_json]`: keep its code and
 /// message intact. Anything else is an XAPI error about the forwarding itself.
-fn from_plugin_error(e: XapiError, master: &xapi::HostRecord) -> Error {
+fn from_plugin_error(
+    e: XapiError,
+    master: &xapi::HostRecord,
+    function: &crate::functions::FunctionSpec,
+) -> Error {
     if let XapiError::Api { code, params, .. } = &e {
         if let Some(c) = ErrorCode::parse(code).filter(|_| code.starts_with("VGPU_")) {
             let message = params.first().cloned().unwrap_or_default();
@@ -777,6 +781,19 @@ fn from_plugin_error(e: XapiError, master: &xapi::HostRecord) -> Error {
                 e,
             );
         }
+    }
+    if function.mutating && e.outcome_unknown() {
+        // The master's plugin runs the whole change, commit included, whether or not its
+        // answer comes back: saying it failed would have the user run it again (decision 0010).
+        return Error::xapi(
+            format!(
+                "{} was forwarded to the vgpu plugin of the pool master {} ({}) and its answer \
+                 was lost, so the master may have made the change: look with `vgpu-admin \
+                 scan-vms` before running it again",
+                function.command, master.uuid, master.name_label
+            ),
+            e,
+        );
     }
     Error::xapi(
         format!(
@@ -838,6 +855,7 @@ mod tests {
                 params: vec!["VM ID 1 already in use".into(), "{\"vm_id\":1}".into()],
             },
             &master,
+            crate::functions::FunctionSpec::find("register").unwrap(),
         );
         assert_eq!(e.code(), ErrorCode::VmIdInUse);
         assert_eq!(e.to_string(), "VM ID 1 already in use");
@@ -849,8 +867,31 @@ mod tests {
                 params: vec!["vgpu".into()],
             },
             &master,
+            crate::functions::FunctionSpec::find("register").unwrap(),
         );
         assert_eq!(e.code(), ErrorCode::XapiError);
         assert!(e.to_string().contains("not installed"), "{e}");
+        // A lost answer: a change may have been made on the master, a read was not.
+        let lost = || XapiError::Transport {
+            endpoint: "unix:/x".into(),
+            reason: "connection error: Peer disconnected".into(),
+        };
+        let e = from_plugin_error(
+            lost(),
+            &master,
+            crate::functions::FunctionSpec::find("register").unwrap(),
+        );
+        let text = e.to_string();
+        assert!(text.contains("may have made the change"), "{text}");
+        assert!(
+            text.contains("register-vm") && text.contains("scan-vms"),
+            "{text}"
+        );
+        let e = from_plugin_error(
+            lost(),
+            &master,
+            crate::functions::FunctionSpec::find("show").unwrap(),
+        );
+        assert!(!e.to_string().contains("may have"), "{e}");
     }
 }
