@@ -117,6 +117,45 @@ def instructions(argv, env, cwd="/"):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def wall_split(argv, env, cwd="/"):
+    """One run of argv and its children under strace: {wall, xapi_wait, reads, fsync, fsyncs}, in
+    seconds, or None without strace. ``xapi_wait`` is the time spent blocked in ``recvfrom`` (the
+    core reads XAPI's answers with it, and nothing else does), ``fsync`` the time in ``fsync`` and
+    ``fdatasync`` (SQLite's commit). Only those syscalls stop under strace (``--seccomp-bpf``), so
+    the rest of the run is slowed little; ``wall`` is the traced run's."""
+    strace = shutil.which("strace")
+    if not strace:
+        return None
+    d = tempfile.mkdtemp(prefix="vgpu-bench-strace-")
+    trace = os.path.join(d, "trace")
+    try:
+        with open(os.devnull, "rb") as devnull, open(os.devnull, "wb") as null:
+            t0 = time.perf_counter()
+            subprocess.run([strace, "-f", "-qq", "--seccomp-bpf", "-T", "-o", trace,
+                            "-e", "trace=recvfrom,fsync,fdatasync"] + argv,
+                           stdin=devnull, stdout=null, stderr=null, env=env, cwd=cwd, check=False)
+            wall = time.perf_counter() - t0
+        split = {"wall": wall, "xapi_wait": 0.0, "reads": 0, "fsync": 0.0, "fsyncs": 0}
+        with open(trace) as f:
+            for line in f:
+                # A call split by another process's is logged "<unfinished ...>" then
+                # "<... resumed> ... <seconds>": only the line with the time counts.
+                took = line.rstrip().rsplit("<", 1)[-1].rstrip(">")
+                try:
+                    seconds = float(took)
+                except ValueError:
+                    continue
+                if "recvfrom" in line:
+                    split["xapi_wait"] += seconds
+                    split["reads"] += 1
+                elif "fsync" in line or "fdatasync" in line:
+                    split["fsync"] += seconds
+                    split["fsyncs"] += 1
+        return split
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def proc_cpu(pid):
     """(own cpu s, waited children's cpu s) of a running process, from /proc (clock ticks)."""
     with open("/proc/%d/stat" % pid) as f:
@@ -282,7 +321,20 @@ def bench_plugin_calls(admin, runs=9, forwarded_runs=5, work=None, count_instruc
                                                                                   _fn_args(fn, vm_uuids[0], fresh))],
                                                 env)
                                    for plugin in (floor_file, os.path.join(REPO, "plugin", "vgpu")))
+                    split = None
+                    if hosts == 1 and fn == "register":
+                        splits = []
+                        for _ in range(3):
+                            sim.clear_call_log()
+                            one = wall_split([v["python"], os.path.join(REPO, "plugin", "vgpu"),
+                                              method_call(fn, session, _fn_args(fn, vm_uuids[0], fresh))], env)
+                            if one:
+                                one["calls"] = len(sim.call_log())
+                                splits.append(one)
+                        if splits:
+                            split = {k: statistics.median(x[k] for x in splits) for k in splits[0]}
                     rows.append({
+                        "split": split,
                         "floor_ir": ir[0], "call_ir": ir[1],
                         "label": v["label"], "version": v["version"], "backend": v["backend"],
                         "where": "master" if hosts == 1 else "member, forwarded", "fn": fn, "runs": n,
@@ -315,6 +367,22 @@ PLUGIN_HEADER = (
     "floor CPU | call CPU | above floor (CPU) | master's plugin CPU / simulator CPU | "
     "instructions: floor + call's own |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+SPLIT_HEADER = (
+    "| interpreter | backend | XAPI calls | waiting for XAPI's answers (traced) | in fsync (traced) | "
+    "call wall | floor wall | above the floor | above the floor, less the XAPI waits |\n"
+    "|---|---|---|---|---|---|---|---|---|\n")
+
+
+def format_split(r):
+    """Where a register's wall time on the master goes: a line of SPLIT_HEADER's table. The
+    untraced medians of the main table, less the time the traced runs spent waiting for XAPI."""
+    sp = r["split"]
+    above = r["call"] - r["floor"]
+    return "| %s | %s | %d | %.1f ms | %.1f ms (%d) | %.1f ms | %.1f ms | %+.1f ms | **%+.1f ms** |" % (
+        r["label"], r["backend"], sp["calls"], sp["xapi_wait"] * 1000, sp["fsync"] * 1000, sp["fsyncs"],
+        r["call"] * 1000, r["floor"] * 1000, above * 1000, (above - sp["xapi_wait"]) * 1000)
 
 
 def verdicts(rows):
@@ -495,6 +563,9 @@ def main():
         rows, missing = bench_plugin_calls(opts.binary, opts.runs, opts.forwarded_runs,
                                            count_instructions=not opts.no_instructions)
         print("\n".join(verdicts(rows)))
+        split = [r for r in rows if r.get("split")]
+        if split:
+            print(SPLIT_HEADER + "\n".join(format_split(r) for r in split))
         for m in missing:
             print("missing: " + m)
     if opts.only != "plugin":
