@@ -274,7 +274,7 @@ def bench_plugin_calls(admin, runs=9, forwarded_runs=5, work=None, count_instruc
         f.write(FLOOR_PLUGIN)
     rows = []
     n_forwarded = len(setup.variants) * forwarded_runs
-    needed = len(setup.variants) * (2 * (max(runs, forwarded_runs) + 1) + 2) + 10
+    needed = len(setup.variants) * (2 * (max(runs, forwarded_runs) + 1) + 2 + 3) + 10
     sims = []
     try:
         for name, hosts, n in (("master", 1, runs), ("forwarded", 2, forwarded_runs)):
