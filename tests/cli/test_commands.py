@@ -652,6 +652,7 @@ def test_scan_over_tcp_with_password(binary, tmp_path):
         assert "SESSION_AUTHENTICATION_FAILED" in r.err
         pw = tmp_path / "pw"
         pw.write_text("password\n")
+        pw.chmod(0o600)
         r = c.run("--xapi-password-file", str(pw), "list-vms", "--format", "json")
         assert r.code == 0 and json.loads(r.out) == []
         r = c.run("scan-vms")
