@@ -452,3 +452,18 @@ def test_bad_config_file_is_invalid_argument(cli, tmp_path):
     r = cli.run("list-vms", env={"VGPU_CONFIG": str(cfg)})
     assert r.code == 2 and str(cfg) in r.err and "db_pth" in r.err
     assert not os.path.exists(cli.db)
+
+
+def test_a_register_of_a_vm_that_does_not_exist_creates_no_registry(cli, tmp_path):
+    """A change refused before it writes leaves the disk as it was: no registry file or
+    directory appears for a uuid (or a name) that no VM has; the first change that does write
+    creates them."""
+    db = tmp_path / "new-dir" / "vgpu_config.db"
+    env = {"VGPU_DB": str(db)}
+    for selector in (["--vm-uuid", "00000000-0000-4000-8000-000000000000"], ["--vm-name", "no-such-vm"]):
+        r = cli.run("register-vm", *selector, "--pool", "A", "--priority", "high", env=env)
+        assert r.code == 1 and selector[1] in r.err, r
+        assert not (tmp_path / "new-dir").exists(), os.listdir(str(tmp_path))
+    r = cli.run("register-vm", "--vm-uuid", RENDER_01, "--pool", "A", "--priority", "high", env=env)
+    assert r.code == 0, r
+    assert sorted(os.listdir(str(db.parent))) == ["vgpu_config.db"]

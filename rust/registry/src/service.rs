@@ -251,10 +251,12 @@ impl Service {
                 ctx.catch_up()?;
             }
         }
-        // Reading needs no write access and creates nothing; nor does a dry run.
+        // Reading needs no write access and creates nothing; nor does a dry run, nor a change
+        // refused before it writes.
         let mut store = match current {
             Some(store) => store,
-            None => self.open(call.spec.mutating && !call.request.dry_run())?,
+            None if call.spec.mutating && !call.request.dry_run() => self.open_for_change()?,
+            None => self.open(false)?,
         };
         let migration_backup = store.migration_backup().map(Path::to_path_buf);
         let mut ctx = Ctx {
@@ -479,6 +481,15 @@ impl Service {
         } else {
             Store::open_read_waiting(&self.db, lock_timeout)?
         };
+        store.set_waiter(self.on_wait);
+        store.set_busy_timeout(lock_timeout);
+        Ok(store)
+    }
+
+    /// [`Store::open_for_change`], with this service's lock timeout and waiter.
+    fn open_for_change(&self) -> Result<Store> {
+        let lock_timeout = Duration::from_secs(self.config.lock_timeout_s);
+        let mut store = Store::open_for_change(&self.db, lock_timeout)?;
         store.set_waiter(self.on_wait);
         store.set_busy_timeout(lock_timeout);
         Ok(store)

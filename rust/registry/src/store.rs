@@ -81,6 +81,9 @@ pub struct Store {
     waiter: Option<Waiter>,
     /// How long a write waits for another process's lock.
     busy_timeout: Duration,
+    /// No registry on disk yet: this one is empty and in memory, and the first
+    /// [`Store::write`] creates the file (see [`Store::open_for_change`]).
+    create_on_write: bool,
 }
 
 /// Filters of `list-vms`.
@@ -143,10 +146,31 @@ impl Store {
             backup: None,
             waiter: None,
             busy_timeout: lock_timeout,
+            create_on_write: false,
         };
         store.migrate(true)?;
         store.ensure_wal()?;
         Ok(store)
+    }
+
+    /// For a command that may change the registry: [`Store::open_waiting`] when the registry
+    /// exists, otherwise an empty one whose first [`Store::write`] creates it. A change refused
+    /// before it writes (a VM that does not exist, one not registered) then leaves no file or
+    /// directory behind, as a read does.
+    pub fn open_for_change(path: &Path, lock_timeout: Duration) -> Result<Store> {
+        let absent = match std::fs::metadata(path) {
+            Ok(m) => m.is_file() && m.len() == 0,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        if absent {
+            // A path that can never exist fails as the write would have.
+            if let Ok(mut store) = Store::open_read_waiting(path, lock_timeout) {
+                store.busy_timeout = lock_timeout;
+                store.create_on_write = true;
+                return Ok(store);
+            }
+        }
+        Store::open_waiting(path, lock_timeout)
     }
 
     /// Opens the registry at `path` for reading only: no file or directory is left behind and
@@ -215,6 +239,7 @@ impl Store {
             backup: None,
             waiter: None,
             busy_timeout: lock_timeout,
+            create_on_write: false,
         };
         let version = match store
             .conn
@@ -268,6 +293,7 @@ impl Store {
             backup: None,
             waiter: None,
             busy_timeout: BUSY_TIMEOUT,
+            create_on_write: false,
         };
         // The file is not touched, so there is nothing to back up.
         store.migrate(false)?;
@@ -394,6 +420,11 @@ impl Store {
     /// When another process holds the lock, the waiter is told after a second, and the wait
     /// ends after the busy timeout (a minute) with [`Error::Locked`].
     pub fn write(&mut self) -> Result<WriteTx<'_>> {
+        if self.create_on_write {
+            let mut created = Store::open_waiting(&self.path, self.busy_timeout)?;
+            created.waiter = self.waiter;
+            *self = created;
+        }
         let path = self.path.clone();
         let started = std::time::Instant::now();
         let mut told = false;

@@ -713,3 +713,40 @@ fn a_read_after_a_writer_died_mid_transaction_in_a_rollback_journal_sees_the_fil
     assert_eq!(store.list(&ListFilter::default()).unwrap(), Vec::new());
     assert!(!dir.path().join("crash.db-journal").exists(), "rolled back");
 }
+
+#[test]
+fn a_store_opened_for_a_change_creates_the_registry_only_when_it_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub").join("r.db");
+    let wait = Duration::from_secs(2);
+    let store = Store::open_for_change(&path, wait).unwrap();
+    assert!(store.list(&ListFilter::default()).unwrap().is_empty());
+    drop(store);
+    assert!(
+        !dir.path().join("sub").exists(),
+        "nothing written, nothing created"
+    );
+    let mut store = Store::open_for_change(&path, wait).unwrap();
+    let tx = store.write().unwrap();
+    tx.commit().unwrap();
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+    drop(store);
+    // An existing registry is opened as for any write: its rows are there.
+    let store = Store::open_for_change(&path, wait).unwrap();
+    assert_eq!(
+        store.meta().unwrap(),
+        Store::open_read(&path).unwrap().meta().unwrap()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mode = std::fs::metadata(dir.path().join("sub"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+}
