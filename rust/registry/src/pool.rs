@@ -507,13 +507,7 @@ impl<'a> Publication<'a> {
         };
         match publication.claim_and_repair(tx, primary, registers, device_type) {
             Ok(()) => Ok(publication),
-            Err(e) => Err(match publication.journal.undo() {
-                Ok(()) => e,
-                Err(restore) => Error::MirrorUnrestored {
-                    source: Box::new(e),
-                    restore,
-                },
-            }),
+            Err(e) => Err(publication.undo_after(e)),
         }
     }
 

@@ -475,21 +475,22 @@ impl Service {
     }
 
     fn open(&self, write: bool) -> Result<Store> {
-        let lock_timeout = Duration::from_secs(self.config.lock_timeout_s);
-        let mut store = if write {
-            Store::open_waiting(&self.db, lock_timeout)?
+        self.opened(if write {
+            Store::open_waiting
         } else {
-            Store::open_read_waiting(&self.db, lock_timeout)?
-        };
-        store.set_waiter(self.on_wait);
-        store.set_busy_timeout(lock_timeout);
-        Ok(store)
+            Store::open_read_waiting
+        })
     }
 
     /// [`Store::open_for_change`], with this service's lock timeout and waiter.
     fn open_for_change(&self) -> Result<Store> {
+        self.opened(Store::open_for_change)
+    }
+
+    /// The registry opened by `how`, with this service's lock timeout and waiter.
+    fn opened(&self, how: fn(&Path, Duration) -> Result<Store>) -> Result<Store> {
         let lock_timeout = Duration::from_secs(self.config.lock_timeout_s);
-        let mut store = Store::open_for_change(&self.db, lock_timeout)?;
+        let mut store = how(&self.db, lock_timeout)?;
         store.set_waiter(self.on_wait);
         store.set_busy_timeout(lock_timeout);
         Ok(store)

@@ -155,8 +155,8 @@ impl Store {
 
     /// For a command that may change the registry: [`Store::open_waiting`] when the registry
     /// exists, otherwise an empty one whose first [`Store::write`] creates it. A change refused
-    /// before it writes (a VM that does not exist, one not registered) then leaves no file or
-    /// directory behind, as a read does.
+    /// before it takes the write lock (a register of a VM that does not exist) then leaves no
+    /// file or directory behind, as a read does.
     pub fn open_for_change(path: &Path, lock_timeout: Duration) -> Result<Store> {
         let absent = match std::fs::metadata(path) {
             Ok(m) => m.is_file() && m.len() == 0,

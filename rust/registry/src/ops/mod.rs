@@ -801,8 +801,8 @@ impl Ctx<'_> {
             SyncTarget::One(sel) => match self.resolve_registered(sel) {
                 Ok((reg, _)) => vec![reg],
                 Err(Error::NotRegistered { vm }) => {
-                    let pool_rec = start.as_ref().map(|s| s.0.clone());
-                    return self.sync_interrupted(vm, pool_rec, dry_run);
+                    let pool_rec = self.pool_record(start.as_ref().map(|s| &s.0))?;
+                    return self.sync_interrupted(vm, &pool_rec, dry_run);
                 }
                 Err(e) => return Err(e),
             },
@@ -888,13 +888,7 @@ impl Ctx<'_> {
         let mut rolled_back = std::collections::BTreeSet::new();
         if *target == SyncTarget::All {
             // First, so that no other change of this sync takes them off unreported.
-            let pool_rec = match &start {
-                Some((rec, _)) => rec.clone(),
-                None => self
-                    .xapi
-                    .pool()
-                    .map_err(|e| Error::xapi("reading the pool's registry generation", e))?,
-            };
+            let pool_rec = self.pool_record(start.as_ref().map(|s| &s.0))?;
             let local = self.store.meta()?.generation;
             for uuid in pool::interrupted_registers(&pool_rec, local) {
                 let Some(vm) = vms.get(&uuid) else { continue };
@@ -953,19 +947,12 @@ impl Ctx<'_> {
     fn sync_interrupted(
         &mut self,
         vm: VmRef,
-        pool_rec: Option<xapi::PoolRecord>,
+        pool_rec: &xapi::PoolRecord,
         dry_run: bool,
     ) -> Result<SyncReport> {
-        let pool_rec = match pool_rec {
-            Some(rec) => rec,
-            None => self
-                .xapi
-                .pool()
-                .map_err(|e| Error::xapi("reading the pool's registry generation", e))?,
-        };
         let local = self.store.meta()?.generation;
         let uuid = vm.vm_uuid.to_ascii_lowercase();
-        if !pool::interrupted_registers(&pool_rec, local).contains(&uuid) {
+        if !pool::interrupted_registers(pool_rec, local).contains(&uuid) {
             return Err(Error::NotRegistered { vm });
         }
         let record = self
@@ -983,6 +970,17 @@ impl Ctx<'_> {
             replicas: None,
             reloads: None,
         })
+    }
+
+    /// The pool's record: `known` when this sync read it at its start, else read now.
+    fn pool_record(&self, known: Option<&xapi::PoolRecord>) -> Result<xapi::PoolRecord> {
+        match known {
+            Some(rec) => Ok(rec.clone()),
+            None => self
+                .xapi
+                .pool()
+                .map_err(|e| Error::xapi("reading the pool's registry generation", e)),
+        }
     }
 
     /// Publishes again when the pool object's part of the mirror is not the registry's: its
